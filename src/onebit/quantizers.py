@@ -1,0 +1,358 @@
+"""Binarization functions and their gradient estimators.
+
+Every quantizer here is a differentiable-in-name-only function: its forward pass outputs one
+bit per element, its backward pass is an *estimator* of the gradient. Each docstring writes out
+both passes.
+
+Functions (stateless):
+
+- :func:`sign_ste`: deterministic sign, straight-through backward (optionally clipped).
+- :func:`stochastic_sign`: sign sampled with probability ``hard_sigmoid(x)``.
+- :func:`hard_sigmoid`: ``clamp((x + 1) / 2, 0, 1)``.
+
+Modules (for use inside layers, so that ``.train()`` / ``.eval()`` and ``repr`` work):
+
+- :class:`SignSTE`, :class:`StochasticSign`, :class:`ApproxSign`: weight / activation
+  quantizers with outputs in {-1, +1}.
+- :class:`BinaryNeuron`: a binary stochastic / deterministic neuron with outputs in {0, 1}
+  (Chung, Ahn & Bengio 2016), trained by straight-through or REINFORCE.
+
+Configs name quantizers by string; :func:`get` resolves them.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "hard_sigmoid",
+    "sign_ste",
+    "stochastic_sign",
+    "SignSTE",
+    "StochasticSign",
+    "ApproxSign",
+    "BinaryNeuron",
+    "get",
+    "names",
+]
+
+
+class _StraightThrough(torch.autograd.Function):
+    """Output a precomputed ``value`` in the forward pass; multiply the incoming gradient by a
+    precomputed ``grad_scale`` in the backward pass. Every estimator in this module is this one
+    mechanism with a different (value, grad_scale) pair."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, value: Tensor, grad_scale: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(grad_scale)
+        return value
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):  # type: ignore[override]
+        (grad_scale,) = ctx.saved_tensors
+        return grad_output * grad_scale, None, None
+
+
+def _straight_through(x: Tensor, value: Tensor, grad_scale: Tensor) -> Tensor:
+    return _StraightThrough.apply(x, value.to(x.dtype), grad_scale.to(x.dtype))
+
+
+def _pm_one(positive: Tensor, like: Tensor) -> Tensor:
+    one = torch.ones((), dtype=like.dtype, device=like.device)
+    return torch.where(positive, one, -one)
+
+
+def _ste_mask(x: Tensor, clip: float | None) -> Tensor:
+    if clip is None:
+        return torch.ones_like(x)
+    return (x.abs() <= clip).to(x.dtype)
+
+
+def hard_sigmoid(x: Tensor) -> Tensor:
+    r"""The hard sigmoid of Courbariaux et al. (2016) and Chung et al. (2016).
+
+    .. math:: \sigma(x) = \mathrm{clamp}\left(\frac{x + 1}{2}, 0, 1\right)
+
+    Differentiable as an ordinary clamp (gradient 1/2 inside [-1, 1], 0 outside).
+    """
+    return torch.clamp((x + 1.0) / 2.0, 0.0, 1.0)
+
+
+def sign_ste(x: Tensor, clip: float | None = 1.0) -> Tensor:
+    r"""Deterministic sign with a straight-through gradient estimator.
+
+    Forward:
+
+    .. math:: q(x) = \begin{cases} +1 & x \ge 0 \\ -1 & x < 0 \end{cases}
+
+    Zero maps to +1, so the output is always exactly one bit (never 0).
+
+    Backward (Hubara/Courbariaux et al. 2016, Larq's ``ste_sign``):
+
+    .. math:: \frac{\partial L}{\partial x} = \frac{\partial L}{\partial q}\,
+              \mathbb{1}_{|x| \le \text{clip}}
+
+    With ``clip=None`` the backward pass is the identity (the plain straight-through estimator).
+
+    Args:
+        x: input tensor, any shape.
+        clip: gradient is cancelled where ``|x| > clip``; ``None`` never cancels.
+
+    Returns:
+        Tensor of the same shape and dtype as ``x`` with values in {-1, +1}.
+    """
+    return _straight_through(x, _pm_one(x >= 0, x), _ste_mask(x, clip))
+
+
+def stochastic_sign(x: Tensor, clip: float | None = 1.0, generator: torch.Generator | None = None) -> Tensor:
+    r"""Stochastic sign (BinaryConnect's stochastic binarization).
+
+    Forward:
+
+    .. math:: q(x) = \begin{cases} +1 & \text{with probability } p = \sigma(x) \\
+              -1 & \text{with probability } 1 - p \end{cases}
+              \qquad \sigma(x) = \mathrm{clamp}\left(\frac{x + 1}{2}, 0, 1\right)
+
+    so :math:`\mathbb{E}[q(x)] = 2\sigma(x) - 1 = \mathrm{clamp}(x, -1, 1)`.
+
+    Backward: as :func:`sign_ste`, :math:`\partial L/\partial x = \partial L/\partial q \cdot
+    \mathbb{1}_{|x| \le \text{clip}}`, which equals the gradient of the expectation inside
+    [-1, 1].
+
+    Args:
+        x: input tensor, any shape.
+        clip: see :func:`sign_ste`.
+        generator: optional random generator for reproducible sampling.
+    """
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return _straight_through(x, _pm_one(u < hard_sigmoid(x.detach()), x), _ste_mask(x, clip))
+
+
+class _Quantizer(nn.Module):
+    """Base class of the quantizer modules: ``forward(x)`` maps a tensor to one bit per element."""
+
+    #: Values the forward pass outputs; the deploy converter reads it.
+    levels: tuple[float, float] = (-1.0, 1.0)
+    #: Registry name; set by :func:`_register`.
+    name: str = ""
+
+
+class SignSTE(_Quantizer):
+    r"""Module form of :func:`sign_ste`.
+
+    Forward :math:`q(x) = +1` if :math:`x \ge 0` else :math:`-1`; backward
+    :math:`\partial L/\partial q \cdot \mathbb{1}_{|x| \le \text{clip}}`
+    (identity when ``clip`` is ``None``).
+
+    Shape: input ``(*)``, output ``(*)``.
+    """
+
+    def __init__(self, clip: float | None = 1.0) -> None:
+        super().__init__()
+        if clip is not None and clip <= 0:
+            raise ValueError(f"clip must be positive or None, got {clip}")
+        self.clip = clip
+
+    def forward(self, x: Tensor) -> Tensor:
+        return sign_ste(x, self.clip)
+
+    def extra_repr(self) -> str:
+        return f"clip={self.clip}"
+
+
+class StochasticSign(_Quantizer):
+    r"""Module form of :func:`stochastic_sign`.
+
+    In training mode the forward pass samples :math:`q = +1` with probability
+    :math:`\mathrm{clamp}((x+1)/2, 0, 1)`; in eval mode it outputs the most likely value,
+    :math:`\mathrm{sign}(x)` (zero maps to +1), so a trained model is deterministic and can be
+    bit-packed. Backward in both modes: :math:`\partial L/\partial q \cdot
+    \mathbb{1}_{|x| \le \text{clip}}`.
+
+    Shape: input ``(*)``, output ``(*)``.
+    """
+
+    def __init__(self, clip: float | None = 1.0) -> None:
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            return stochastic_sign(x, self.clip)
+        return sign_ste(x, self.clip)
+
+    def extra_repr(self) -> str:
+        return f"clip={self.clip}"
+
+
+class ApproxSign(_Quantizer):
+    r"""Sign with the piecewise-polynomial gradient of Bi-Real Net (Liu et al. 2018).
+
+    Forward: :math:`q(x) = +1` if :math:`x \ge 0` else :math:`-1`.
+
+    Backward:
+
+    .. math:: \frac{\partial L}{\partial x} = \frac{\partial L}{\partial q} \cdot
+              \begin{cases} 2 - 2|x| & |x| \le 1 \\ 0 & \text{otherwise} \end{cases}
+
+    Shape: input ``(*)``, output ``(*)``.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        scale = torch.clamp(2.0 - 2.0 * x.abs(), min=0.0)
+        return _straight_through(x, _pm_one(x >= 0, x), scale)
+
+
+_MODES = ("deterministic", "stochastic")
+_ESTIMATORS = ("st", "reinforce")
+
+
+def _check_choice(what: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+class BinaryNeuron(_Quantizer):
+    r"""Binary neuron with outputs in {0, 1} (Chung, Ahn & Bengio 2016).
+
+    Let :math:`p = \sigma(a x) = \mathrm{clamp}\left(\frac{a x + 1}{2}, 0, 1\right)` with
+    slope :math:`a` (``slope``, settable at run time for slope annealing).
+
+    Forward:
+
+    - ``mode="deterministic"``: :math:`b = \mathbb{1}_{p \ge 1/2}` (that is,
+      :math:`\mathbb{1}_{x \ge 0}`).
+    - ``mode="stochastic"``: :math:`b \sim \mathrm{Bernoulli}(p)` in training. In eval mode
+      it thresholds like the deterministic neuron unless ``sample_at_eval`` is True.
+
+    Backward, ``estimator="st"`` (straight-through through the hard sigmoid):
+
+    .. math:: \frac{\partial L}{\partial x} = \frac{\partial L}{\partial b}\cdot
+              \frac{a}{2}\,\mathbb{1}_{|a x| < 1}
+
+    Backward, ``estimator="reinforce"``: the output carries **no** pathwise gradient
+    (:math:`\partial b / \partial x = 0`). Instead, in training mode with autograd enabled,
+    every forward call records the per-sample log-probability of the sampled bits,
+
+    .. math:: \log P(b) = \sum_j b_j \log \tilde p_j + (1 - b_j) \log (1 - \tilde p_j),
+              \qquad \tilde p = \mathrm{clamp}(p, \epsilon, 1 - \epsilon)
+
+    and :func:`onebit.reinforce.surrogate_loss` turns the recorded log-probabilities into the
+    score-function (REINFORCE) gradient :math:`(L - \text{baseline})\,\nabla \log P(b)`.
+
+    A deterministic neuron has no distribution to score. ``mode="deterministic",
+    estimator="reinforce"`` is therefore defined as: **sample** :math:`b \sim
+    \mathrm{Bernoulli}(p)` while training (so REINFORCE has something to score) and threshold
+    at eval. With ``estimator="reinforce"`` the two modes differ only at eval time when
+    ``sample_at_eval`` is True.
+
+    Args:
+        mode: ``"deterministic"`` or ``"stochastic"``.
+        estimator: ``"st"`` (straight-through) or ``"reinforce"`` (score function).
+        slope: initial slope :math:`a > 0` of the hard sigmoid.
+        sample_at_eval: stochastic neurons keep sampling in eval mode.
+        eps: probability clamp for the log-probability.
+
+    Shape:
+        - Input: ``(N, *)``
+        - Output: ``(N, *)``, values in {0, 1}, same dtype as the input.
+    """
+
+    levels = (0.0, 1.0)
+
+    def __init__(
+        self,
+        mode: str = "deterministic",
+        estimator: str = "st",
+        slope: float = 1.0,
+        *,
+        sample_at_eval: bool = False,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__()
+        _check_choice("mode", mode, _MODES)
+        _check_choice("estimator", estimator, _ESTIMATORS)
+        self.mode = mode
+        self.estimator = estimator
+        self.slope = slope
+        self.sample_at_eval = sample_at_eval
+        self.eps = eps
+        self.recorded_log_probs: list[Tensor] = []
+
+    @property
+    def slope(self) -> float:
+        return self._slope
+
+    @slope.setter
+    def slope(self, value: float) -> None:
+        if not value > 0 or not math.isfinite(value):
+            raise ValueError(f"slope must be a positive finite number, got {value}")
+        self._slope = float(value)
+
+    def _samples(self) -> bool:
+        if self.training:
+            return self.mode == "stochastic" or self.estimator == "reinforce"
+        return self.mode == "stochastic" and self.sample_at_eval
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = hard_sigmoid(self._slope * x)
+        if self._samples():
+            b = (torch.rand_like(p) < p.detach()).to(x.dtype)
+        else:
+            b = (p.detach() >= 0.5).to(x.dtype)
+        if self.estimator == "reinforce":
+            if self.training and torch.is_grad_enabled():
+                p = p.clamp(self.eps, 1.0 - self.eps)
+                log_p = b * torch.log(p) + (1.0 - b) * torch.log1p(-p)
+                self.recorded_log_probs.append(log_p.flatten(1).sum(dim=1))
+            return b
+        ax = self._slope * x.detach()
+        scale = (0.5 * self._slope) * (ax.abs() < 1.0).to(x.dtype)
+        return _straight_through(x, b, scale)
+
+    def extra_repr(self) -> str:
+        s = f"mode={self.mode!r}, estimator={self.estimator!r}, slope={self._slope:g}"
+        if self.sample_at_eval:
+            s += ", sample_at_eval=True"
+        return s
+
+
+_REGISTRY: dict[str, Callable[..., _Quantizer]] = {
+    "sign": SignSTE,
+    "sign-unclipped": lambda: SignSTE(clip=None),
+    "stochastic-sign": StochasticSign,
+    "approx-sign": ApproxSign,
+    "binary-neuron": BinaryNeuron,
+}
+
+
+def names() -> list[str]:
+    """Names :func:`get` accepts."""
+    return sorted(_REGISTRY)
+
+
+def get(name: str | nn.Module | None, **kwargs) -> nn.Module | None:
+    """Resolve a quantizer named in a config.
+
+    Args:
+        name: a registry name (see :func:`names`), an ``nn.Module`` (returned as is), or
+            ``None`` (no quantization; returns ``None``).
+        **kwargs: passed to the quantizer's constructor, e.g.
+            ``get("binary-neuron", mode="stochastic", estimator="reinforce")``.
+
+    Raises:
+        ValueError: unknown name, listing the valid ones.
+    """
+    if name is None or isinstance(name, nn.Module):
+        if kwargs:
+            raise ValueError("keyword arguments are only accepted with a quantizer name")
+        return name
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ValueError(f"unknown quantizer {name!r}; valid names: {', '.join(names())}")
+    module = _REGISTRY[name](**kwargs)
+    module.name = name
+    return module
