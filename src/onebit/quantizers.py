@@ -308,7 +308,7 @@ class BinaryNeuron(_Quantizer):
             if self.training and torch.is_grad_enabled():
                 p = p.clamp(self.eps, 1.0 - self.eps)
                 log_p = b * torch.log(p) + (1.0 - b) * torch.log1p(-p)
-                self.recorded_log_probs.append(log_p.flatten(1).sum(dim=1))
+                self.recorded_log_probs.append(log_p.reshape(log_p.shape[0], -1).sum(dim=1))
             return b
         ax = self._slope * x.detach()
         scale = (0.5 * self._slope) * (ax.abs() < 1.0).to(x.dtype)

@@ -1,0 +1,74 @@
+"""Study A's multilayer perceptron, under any binarization recipe."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from .. import recipes
+from ..nn import BinaryLinear
+
+
+class MLP(nn.Module):
+    r"""Fully connected classifier: ``in -> hidden... -> classes`` (study A: 784-2048-2048-2048-10).
+
+    Every block is ``Linear -> BatchNorm1d -> activation [-> Dropout]`` (linear layers followed
+    by batch norm have no bias: it would be redundant). The recipe decides:
+
+    - ``float``: ``nn.Linear``, ReLU, dropout.
+    - ``binaryconnect`` / ``binaryconnect-stochastic``: binary weights in every layer, ReLU.
+    - ``bnn`` / ``xnor``: binary weights in every layer; every layer but the first also
+      binarizes its input (the sign of the previous block's batch-norm output), so hidden
+      activations are one bit. The first layer sees real pixels; the output (a final
+      ``BatchNorm1d`` over the logits, as in Courbariaux et al. 2016) is real.
+
+    Args:
+        in_features: input size (784 for MNIST).
+        num_classes: output size.
+        hidden: widths of the hidden layers.
+        recipe: a name from :func:`onebit.recipes.names`.
+        dropout: dropout probability after each hidden block (float recipe only by default).
+        batch_norm: use batch norm after every linear layer.
+
+    Shape:
+        - Input: ``(N, *)`` flattened to ``(N, in_features)``
+        - Output: ``(N, num_classes)`` logits
+    """
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        num_classes: int = 10,
+        hidden: Sequence[int] = (2048, 2048, 2048),
+        recipe: str = "float",
+        *,
+        dropout: float | None = None,
+        batch_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.recipe = recipes.get(recipe)
+        if dropout is None:
+            dropout = 0.2 if not self.recipe.binary_weights else 0.0
+        widths = [in_features, *hidden, num_classes]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
+            last = i == len(widths) - 2
+            norm = batch_norm and (not last or self.recipe.binary_activations)
+            layers.append(self._linear(fan_in, fan_out, binary_input=i > 0, bias=not norm))
+            if norm:
+                layers.append(nn.BatchNorm1d(fan_out))
+            if not last:
+                if not self.recipe.binary_activations:
+                    layers.append(nn.ReLU())
+                if dropout:
+                    layers.append(nn.Dropout(dropout))
+        self.layers = nn.Sequential(*layers)
+
+    def _linear(self, fan_in: int, fan_out: int, binary_input: bool, bias: bool) -> nn.Module:
+        if not self.recipe.binary_weights:
+            return nn.Linear(fan_in, fan_out, bias)
+        return BinaryLinear(fan_in, fan_out, bias, **self.recipe.layer_kwargs(binary_input))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers(x)

@@ -1,0 +1,111 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from onebit import reinforce
+from onebit.quantizers import BinaryNeuron, hard_sigmoid
+
+
+class Toy(nn.Module):
+    """Linear -> REINFORCE binary neuron; the loss of the bits has a closed-form expectation."""
+
+    def __init__(self, mode="stochastic"):
+        super().__init__()
+        self.linear = nn.Linear(3, 4)
+        self.neuron = BinaryNeuron(mode, "reinforce")
+
+    def forward(self, x):
+        return self.neuron(self.linear(x))
+
+
+COST = torch.tensor([1.0, -2.0, 0.5, 3.0])
+
+
+def per_sample_loss(bits):
+    return (bits * COST).sum(1) + 0.3
+
+
+def exact_gradient(model, x):
+    """Gradient of E_b[L] = sum_j p_j COST_j + 0.3 with respect to the upstream layer."""
+    model.zero_grad()
+    p = hard_sigmoid(model.linear(x))
+    ((p * COST).sum(1) + 0.3).mean().backward()
+    return model.linear.weight.grad.clone(), model.linear.bias.grad.clone()
+
+
+@pytest.mark.parametrize("mode", ["stochastic", "deterministic"])
+def test_surrogate_gradient_is_unbiased(mode):
+    torch.manual_seed(0)
+    model = Toy(mode)
+    with torch.no_grad():
+        model.linear.weight.mul_(0.5)
+    x = torch.randn(1, 3)
+    exact_w, exact_b = exact_gradient(model, x)
+
+    estimates = []
+    baseline = reinforce.MovingAverageBaseline()
+    for _ in range(40):
+        model.zero_grad()
+        xs = x.expand(2000, -1)
+        loss = per_sample_loss(model(xs))
+        reinforce.surrogate_loss(model, loss, baseline).backward()
+        estimates.append(torch.cat([model.linear.weight.grad.flatten(), model.linear.bias.grad]))
+    est = torch.stack(estimates)
+    mean, sem = est.mean(0), est.std(0) / len(estimates) ** 0.5
+    exact = torch.cat([exact_w.flatten(), exact_b])
+    assert exact.abs().max() > 0.1  # the problem has a non-trivial gradient
+    assert torch.all((mean - exact).abs() <= 5 * sem + 1e-4), (mean, exact, sem)
+
+
+def test_upstream_layer_learns_after_one_step():
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(5, 8), BinaryNeuron("stochastic", "reinforce"), nn.Linear(8, 3))
+    before = model[0].weight.detach().clone()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+    per_sample = F.cross_entropy(model(x), y, reduction="none")
+    loss = per_sample.mean() + reinforce.surrogate_loss(model, per_sample)
+    loss.backward()
+    opt.step()
+    assert not torch.equal(before, model[0].weight)
+
+
+def test_errors_without_forward_or_with_wrong_batch():
+    model = Toy()
+    with pytest.raises(ValueError, match="no forward pass was recorded"):
+        reinforce.surrogate_loss(model, torch.zeros(4))
+    model(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="batch size 4"):
+        reinforce.surrogate_loss(model, torch.zeros(5))
+    with pytest.raises(ValueError, match="shape"):
+        reinforce.surrogate_loss(model, torch.zeros(()))
+    with pytest.raises(ValueError, match="no BinaryNeuron"):
+        reinforce.surrogate_loss(nn.Linear(2, 2), torch.zeros(4))
+
+
+def test_eval_and_no_grad_do_not_record():
+    model = Toy()
+    with torch.no_grad():
+        model(torch.randn(2, 3))
+    model.eval()
+    model(torch.randn(2, 3))
+    assert model.neuron.recorded_log_probs == []
+
+
+def test_records_are_consumed_and_several_neurons_sum():
+    model = nn.Sequential(nn.Linear(2, 3), BinaryNeuron("stochastic", "reinforce"), nn.Linear(3, 3),
+                          BinaryNeuron("stochastic", "reinforce"))
+    model(torch.randn(6, 2))
+    lp = sum(n.recorded_log_probs[0] for n in reinforce.reinforce_neurons(model))
+    loss = torch.arange(6.0)
+    s = reinforce.surrogate_loss(model, loss, baseline=1.0)
+    assert torch.allclose(s, ((loss - 1.0) * lp).mean())
+    assert all(n.recorded_log_probs == [] for n in reinforce.reinforce_neurons(model))
+
+
+def test_moving_average_baseline_uses_past_batches_only():
+    b = reinforce.MovingAverageBaseline(momentum=0.5)
+    assert b(torch.tensor([2.0, 4.0])) == 0.0
+    assert b(torch.tensor([10.0])) == 3.0
+    assert b.value == pytest.approx(6.5)
