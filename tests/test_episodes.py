@@ -102,3 +102,15 @@ def test_pool_validation():
         ClassPool(torch.zeros(3, 20, 28, 28, dtype=torch.uint8), ["a", "b", "c"])
     with pytest.raises(ValueError, match="2 class names"):
         ClassPool(torch.zeros(3, 20, 1, 28, 28, dtype=torch.uint8), ["a", "b"])
+
+
+def test_with_rotations():
+    images = torch.arange(2 * 3 * 1 * 2 * 2, dtype=torch.uint8).reshape(2, 3, 1, 2, 2)
+    rotated = ClassPool(images, ["a", "b"]).with_rotations()
+    assert rotated.classes == ["a", "b", "a/rot90", "b/rot90", "a/rot180", "b/rot180", "a/rot270", "b/rot270"]
+    assert rotated.images.shape == (8, 3, 1, 2, 2)
+    assert torch.equal(rotated.images[:2], images)
+    for k in (1, 2, 3):
+        assert torch.equal(rotated.images[2 * k : 2 * k + 2], torch.rot90(images, k, dims=(-2, -1)))
+    with pytest.raises(ValueError, match="square"):
+        ClassPool(torch.zeros(2, 3, 1, 2, 4), ["a", "b"]).with_rotations()
