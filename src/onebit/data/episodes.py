@@ -60,6 +60,21 @@ class ClassPool:
         """Number of images of each class."""
         return self.images.shape[1]
 
+    def with_rotations(self) -> ClassPool:
+        """Add each class rotated by 90, 180 and 270 degrees as three new classes.
+
+        Returns:
+            A pool of ``4 * num_classes`` classes: first the originals, then all rotated by
+            90 degrees counter-clockwise (``torch.rot90(x, 1, dims=(-2, -1))``), then by 180,
+            then by 270; the names get a ``"/rot90"``, ``"/rot180"`` or ``"/rot270"`` suffix.
+        """
+        if self.images.shape[-1] != self.images.shape[-2]:
+            raise ValueError(f"rotating classes needs square images, got {tuple(self.images.shape[-2:])}")
+        quarter_turns = (1, 2, 3)
+        images = torch.cat([self.images] + [torch.rot90(self.images, k, dims=(-2, -1)) for k in quarter_turns])
+        classes = self.classes + [f"{name}/rot{90 * k}" for k in quarter_turns for name in self.classes]
+        return ClassPool(images=images, classes=classes)
+
     def __repr__(self) -> str:
         return (
             f"ClassPool(num_classes={self.num_classes}, per_class={self.per_class}, "
