@@ -9,6 +9,7 @@ canonical mirrors and checked against the canonical checksum.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import tempfile
 import urllib.request
@@ -185,7 +186,7 @@ def fetch(resource: Resource, directory: str | os.PathLike[str], *, download: bo
             return target
         except CorruptDatasetError as err:
             bad_checksums.append(f"{url}: {err}")
-        except (OSError, ValueError) as err:  # URLError, HTTPError, timeouts, bad URLs
+        except (OSError, ValueError, http.client.HTTPException) as err:  # URLError, timeouts, cut connections
             failures.append(f"{url}: {err}")
 
     if bad_checksums:

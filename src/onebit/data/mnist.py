@@ -111,7 +111,7 @@ def read_idx(path: str | os.PathLike[str], magic: int, sha256: str | None = None
         except (OSError, EOFError, zlib.error) as err:
             raise CorruptDatasetError(f"{path} is not a complete gzip file ({err}). {redo}") from err
 
-    found = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
+    found = int.from_bytes(data[:4], "big")
     if found != magic:
         raise CorruptDatasetError(
             f"{path} is not the expected IDX file: magic number {found}, expected {magic} "
