@@ -61,12 +61,20 @@ __all__ = [
     "omniglot_splits",
 ]
 
-_URL = "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/"
+# The canonical repository, served by two GitHub hosts (tried in order).
+_MIRRORS = (
+    "https://raw.githubusercontent.com/brendenlake/omniglot/master/python/",
+    "https://github.com/brendenlake/omniglot/raw/master/python/",
+)
 _DRAWINGS = 20
 _LAKE_RUNS = 20
 _LAKE_WAY = 20
 # Bump when the preprocessing changes, so that old caches are ignored.
 _CACHE_FORMAT = 1
+
+
+def _urls(name: str) -> tuple[str, ...]:
+    return tuple(mirror + name for mirror in _MIRRORS)
 
 
 @dataclass(frozen=True)
@@ -85,7 +93,7 @@ class _Part:
 _PARTS = {
     "background": _Part(
         "background",
-        Resource("images_background.zip", (_URL + "images_background.zip",), "md5", "68d2efa1b9178cc56df9314c21c6e718"),
+        Resource("images_background.zip", _urls("images_background.zip"), "md5", "68d2efa1b9178cc56df9314c21c6e718"),
         {
             "Alphabet_of_the_Magi": 20, "Anglo-Saxon_Futhorc": 29, "Arcadian": 26, "Armenian": 41,
             "Asomtavruli_(Georgian)": 40, "Balinese": 24, "Bengali": 46,
@@ -100,7 +108,7 @@ _PARTS = {
     ),
     "evaluation": _Part(
         "evaluation",
-        Resource("images_evaluation.zip", (_URL + "images_evaluation.zip",), "md5", "6b91aef0f799c5bb55b94e3f2daec811"),
+        Resource("images_evaluation.zip", _urls("images_evaluation.zip"), "md5", "6b91aef0f799c5bb55b94e3f2daec811"),
         {
             "Angelic": 20, "Atemayar_Qelisayer": 26, "Atlantean": 26, "Aurek-Besh": 26, "Avesta": 26,
             "Ge_ez": 26, "Glagolitic": 45, "Gurmukhi": 45, "Kannada": 41, "Keble": 26, "Malayalam": 47,
@@ -115,7 +123,7 @@ _PARTS = {
 # like the untouched original. The content is checked run by run as well.
 _LAKE_RESOURCE = Resource(
     "one_shot_all_runs.zip",
-    (_URL + "one-shot-classification/all_runs.zip",),
+    _urls("one-shot-classification/all_runs.zip"),
     "sha256",
     "437c1eeab0af8484112e1b4cc0f3d541ec727f7c47b9b202da738af9dfd6c325",
 )
