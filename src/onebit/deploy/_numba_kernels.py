@@ -1,0 +1,390 @@
+"""Numba back end of :mod:`onebit.deploy.kernels` (imported only when numba is available).
+
+Data layout shared with :mod:`onebit.deploy.kernels`:
+
+* Bits: element ``j`` of a packed row lives in word ``j // 64``, bit ``j % 64``
+  (bit 1 = +1, bit 0 = -1); tail bits past the true length are 0.
+* Activations are addressed through a *gather*: row ``m`` of the left GEMM operand is
+  ``a[rowbase[m] + koff[i]]`` for ``i < Kw``, with ``a`` a flat uint64 array.  A plain
+  GEMM uses ``rowbase = arange(M) * Kw`` and ``koff = arange(Kw)``; a convolution uses
+  ``rowbase`` = the top-left pixel of each receptive field and ``koff`` = the offsets of
+  the ``kh * kw * Cw`` words of the field (implicit im2col, nothing is copied).
+* Prepared weights ("panels"), shape ``(NB, Kw, 32)``: panel ``jb`` holds output
+  columns ``32 * jb .. 32 * jb + 31``, and ``panels[jb, i]`` are the 32 weight words of
+  reduction word ``i`` — four 512-bit vectors of 8 columns each.  Columns past ``N``
+  are all-zero words.
+
+GEMM micro-kernel (AVX-512 path): a tile of up to 4 rows x 32 columns keeps 16
+``<8 x i64>`` accumulators in registers.  Per reduction word it loads the 4 weight
+vectors, broadcasts one activation word per row and does ``acc += popcount(a ^ w)``
+(``vpxorq`` + ``vpopcntq`` + ``vpaddq``), i.e. 3 vector instructions per 8 x 64 binary
+multiply-adds.  LLVM does not find this schedule from scalar code, so the loop is
+written as LLVM vector IR through :func:`numba.extending.intrinsic`.  The epilogue
+turns mismatch counts into ``dot = k - 2 * popcount`` and either stores them (masked
+store for the last, partial panel) or compares them with per-column thresholds and
+writes packed output bits directly.
+
+On CPUs without AVX512-VPOPCNTDQ the same driver calls :func:`_tile_dot_portable`, a
+plain loop that LLVM auto-vectorizes for whatever the CPU has.
+
+Threading: work items (row block x panel) are split into one contiguous range per
+thread; small problems run on the calling thread (see ``kernels._threads_for``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import numba
+from llvmlite import binding, ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+PANEL = 32  # output columns per prepared panel
+TILE_ROWS = 4  # rows per register tile
+_LANES = 8  # 64-bit lanes per 512-bit vector
+_VECS = PANEL // _LANES
+
+_I1, _I8, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_V8I64 = ir.VectorType(_I64, _LANES)
+_V8I32 = ir.VectorType(_I32, _LANES)
+_V8I1 = ir.VectorType(_I1, _LANES)
+
+_JIT = dict(cache=True, nogil=True)
+
+
+def has_avx512_popcount() -> bool:
+    """True when the CPU numba compiles for has 512-bit vectors and ``vpopcntq``.
+
+    A ``NUMBA_CPU_NAME`` other than ``host`` (e.g. ``generic`` for portable caches) means
+    the host's features are not the target's: report False so the portable kernel runs.
+    """
+    if numba.config.CPU_NAME not in (None, "host"):
+        return False
+    features = binding.get_host_cpu_features()
+    return bool(features.get("avx512f") and features.get("avx512vpopcntdq"))
+
+
+def num_threads() -> int:
+    """Threads numba's parallel kernels use (``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``)."""
+    return numba.get_num_threads()
+
+
+# --------------------------------------------------------------------------------------
+# LLVM IR helpers
+# --------------------------------------------------------------------------------------
+
+
+def _splat(builder: ir.IRBuilder, value: ir.Value, vtype: ir.VectorType) -> ir.Value:
+    """Broadcast a scalar to every lane of ``vtype``."""
+    first = builder.insert_element(ir.Constant(vtype, ir.Undefined), value, ir.Constant(_I32, 0))
+    zeros = ir.Constant(ir.VectorType(_I32, vtype.count), [0] * vtype.count)
+    return builder.shuffle_vector(first, ir.Constant(vtype, ir.Undefined), zeros)
+
+
+def _vec_ptr(builder: ir.IRBuilder, base: ir.Value, offset: ir.Value | int, vtype: ir.Type) -> ir.Value:
+    """Pointer to a ``vtype`` starting at element ``offset`` of the scalar pointer ``base``."""
+    if isinstance(offset, int):
+        offset = ir.Constant(_I64, offset)
+    return builder.bitcast(builder.gep(base, [offset]), vtype.as_pointer())
+
+
+class _Args:
+    """Typed access to an intrinsic's arguments: array data pointers, shapes, int64 scalars."""
+
+    def __init__(self, context, builder: ir.IRBuilder, sig, args) -> None:
+        self.context, self.builder, self.sig, self.args = context, builder, sig, args
+
+    def data(self, i: int) -> ir.Value:
+        return self.context.make_array(self.sig.args[i])(self.context, self.builder, self.args[i]).data
+
+    def shape(self, i: int, dim: int) -> ir.Value:
+        arr = self.context.make_array(self.sig.args[i])(self.context, self.builder, self.args[i])
+        return cgutils.unpack_tuple(self.builder, arr.shape)[dim]
+
+    def int64(self, i: int) -> ir.Value:
+        return self.context.cast(self.builder, self.args[i], self.sig.args[i], types.int64)
+
+
+# Epilogue: (builder, row index i64, vector index p in 0..3, dot <8 x i32>) -> None
+_Epilogue = Callable[[ir.IRBuilder, ir.Value, int, ir.Value], None]
+
+
+def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
+    """Emit the 4 x 32 popcount tile shared by all GEMM intrinsics.
+
+    Argument positions 0..7 are always ``a, rowbase, koff, row0, mr, panels, jb, k``.
+    The tile covers rows ``row0 .. row0 + mr - 1`` (1 <= mr <= 4; one specialised loop
+    per ``mr`` so a single-row GEMV does no wasted work) and panel ``jb``.
+    """
+    builder = ac.builder
+    a, rowbase, koff, panels = ac.data(0), ac.data(1), ac.data(2), ac.data(5)
+    row0, mr, jb, k = ac.int64(3), ac.int64(4), ac.int64(6), ac.int64(7)
+    kw = ac.shape(2, 0)
+    panel = builder.gep(panels, [builder.mul(jb, builder.mul(kw, ir.Constant(_I64, PANEL)))])
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8I64, [_V8I64]), "llvm.ctpop.v8i64")
+    kvec = _splat(builder, builder.trunc(k, _I32), _V8I32)
+
+    fn = builder.function
+    done = fn.append_basic_block("tile.done")
+    switch = builder.switch(mr, done)
+    for rows in range(1, TILE_ROWS + 1):
+        entry = fn.append_basic_block(f"tile.mr{rows}")
+        switch.add_case(ir.Constant(_I64, rows), entry)
+        head = fn.append_basic_block(f"tile.mr{rows}.head")
+        body = fn.append_basic_block(f"tile.mr{rows}.body")
+        tail = fn.append_basic_block(f"tile.mr{rows}.tail")
+
+        builder.position_at_end(entry)
+        row_idx = [builder.add(row0, ir.Constant(_I64, r)) for r in range(rows)]
+        row_base = [builder.load(builder.gep(rowbase, [idx])) for idx in row_idx]
+        builder.branch(head)
+
+        builder.position_at_end(head)
+        i = builder.phi(_I64)
+        i.add_incoming(ir.Constant(_I64, 0), entry)
+        acc = [[builder.phi(_V8I64) for _ in range(_VECS)] for _ in range(rows)]
+        for phi in (p for row in acc for p in row):
+            phi.add_incoming(ir.Constant(_V8I64, [0] * _LANES), entry)
+        builder.cbranch(builder.icmp_signed("<", i, kw), body, tail)
+
+        builder.position_at_end(body)
+        off = builder.load(builder.gep(koff, [i]))
+        wrow = builder.gep(panel, [builder.mul(i, ir.Constant(_I64, PANEL))])
+        w = [builder.load(_vec_ptr(builder, wrow, _LANES * p, _V8I64), align=8) for p in range(_VECS)]
+        for r in range(rows):
+            av = _splat(builder, builder.load(builder.gep(a, [builder.add(row_base[r], off)])), _V8I64)
+            for p in range(_VECS):
+                acc[r][p].add_incoming(builder.add(acc[r][p], builder.call(ctpop, [builder.xor(av, w[p])])), body)
+        i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
+        builder.branch(head)
+
+        builder.position_at_end(tail)
+        for r in range(rows):
+            for p in range(_VECS):
+                mismatches = builder.trunc(acc[r][p], _V8I32)
+                dot = builder.sub(kvec, builder.add(mismatches, mismatches))
+                epilogue(builder, row_idx[r], p, dot)
+        builder.branch(done)
+    builder.position_at_end(done)
+
+
+@intrinsic
+def _tile_dot(typingctx, a, rowbase, koff, row0, mr, panels, jb, k, out, ncols):
+    """Tile -> int32 dot products, ``out[row, 32 * jb + c]`` for ``c < ncols``."""
+    sig = types.void(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols)
+
+    def codegen(context, builder, sig, args):
+        ac = _Args(context, builder, sig, args)
+        out_data, ldo = ac.data(8), ac.shape(8, 1)
+        col0 = builder.mul(ac.int64(6), ir.Constant(_I64, PANEL))
+        nvalid = _splat(builder, builder.trunc(ac.int64(9), _I32), _V8I32)
+        mstore = cgutils.get_or_insert_function(
+            builder.module,
+            ir.FunctionType(ir.VoidType(), [_V8I32, _V8I32.as_pointer(), _I32, _V8I1]),
+            "llvm.masked.store.v8i32.p0",
+        )
+
+        def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
+            lanes = ir.Constant(_V8I32, [_LANES * p + j for j in range(_LANES)])
+            mask = b.icmp_signed("<", lanes, nvalid)
+            ptr = _vec_ptr(b, out_data, b.add(b.mul(row, ldo), b.add(col0, ir.Constant(_I64, _LANES * p))), _V8I32)
+            b.call(mstore, [dot, ptr, ir.Constant(_I32, 4), mask])
+
+        _emit_tile(ac, store)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _tile_threshold(typingctx, a, rowbase, koff, row0, mr, panels, jb, k, thresholds, flipbits, out):
+    """Tile -> packed bits ``(dot >= thresholds[col]) ^ flip[col]`` into the byte view ``out``.
+
+    ``thresholds`` (int32) and ``flipbits`` (one bit per column, little-endian bytes) are
+    padded to the panel width; padded columns must give 0 bits.
+    """
+    sig = types.void(a, rowbase, koff, row0, mr, panels, jb, k, thresholds, flipbits, out)
+
+    def codegen(context, builder, sig, args):
+        ac = _Args(context, builder, sig, args)
+        thr, flips, out_data, ldo = ac.data(8), ac.data(9), ac.data(10), ac.shape(10, 1)
+        byte0 = builder.mul(ac.int64(6), ir.Constant(_I64, PANEL // 8))
+
+        def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
+            byte = b.add(byte0, ir.Constant(_I64, p))
+            tvec = b.load(_vec_ptr(b, thr, b.mul(byte, ir.Constant(_I64, 8)), _V8I32), align=4)
+            bits = b.bitcast(b.icmp_signed(">=", dot, tvec), _I8)
+            bits = b.xor(bits, b.load(b.gep(flips, [byte])))
+            b.store(bits, b.gep(out_data, [b.add(b.mul(row, ldo), byte)]))
+
+        _emit_tile(ac, store)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _popcount64(typingctx, x):
+    """Scalar ``llvm.ctpop.i64`` (numba has no popcount of its own)."""
+    sig = types.uint64(x)
+
+    def codegen(context, builder, sig, args):
+        value = context.cast(builder, args[0], sig.args[0], types.uint64)
+        ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_I64, [_I64]), "llvm.ctpop.i64")
+        return builder.call(ctpop, [value])
+
+    return sig, codegen
+
+
+@njit(**_JIT)
+def _tile_dot_portable(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols):
+    """Portable equivalent of :func:`_tile_dot`; accumulates in ``out`` (vectorized over columns)."""
+    col0 = jb * PANEL
+    for r in range(row0, row0 + mr):
+        acc = out[r, col0 : col0 + ncols]
+        acc[:] = 0
+        for i in range(koff.shape[0]):
+            av = a[rowbase[r] + koff[i]]
+            w = panels[jb, i]
+            for c in range(ncols):
+                acc[c] += _popcount64(av ^ w[c])
+        for c in range(ncols):
+            acc[c] = k - 2 * acc[c]
+
+
+# --------------------------------------------------------------------------------------
+# GEMM drivers
+# --------------------------------------------------------------------------------------
+
+MODE_DOT, MODE_DOT_PORTABLE, MODE_THRESHOLD = 0, 1, 2
+
+
+@njit(**_JIT)
+def _gemm_items(
+    start, stop, mode, block_rows, n, a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits
+):
+    """Run work items ``start .. stop - 1``; item = (row block, panel), panel index fastest.
+
+    A row block (``block_rows`` rows) of the gathered activations stays in L2 while
+    every panel streams past it; one panel (``Kw * 256`` bytes) stays in L1 across the
+    4-row tiles of the block.
+    """
+    m, n_panels = rowbase.shape[0], panels.shape[0]
+    for item in range(start, stop):
+        first = (item // n_panels) * block_rows
+        jb = item % n_panels
+        ncols = min(PANEL, n - jb * PANEL)
+        for row0 in range(first, min(m, first + block_rows), TILE_ROWS):
+            mr = min(TILE_ROWS, m - row0)
+            if mode == MODE_DOT:
+                _tile_dot(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols)
+            elif mode == MODE_DOT_PORTABLE:
+                _tile_dot_portable(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols)
+            else:
+                _tile_threshold(a, rowbase, koff, row0, mr, panels, jb, k, thresholds, flipbits, out_bits)
+
+
+@njit(parallel=True, **_JIT)
+def _gemm_parallel(
+    nthreads, nitems, mode, block_rows, n, a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits
+):
+    for t in prange(nthreads):
+        _gemm_items(
+            t * nitems // nthreads, (t + 1) * nitems // nthreads, mode, block_rows, n,
+            a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits,
+        )  # fmt: skip
+
+
+def gemm(
+    mode: int,
+    nthreads: int,
+    block_rows: int,
+    n: int,
+    a: np.ndarray,
+    rowbase: np.ndarray,
+    koff: np.ndarray,
+    panels: np.ndarray,
+    k: int,
+    out: np.ndarray,
+    thresholds: np.ndarray,
+    flipbits: np.ndarray,
+    out_bits: np.ndarray,
+) -> None:
+    """Fill ``out`` (int32 ``(M, n)`` dots; ``MODE_DOT*``) or ``out_bits`` (uint8 view of the
+    packed ``(M, ceil(n / 64))`` output; ``MODE_THRESHOLD``).  Arrays a mode does not use
+    are passed empty (fixed argument types keep one cached compilation)."""
+    n_row_blocks = -(-rowbase.shape[0] // block_rows)
+    nitems = n_row_blocks * panels.shape[0]
+    args = (mode, block_rows, n, a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits)
+    if nthreads <= 1 or nitems == 1:
+        _gemm_items(0, nitems, *args)
+    else:
+        _gemm_parallel(min(nthreads, nitems), nitems, *args)
+
+
+# --------------------------------------------------------------------------------------
+# Sign packing
+# --------------------------------------------------------------------------------------
+
+
+@intrinsic
+def _sign_word(typingctx, x, offset):
+    """Bits ``x[offset + j] >= 0`` for ``j < 64`` as one uint64 (one vector compare).
+
+    Floats compare ordered (NaN -> 0, -0.0 -> 1); signed integers compare signed.
+    """
+    if not isinstance(x, types.Array) or not isinstance(x.dtype, (types.Float, types.Integer)):
+        return None
+    sig = types.uint64(x, offset)
+
+    def codegen(context, builder, sig, args):
+        ac = _Args(context, builder, sig, args)
+        elem = context.get_data_type(sig.args[0].dtype)
+        vtype = ir.VectorType(elem, 64)
+        values = builder.load(_vec_ptr(builder, ac.data(0), ac.int64(1), vtype), align=1)
+        zero = ir.Constant(vtype, [0] * 64)
+        if isinstance(sig.args[0].dtype, types.Float):
+            bits = builder.fcmp_ordered(">=", values, zero)
+        elif sig.args[0].dtype.signed:
+            bits = builder.icmp_signed(">=", values, zero)
+        else:
+            bits = ir.Constant(ir.VectorType(_I1, 64), [1] * 64)
+        return builder.bitcast(bits, _I64)
+
+    return sig, codegen
+
+
+@njit(**_JIT)
+def _pack_rows(start, stop, x, length, out):
+    """Pack rows ``start .. stop - 1`` of the flat row-major ``x`` (rows of ``length``)."""
+    words = out.shape[1]
+    full = length // 64
+    for r in range(start, stop):
+        base = r * length
+        for w in range(full):
+            out[r, w] = _sign_word(x, base + 64 * w)
+        if full < words:
+            word = np.uint64(0)
+            for j in range(length - 64 * full):
+                if x[base + 64 * full + j] >= 0:
+                    word |= np.uint64(1) << np.uint64(j)
+            out[r, full] = word
+
+
+@njit(parallel=True, **_JIT)
+def _pack_parallel(nthreads, x, length, out):
+    rows = out.shape[0]
+    for t in prange(nthreads):
+        _pack_rows(t * rows // nthreads, (t + 1) * rows // nthreads, x, length, out)
+
+
+def pack_rows(nthreads: int, x: np.ndarray, length: int, out: np.ndarray) -> None:
+    """Pack the C-contiguous ``x`` viewed as rows of ``length`` into ``out`` (rows, Kw)."""
+    flat = x.reshape(-1)
+    if nthreads <= 1 or out.shape[0] < nthreads:
+        _pack_rows(0, out.shape[0], flat, length, out)
+    else:
+        _pack_parallel(nthreads, flat, length, out)

@@ -1,0 +1,432 @@
+"""Compute kernels of the bit-packed inference engine (numpy, plus numba when installed).
+
+Bit layout
+----------
+A vector of ``K`` values in {-1, +1} is stored as ``Kw = ceil(K / 64)`` uint64 words:
+element ``j`` is bit ``j % 64`` of word ``j // 64`` (little-endian bit order), bit 1
+means +1 and bit 0 means -1.  Bits past ``K`` in the last word are 0.  The true length
+``K`` travels separately (argument ``k``); it cannot be recovered from the words.
+
+Binary dot product
+------------------
+For two packed vectors with the same ``K``::
+
+    dot = sum_j a_j * b_j = (K - mismatches) - mismatches = K - 2 * popcount(a XOR b)
+
+The zero padding bits are equal in both operands, so they add no mismatches and
+``K - 2 * popcount`` is exact without any masking.
+
+Back ends
+---------
+``"avx512"``
+    numba + an LLVM-IR micro-kernel (``vpxorq``/``vpopcntq``/``vpaddq`` on 4 x 32 output
+    tiles held in 16 zmm registers; see :mod:`onebit.deploy._numba_kernels`).  Chosen
+    when the CPU has AVX512-VPOPCNTDQ.
+``"numba"``
+    numba, portable auto-vectorized loop over the same prepared layout.
+``"numpy"``
+    ``np.bitwise_count`` on chunks of the XOR-ed operands; used when numba is missing
+    or ``ONEBIT_NO_NUMBA=1`` (any value other than ``""``/``"0"``) is set at import.
+
+Every compute function takes ``backend=None`` (= :data:`DEFAULT_BACKEND`); all back
+ends give bit-identical results.  This module imports numpy and, optionally, numba:
+never torch.
+
+Threads: the numba back ends use ``numba.get_num_threads()`` threads for problems large
+enough to pay for it and run small ones (e.g. a single-row GEMV) on the calling thread.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Backend = Literal["avx512", "numba", "numpy"]
+
+if os.environ.get("ONEBIT_NO_NUMBA", "") in ("", "0"):
+    try:
+        from . import _numba_kernels as _nb
+    except ImportError:  # numba (or llvmlite) not installed
+        _nb = None
+else:
+    _nb = None
+
+#: Back ends usable in this process, fastest first.
+AVAILABLE_BACKENDS: tuple[Backend, ...] = (
+    (("avx512",) if _nb is not None and _nb.has_avx512_popcount() else ())
+    + (("numba",) if _nb is not None else ())
+    + ("numpy",)
+)
+#: Back end used when a function is called with ``backend=None``.
+DEFAULT_BACKEND: Backend = AVAILABLE_BACKENDS[0]
+
+PANEL = 32  # output columns per prepared weight panel (see PreparedWeights)
+_TILE_ROWS = 4
+_BLOCK_BYTES = 256 * 1024  # gathered activation rows kept hot in L2 per work item
+_PARALLEL_MIN_WORDS = 1 << 18  # word-ops below which threading costs more than it saves
+_PACK_PARALLEL_MIN = 1 << 18  # elements below which packing stays on one thread
+_NUMPY_CHUNK_WORDS = 1 << 20  # XOR temporaries of the numpy GEMM, in words
+_PACK_DTYPES = (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64)
+
+_NO_I32_2D = np.empty((0, 0), np.int32)
+_NO_I32 = np.empty(0, np.int32)
+_NO_U8 = np.empty(0, np.uint8)
+_NO_U8_2D = np.empty((0, 0), np.uint8)
+
+
+def _backend(backend: Backend | None) -> Backend:
+    chosen = DEFAULT_BACKEND if backend is None else backend
+    if chosen not in AVAILABLE_BACKENDS:
+        raise ValueError(f"backend {chosen!r} is not available here (have {AVAILABLE_BACKENDS})")
+    return chosen
+
+
+def _words(k: int) -> int:
+    return -(-k // 64)
+
+
+def _threads_for(work: int) -> int:
+    """Threads for a numba kernel doing ``work`` units; 1 keeps it on the calling thread."""
+    return _nb.num_threads() if work >= _PARALLEL_MIN_WORDS else 1
+
+
+# --------------------------------------------------------------------------------------
+# Packing
+# --------------------------------------------------------------------------------------
+
+
+def _pack_bool(bits: np.ndarray) -> np.ndarray:
+    """Pack a boolean array along its last axis into uint64 words (numpy)."""
+    length = bits.shape[-1]
+    packed = np.packbits(bits, axis=-1, bitorder="little")
+    padded = np.zeros(bits.shape[:-1] + (8 * _words(length),), np.uint8)
+    padded[..., : packed.shape[-1]] = packed
+    return padded.view("<u8").astype(np.uint64, copy=False)
+
+
+def pack_signs(x: np.ndarray, axis: int = -1, *, backend: Backend | None = None) -> np.ndarray:
+    """Binarize ``x`` with ``sign`` (``x >= 0`` -> +1, so 0 and -0.0 map to +1; NaN -> -1)
+    and pack it along ``axis`` into uint64 words.
+
+    Returns a C-contiguous uint64 array shaped like ``x`` with ``axis`` of length
+    ``ceil(K / 64)``; element ``j`` of that axis is bit ``j % 64`` of word ``j // 64`` and
+    the ``64 * Kw - K`` tail bits are 0.  Keep ``K = x.shape[axis]``: the kernels need it.
+    Floats and signed integers take a numba kernel (one vector compare per word) when
+    available; other dtypes use ``np.packbits``.
+    """
+    x = np.asarray(x)
+    moved = np.moveaxis(x, axis, -1)
+    length = moved.shape[-1]
+    if _backend(backend) == "numpy" or x.dtype.type not in _PACK_DTYPES:
+        packed = _pack_bool(moved >= 0)
+    else:
+        src = np.ascontiguousarray(moved)
+        packed = np.empty(moved.shape[:-1] + (_words(length),), np.uint64)
+        rows = packed.reshape(-1, packed.shape[-1])
+        _nb.pack_rows(_nb.num_threads() if x.size >= _PACK_PARALLEL_MIN else 1, src, length, rows)
+    return np.ascontiguousarray(np.moveaxis(packed, -1, axis))
+
+
+def unpack_signs(packed: np.ndarray, k: int, axis: int = -1, dtype: np.typing.DTypeLike = np.int8) -> np.ndarray:
+    """Inverse of :func:`pack_signs`: the first ``k`` bits along ``axis`` as -1/+1 values."""
+    moved = np.moveaxis(np.asarray(packed, dtype=np.uint64), axis, -1)
+    as_bytes = np.ascontiguousarray(moved).astype("<u8", copy=False).view(np.uint8)
+    bits = np.unpackbits(as_bytes, axis=-1, count=k, bitorder="little")
+    return np.moveaxis((2 * bits.astype(dtype) - 1).astype(dtype, copy=False), -1, axis)
+
+
+# --------------------------------------------------------------------------------------
+# Prepared weights
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedWeights:
+    """Packed weights of an ``N``-output layer in the kernels' panel layout.
+
+    ``panels`` has shape ``(ceil(N / 32), Kw, 32)``: ``panels[jb, i, c]`` is word ``i`` of
+    output column ``32 * jb + c``, so the 32 weight words one activation word meets are
+    contiguous (four 512-bit vectors).  Columns ``>= n`` are zero words.  Build it once
+    at conversion time with :func:`prepare_weights` and store ``panels`` and ``n``.
+    """
+
+    panels: np.ndarray
+    n: int
+
+    @property
+    def kw(self) -> int:
+        """Words per packed row (``ceil(K / 64)``)."""
+        return self.panels.shape[1]
+
+    def rows(self) -> np.ndarray:
+        """The weights back in row layout ``(N, Kw)`` (a copy)."""
+        return self.panels.transpose(0, 2, 1).reshape(-1, self.kw)[: self.n]
+
+
+def _aligned_empty(shape: tuple[int, ...], dtype: np.typing.DTypeLike, align: int = 64) -> np.ndarray:
+    """Uninitialised C array whose data starts on an ``align``-byte boundary."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape)) * dtype.itemsize
+    raw = np.empty(nbytes + align, np.uint8)
+    start = -raw.ctypes.data % align
+    return raw[start : start + nbytes].view(dtype).reshape(shape)
+
+
+def prepare_weights(b_packed: np.ndarray) -> PreparedWeights:
+    """Rearrange packed weights ``(N, Kw)`` (from :func:`pack_signs`) into panels."""
+    b = _check_packed(b_packed, "b_packed")
+    n, kw = b.shape
+    n_panels = -(-n // PANEL)
+    panels = _aligned_empty((n_panels, kw, PANEL), np.uint64)
+    padded = np.zeros((n_panels * PANEL, kw), np.uint64)
+    padded[:n] = b
+    panels[...] = padded.reshape(n_panels, PANEL, kw).transpose(0, 2, 1)
+    return PreparedWeights(panels=panels, n=n)
+
+
+def _check_packed(a: np.ndarray, name: str, k: int | None = None) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.uint64 or a.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D uint64 array, got {a.dtype} {a.shape}")
+    if k is not None and (k < 0 or a.shape[1] != _words(k)):
+        raise ValueError(f"{name} has {a.shape[1]} words per row, k={k} needs {_words(k)}")
+    return np.ascontiguousarray(a)
+
+
+# --------------------------------------------------------------------------------------
+# GEMM
+# --------------------------------------------------------------------------------------
+
+
+def _gemm(
+    a: np.ndarray, rowbase: np.ndarray, koff: np.ndarray, w: PreparedWeights, k: int, backend: Backend
+) -> np.ndarray:
+    """Dots of gathered rows ``a[rowbase[m] + koff]`` with every weight column: int32 (M, N)."""
+    m = rowbase.shape[0]
+    if backend == "numpy":
+        return _gemm_numpy(a, rowbase, koff, w, k)
+    out = np.empty((m, w.n), np.int32)
+    mode = _nb.MODE_DOT if backend == "avx512" else _nb.MODE_DOT_PORTABLE
+    _nb.gemm(mode, _threads_for(m * w.panels.size), _block_rows(koff.size), w.n, a, rowbase, koff, w.panels, k, out,
+             _NO_I32, _NO_U8, _NO_U8_2D)  # fmt: skip
+    return out
+
+
+def _gemm_numpy(a: np.ndarray, rowbase: np.ndarray, koff: np.ndarray, w: PreparedWeights, k: int) -> np.ndarray:
+    """Pure-numpy GEMM: ``np.bitwise_count`` of XOR-ed row chunks, bounded temporaries."""
+    weights = w.rows()
+    out = np.empty((rowbase.shape[0], w.n), np.int32)
+    step = max(1, _NUMPY_CHUNK_WORDS // max(1, weights.size))
+    for s in range(0, rowbase.shape[0], step):
+        rows = a[rowbase[s : s + step, None] + koff[None, :]]
+        mismatches = np.bitwise_count(rows[:, None, :] ^ weights[None, :, :]).sum(axis=-1, dtype=np.int32)
+        out[s : s + step] = k - 2 * mismatches
+    return out
+
+
+def _block_rows(kw: int) -> int:
+    return max(_TILE_ROWS, _BLOCK_BYTES // (8 * max(kw, 1)) // _TILE_ROWS * _TILE_ROWS)
+
+
+def _activation_rows(
+    a_packed: np.ndarray, prepared: PreparedWeights, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Validate a plain ``(M, Kw)`` operand; return its gather form (flat words, row
+    starts, word offsets) as taken by :func:`_gemm`."""
+    a = _check_packed(a_packed, "a_packed", k)
+    m, kw = a.shape
+    if kw != prepared.kw:
+        raise ValueError(f"a_packed has {kw} words per row, the weights have {prepared.kw}")
+    return a.reshape(-1), np.arange(m, dtype=np.int64) * kw, np.arange(kw, dtype=np.int64)
+
+
+def binary_matmul_prepared(
+    a_packed: np.ndarray, prepared: PreparedWeights, k: int, *, backend: Backend | None = None
+) -> np.ndarray:
+    """``a @ w.T`` for ±1 matrices: int32 ``(M, N)``, ``out[m, n] = k - 2 * popcount(a[m] ^ w[n])``.
+
+    ``a_packed`` is ``(M, Kw)`` uint64 from :func:`pack_signs` with ``Kw = ceil(k / 64)``;
+    ``prepared`` comes from :func:`prepare_weights` of ``(N, Kw)`` packed weights.
+    """
+    return _gemm(*_activation_rows(a_packed, prepared, k), prepared, k, _backend(backend))
+
+
+def binary_matmul(
+    a_packed: np.ndarray, b_packed: np.ndarray, k: int, *, backend: Backend | None = None
+) -> np.ndarray:
+    """Like :func:`binary_matmul_prepared` with unprepared ``(N, Kw)`` weights.
+
+    Prepares the weights on every call; store :func:`prepare_weights` output instead
+    when the same weights are used again.
+    """
+    return binary_matmul_prepared(a_packed, prepare_weights(b_packed), k, backend=backend)
+
+
+def threshold_bits(dots: np.ndarray, thresholds: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Packed ``(dots >= thresholds) XOR flip`` per column: uint64 ``(M, ceil(N / 64))``.
+
+    The numpy reference of the fused epilogue in :func:`binary_matmul_threshold`.
+    """
+    return _pack_bool(np.greater_equal(dots, thresholds) ^ np.asarray(flip, dtype=bool))
+
+
+def binary_matmul_threshold(
+    a_packed: np.ndarray,
+    prepared: PreparedWeights,
+    k: int,
+    thresholds: np.ndarray,
+    flip: np.ndarray,
+    *,
+    backend: Backend | None = None,
+) -> np.ndarray:
+    """Binary GEMM followed by a per-output-channel sign step, packed for the next layer.
+
+    Output bit ``(m, n)`` (bit ``n % 64`` of word ``n // 64`` of row ``m``; 1 = +1) is::
+
+        (dot[m, n] >= thresholds[n]) XOR flip[n],   dot = k - 2 * popcount(a[m] ^ w[n])
+
+    with ``thresholds`` int32 ``(N,)`` and ``flip`` bool ``(N,)``; tail bits past ``N``
+    are 0.  Folding ``sign(BatchNorm(dot))`` with ``s = gamma / sqrt(var + eps)``:
+    for ``s > 0`` the output is +1 iff ``dot >= mean - beta / s``, i.e.
+    ``threshold = ceil(mean - beta / s)``, ``flip = False``; for ``s < 0`` it is +1 iff
+    ``dot <= mean - beta / s``, i.e. ``threshold = floor(mean - beta / s) + 1``,
+    ``flip = True``.  (``dot`` always has the parity of ``k``.)  The AVX-512 back end
+    computes the bits in the GEMM epilogue without materialising ``dot``.
+    """
+    backend = _backend(backend)
+    n = prepared.n
+    thresholds = np.asarray(thresholds, dtype=np.int32).reshape(n)
+    flip = np.asarray(flip, dtype=bool).reshape(n)
+    if backend != "avx512":
+        return threshold_bits(binary_matmul_prepared(a_packed, prepared, k, backend=backend), thresholds, flip)
+    a, rowbase, koff = _activation_rows(a_packed, prepared, k)
+    padded_n = prepared.panels.shape[0] * PANEL
+    thr = np.full(padded_n, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
+    thr[:n] = thresholds
+    flips = np.zeros(padded_n, bool)
+    flips[:n] = flip
+    out = np.zeros((rowbase.shape[0], _words(n)), np.uint64)
+    _nb.gemm(_nb.MODE_THRESHOLD, _threads_for(rowbase.shape[0] * prepared.panels.size), _block_rows(koff.size), n,
+             a, rowbase, koff, prepared.panels, k, _NO_I32_2D, thr, np.packbits(flips, bitorder="little"),
+             out.view(np.uint8))  # fmt: skip
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# Convolution and pooling (NHWC, packed along channels)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedConvWeights:
+    """Binary conv weights ready for :func:`binary_conv2d`.
+
+    ``weights`` are the ``(C_out, kh, kw, Cw)`` packed weights flattened to GEMM rows of
+    ``kh * kw * Cw`` words (tap-major, channel words fastest) and prepared as panels.
+    ``tap_dots[dy, dx, co] = c_in - 2 * popcount(w[co, dy, dx])`` is the dot product of
+    one tap with an all-zero-bits (all -1) pixel, used to cancel the padding taps.
+    """
+
+    weights: PreparedWeights
+    kernel_size: tuple[int, int]
+    c_in: int
+    tap_dots: np.ndarray
+
+
+def prepare_conv_weights(w_packed: np.ndarray, c_in: int) -> PreparedConvWeights:
+    """Prepare packed conv weights ``(C_out, kh, kw, ceil(c_in / 64))`` (``pack_signs`` of
+    ``(C_out, kh, kw, C_in)`` weights along the last axis)."""
+    w = np.asarray(w_packed)
+    if w.dtype != np.uint64 or w.ndim != 4 or w.shape[3] != _words(c_in):
+        raise ValueError(f"w_packed must be uint64 (C_out, kh, kw, {_words(c_in)}), got {w.dtype} {w.shape}")
+    c_out, kh, kw, cw = w.shape
+    tap_dots = c_in - 2 * np.bitwise_count(w).sum(axis=-1, dtype=np.int32)
+    return PreparedConvWeights(
+        weights=prepare_weights(w.reshape(c_out, kh * kw * cw)),
+        kernel_size=(kh, kw),
+        c_in=c_in,
+        tap_dots=np.ascontiguousarray(tap_dots.transpose(1, 2, 0)),
+    )
+
+
+def _valid_taps(size: int, out_size: int, kernel: int, stride: int, padding: int) -> np.ndarray:
+    """``valid[o, d]``: input index ``o * stride - padding + d`` lies inside ``0 .. size - 1``."""
+    pos = np.arange(out_size)[:, None] * stride - padding + np.arange(kernel)[None, :]
+    return (pos >= 0) & (pos < size)
+
+
+def _cancel_padding_taps(out: np.ndarray, tap_dots: np.ndarray, vy: np.ndarray, vx: np.ndarray) -> None:
+    """Remove, in place, what the padding taps added to ``out`` (N, Ho, Wo, C_out).
+
+    The GEMM reads padding pixels as all-zero words, i.e. all -1, which adds
+    ``tap_dots[dy, dx]`` per padding tap; zero padding of ±1 activations must add 0.
+    Only border positions have padding taps, so only they are touched.
+    """
+    vy, vx = vy.astype(np.int32), vx.astype(np.int32)
+    total = tap_dots.sum(axis=(0, 1))
+    inner_y = vy.all(axis=1)
+    border_y, border_x = np.flatnonzero(~inner_y), np.flatnonzero(~vx.all(axis=1))
+
+    def padding_part(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+        return total - np.einsum("ya,xb,abc->yxc", vy[ys], vx[xs], tap_dots)
+
+    if border_y.size:
+        out[:, border_y] -= padding_part(border_y, np.arange(vx.shape[0]))
+    if border_x.size:
+        inner = np.flatnonzero(inner_y)
+        out[:, inner[:, None], border_x[None, :]] -= padding_part(inner, border_x)
+
+
+def binary_conv2d(
+    x_packed: np.ndarray,
+    c_in: int,
+    w_prepared: PreparedConvWeights,
+    padding: int = 1,
+    stride: int = 1,
+    *,
+    backend: Backend | None = None,
+) -> np.ndarray:
+    """Binary 2-D convolution (cross-correlation, like ``F.conv2d``) of NHWC packed input.
+
+    ``x_packed``: ``(N, H, W, Cw)`` uint64, channels packed with :func:`pack_signs`
+    (``Cw = ceil(c_in / 64)``).  Returns int32 ``(N, Ho, Wo, C_out)`` with
+    ``out[n, y, x, co] = sum over taps inside the image of the ±1 channel dot product``:
+    exactly ``F.conv2d`` of the ±1 tensors with *zero* padding (padding contributes 0,
+    neither +1 nor -1).  Implemented as a GEMM over implicit im2col rows
+    (``k = kh * kw * c_in``) of a copy of the input padded with zero words, followed by
+    :func:`_cancel_padding_taps` on the border positions.
+    """
+    x = np.asarray(x_packed)
+    if x.dtype != np.uint64 or x.ndim != 4 or x.shape[3] != _words(c_in) or c_in != w_prepared.c_in:
+        raise ValueError(f"x_packed must be uint64 (N, H, W, {_words(c_in)}) for c_in={w_prepared.c_in}")
+    n, h, w, cw = x.shape
+    kh, kw = w_prepared.kernel_size
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
+    hp, wp = h + 2 * padding, w + 2 * padding
+    padded = np.zeros((n, hp, wp, cw), np.uint64)
+    padded[:, padding : padding + h, padding : padding + w] = x
+    rowbase = (np.arange(n)[:, None, None] * hp + np.arange(ho)[None, :, None] * stride) * wp
+    rowbase = ((rowbase + np.arange(wo)[None, None, :] * stride) * cw).reshape(-1)
+    koff = ((np.arange(kh)[:, None, None] * wp + np.arange(kw)[None, :, None]) * cw + np.arange(cw)).reshape(-1)
+    out = _gemm(padded.reshape(-1), rowbase, koff, w_prepared.weights, kh * kw * c_in, _backend(backend))
+    out = out.reshape(n, ho, wo, -1)
+    if padding:
+        vy, vx = _valid_taps(h, ho, kh, stride, padding), _valid_taps(w, wo, kw, stride, padding)
+        _cancel_padding_taps(out, w_prepared.tap_dots, vy, vx)
+    return out
+
+
+def binary_maxpool2d(x_packed: np.ndarray, kernel: int = 2, stride: int = 2) -> np.ndarray:
+    """Max-pool of packed ±1 NHWC maps: the max of ±1 values is +1 iff any bit is 1, so
+    it is the bitwise OR of the words in each ``kernel x kernel`` window (no padding;
+    ``Ho = (H - kernel) // stride + 1``).  Padding bits stay 0."""
+    x = np.asarray(x_packed)
+    ho, wo = (x.shape[1] - kernel) // stride + 1, (x.shape[2] - kernel) // stride + 1
+    out = np.zeros((x.shape[0], ho, wo, x.shape[3]), x.dtype)
+    for dy in range(kernel):
+        for dx in range(kernel):
+            np.bitwise_or(out, x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride], out=out)
+    return out

@@ -1,0 +1,200 @@
+"""Bit-exactness of the packed kernels against float64 numpy references on ±1 data."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from onebit.deploy import kernels as K
+
+BACKENDS = K.AVAILABLE_BACKENDS
+RNG = np.random.default_rng(1234)
+
+
+def signs(*shape: int) -> np.ndarray:
+    return RNG.choice(np.array([-1.0, 1.0], np.float32), size=shape)
+
+
+def sign(x: np.ndarray) -> np.ndarray:
+    return np.where(x >= 0, 1.0, -1.0)
+
+
+def conv_reference(x: np.ndarray, w: np.ndarray, padding: int, stride: int) -> np.ndarray:
+    """F.conv2d of NHWC ±1 input with (C_out, kh, kw, C_in) ±1 weights, zero padding,
+    via an explicit im2col and a float64 matmul."""
+    n, h, wd, c = x.shape
+    c_out, kh, kw, _ = w.shape
+    xp = np.pad(x.astype(np.float64), ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    cols = np.empty((n, ho, wo, kh, kw, c))
+    for dy in range(kh):
+        for dx in range(kw):
+            cols[:, :, :, dy, dx] = xp[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+    return (cols.reshape(n * ho * wo, -1) @ w.reshape(c_out, -1).T.astype(np.float64)).reshape(n, ho, wo, c_out)
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 63, 64, 65, 130])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.int32])
+def test_pack_round_trip_and_layout(backend, k, dtype):
+    x = (RNG.standard_normal((3, k)) * 10).astype(dtype)
+    packed = K.pack_signs(x, backend=backend)
+    assert packed.dtype == np.uint64 and packed.shape == (3, -(-k // 64))
+    np.testing.assert_array_equal(K.unpack_signs(packed, k), sign(x))
+    # element j -> word j // 64, bit j % 64; tail bits zero
+    j = np.arange(64 * packed.shape[1])
+    bits = (packed[:, j // 64] >> (j % 64).astype(np.uint64)) & np.uint64(1)
+    np.testing.assert_array_equal(bits[:, :k], x >= 0)
+    assert not bits[:, k:].any()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pack_zero_nan_and_axis(backend):
+    x = np.array([[0.0, -0.0, np.nan, -1e-30, 1e-30, -np.inf]], np.float32)
+    assert K.pack_signs(x, backend=backend)[0, 0] == 0b010011
+    y = signs(2, 70, 3)
+    packed = K.pack_signs(y, axis=1, backend=backend)
+    assert packed.shape == (2, 2, 3) and packed.flags.c_contiguous
+    np.testing.assert_array_equal(K.unpack_signs(packed, 70, axis=1), y)
+    big = RNG.standard_normal((600, 1000)).astype(np.float32)  # large enough to thread
+    np.testing.assert_array_equal(K.pack_signs(big, backend=backend), K.pack_signs(big, backend="numpy"))
+
+
+# ---------------------------------------------------------------------------- GEMM
+
+GEMM_SHAPES = [(1, 1, 1), (1, 784, 1024), (3, 63, 7), (3, 65, 33), (5, 1000, 40), (9, 784, 33), (4, 128, 64)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
+def test_binary_matmul_matches_float(backend, m, k, n):
+    a, b = signs(m, k), signs(n, k)
+    expected = a.astype(np.float64) @ b.T.astype(np.float64)
+    out = K.binary_matmul(K.pack_signs(a), K.pack_signs(b), k, backend=backend)
+    assert out.dtype == np.int32 and out.shape == (m, n)
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_matmul_threaded_path(backend):
+    """Large enough to take the multi-threaded path, with M and N tails."""
+    a, b = signs(67, 1000), signs(131, 1000)
+    prepared = K.prepare_weights(K.pack_signs(b))
+    out = K.binary_matmul_prepared(K.pack_signs(a), prepared, 1000, backend=backend)
+    np.testing.assert_array_equal(out, a.astype(np.float64) @ b.T)
+
+
+def test_prepared_weights_layout():
+    b = signs(40, 100)
+    packed = K.pack_signs(b)
+    prepared = K.prepare_weights(packed)
+    assert prepared.panels.shape == (2, 2, K.PANEL) and prepared.n == 40
+    assert prepared.panels.ctypes.data % 64 == 0
+    np.testing.assert_array_equal(prepared.rows(), packed)
+    assert not prepared.panels[1, :, 8:].any()  # columns 40..63 are zero padding
+
+
+def test_shape_checks():
+    a = K.pack_signs(signs(2, 70))
+    w = K.prepare_weights(K.pack_signs(signs(3, 70)))
+    with pytest.raises(ValueError):
+        K.binary_matmul_prepared(a, w, 140)
+    with pytest.raises(ValueError):
+        K.binary_matmul_prepared(a.astype(np.int64), w, 70)
+    with pytest.raises(ValueError):
+        K.binary_matmul_prepared(a, K.prepare_weights(K.pack_signs(signs(3, 10))), 70)
+    with pytest.raises(ValueError):
+        K.binary_matmul_prepared(a, w, 70, backend="cuda")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,k,n", [(1, 65, 1), (3, 784, 33), (5, 100, 64), (7, 200, 130), (70, 1000, 100)])
+def test_threshold_epilogue(backend, m, k, n):
+    a, b = signs(m, k), signs(n, k)
+    dots = a.astype(np.float64) @ b.T
+    thresholds = RNG.integers(-k // 4, k // 4 + 1, size=n).astype(np.int32)
+    thresholds[:2] = dots[0, :2]  # equality must count as >=
+    flip = RNG.random(n) < 0.5
+    bits = (dots >= thresholds) ^ flip
+    out = K.binary_matmul_threshold(K.pack_signs(a), K.prepare_weights(K.pack_signs(b)), k, thresholds, flip, backend=backend)
+    assert out.dtype == np.uint64 and out.shape == (m, -(-n // 64))
+    np.testing.assert_array_equal(K.unpack_signs(out, n), np.where(bits, 1, -1))
+    np.testing.assert_array_equal(out, K.pack_signs(np.where(bits, 1.0, -1.0)))  # tail bits are 0
+
+
+# ---------------------------------------------------------------------------- conv / pool
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    "n,h,w,c_in,c_out,kernel,padding,stride",
+    [
+        (2, 5, 6, 64, 64, 3, 1, 1),
+        (1, 7, 4, 70, 33, 3, 1, 1),
+        (1, 1, 1, 3, 5, 3, 1, 1),
+        (2, 9, 9, 16, 32, 5, 2, 1),
+        (1, 8, 7, 20, 9, 3, 1, 2),
+        (1, 6, 6, 64, 8, 3, 0, 1),
+    ],
+)
+def test_binary_conv2d_matches_zero_padded_reference(backend, n, h, w, c_in, c_out, kernel, padding, stride):
+    x, wt = signs(n, h, w, c_in), signs(c_out, kernel, kernel, c_in)
+    prepared = K.prepare_conv_weights(K.pack_signs(wt), c_in)
+    out = K.binary_conv2d(K.pack_signs(x), c_in, prepared, padding=padding, stride=stride, backend=backend)
+    np.testing.assert_array_equal(out, conv_reference(x, wt, padding, stride))
+
+
+@pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (2, 1)])
+def test_maxpool_is_or_of_signs(kernel, stride):
+    x = signs(2, 7, 6, 70)
+    out = K.binary_maxpool2d(K.pack_signs(x), kernel, stride)
+    ho, wo = (7 - kernel) // stride + 1, (6 - kernel) // stride + 1
+    windows = np.stack(
+        [x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+         for dy in range(kernel) for dx in range(kernel)]
+    )  # fmt: skip
+    np.testing.assert_array_equal(out, K.pack_signs(windows.max(axis=0)))
+
+
+# ---------------------------------------------------------------------------- back-end switch
+
+
+def _run_isolated(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter where ``onebit`` and ``onebit.deploy`` are bare
+    namespace stubs, so only the kernel modules themselves are imported."""
+    prelude = (
+        "import sys, types, pathlib, numpy as np\n"
+        f"root = pathlib.Path({str(K.__file__)!r}).parent\n"
+        "for name, path in (('onebit', root.parent), ('onebit.deploy', root)):\n"
+        "    mod = types.ModuleType(name); mod.__path__ = [str(path)]; sys.modules[name] = mod\n"
+        "import onebit.deploy.kernels as K\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", prelude + code], env=dict(os.environ, **env), capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_no_numba_env_var_forces_numpy_backend():
+    code = (
+        "assert K.AVAILABLE_BACKENDS == ('numpy',), K.AVAILABLE_BACKENDS\n"
+        "assert 'numba' not in sys.modules\n"
+        "a = K.pack_signs(np.ones((2, 70))); b = K.pack_signs(-np.ones((3, 70)))\n"
+        "assert (K.binary_matmul(a, b, 70) == -70).all()\n"
+        "print(K.DEFAULT_BACKEND)\n"
+    )
+    assert _run_isolated(code, ONEBIT_NO_NUMBA="1") == "numpy"
+
+
+def test_kernels_do_not_import_torch():
+    assert _run_isolated("print('torch' in sys.modules, K.DEFAULT_BACKEND)", ONEBIT_NO_NUMBA="0") == (
+        f"False {K.DEFAULT_BACKEND}"
+    )
