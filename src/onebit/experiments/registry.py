@@ -1,0 +1,80 @@
+"""Named experiments: a grid of rows (model + training overrides) on one dataset."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..training import Task
+
+__all__ = ["Row", "Experiment", "register", "get", "names"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of an experiment's results table.
+
+    Attributes:
+        name: row name used in ``results.json`` and as the run directory.
+        model: ``{"name": <model registry name>, **constructor kwargs}``.
+        train: overrides of the experiment's :class:`~onebit.training.TrainConfig` defaults.
+    """
+
+    name: str
+    model: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A named grid of runs.
+
+    Attributes:
+        name: experiment name (``onebit run NAME``).
+        description: one line for ``onebit list`` and the report.
+        rows: the runs of the table.
+        train: default training options.
+        make_task: ``fn(data_root, quick, batch_size) -> Task``; ``quick`` selects a tiny subset.
+        input_size: shape of one example (for summaries and export).
+        published: row name -> published figure to print beside ours in the report.
+        notes: paragraphs for the report (how the setting differs from the studies).
+    """
+
+    name: str
+    description: str
+    rows: tuple[Row, ...]
+    train: dict[str, Any]
+    make_task: Callable[[str | None, bool, int], Task]
+    input_size: tuple[int, ...]
+    published: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+    def row(self, name: str) -> Row:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        raise ValueError(f"experiment {self.name!r} has no row {name!r}; rows: {', '.join(r.name for r in self.rows)}")
+
+
+_EXPERIMENTS: dict[str, Experiment] = {}
+
+
+def register(experiment: Experiment) -> Experiment:
+    _EXPERIMENTS[experiment.name] = experiment
+    return experiment
+
+
+def names() -> list[str]:
+    _load_builtin()
+    return list(_EXPERIMENTS)
+
+
+def get(name: str) -> Experiment:
+    _load_builtin()
+    if name not in _EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; valid experiments: {', '.join(_EXPERIMENTS)}")
+    return _EXPERIMENTS[name]
+
+
+def _load_builtin() -> None:
+    from . import mnist  # noqa: F401  (registers mnist-mlp, mnist-cnn)

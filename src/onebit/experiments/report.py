@@ -1,0 +1,215 @@
+"""Turn finished runs into ``results.json``, ``results.md``, ``curves.png`` and heatmaps."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .. import summary as model_summary
+from ..nn import QuantizedLayer
+from ..quantizers import BinaryNeuron
+from ..training import load_checkpoint, write_json
+from . import registry
+from .runner import build_model
+
+__all__ = ["collect_rows", "write_report", "firing_rates"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def _runs(exp_dir: Path, row: str) -> list[tuple[dict, dict, list[dict]]]:
+    """(config, final, metrics) of every finished seed of ``row``."""
+    runs = []
+    for seed_dir in sorted((exp_dir / row).glob("seed*")):
+        final_path = seed_dir / "final.json"
+        if not final_path.exists():
+            continue
+        metrics = [json.loads(line) for line in (seed_dir / "metrics.jsonl").read_text().splitlines() if line]
+        runs.append((json.loads((seed_dir / "config.json").read_text()), json.loads(final_path.read_text()), metrics))
+    return runs
+
+
+def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any]]]:
+    """Aggregate finished runs of every row (mean and std over seeds)."""
+    info = json.loads((exp_dir / "experiment.json").read_text())
+    experiment = registry.get(info["experiment"])
+    rows = []
+    for row in experiment.rows:
+        runs = _runs(exp_dir, row.name)
+        if not runs:
+            continue
+        config = runs[0][0]
+        stats = model_summary(build_model(config), experiment.input_size)
+        out: dict[str, Any] = {"name": row.name, "seeds": [c["seed"] for c, _, _ in runs]}
+        for key in ("test_acc", "test_loss", "train_seconds", "best_epoch"):
+            values = [f[key] for _, f, _ in runs]
+            out[key] = values
+            out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
+        out.update(epochs=config["train"]["epochs"], quick=config["quick"],
+                   binary_params=stats.binary_params, float_params=stats.float_params,
+                   packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
+                   published=experiment.published.get(row.name))
+        out["curves"] = {
+            key: [statistics.fmean(m[e][key] for _, _, m in runs) for e in range(min(len(m) for _, _, m in runs))]
+            for key in ("train_loss", "val_acc")
+        }
+        rows.append(out)
+    return experiment, rows
+
+
+def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], heatmaps: list[str]) -> str:
+    lines = [
+        f"# {experiment.name}: {experiment.description}",
+        "",
+        f"Produced by `{command}`, then `onebit report`. Test accuracy of the best-validation epoch, "
+        "mean +- std over seeds; time is training wall time per run on this machine "
+        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads).",
+        "",
+        "| row | test acc (%) | test loss | seeds | epochs | binary / float params | packed size | "
+        "train time / run | published |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | "
+            f"{r['test_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
+            f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
+            f"{r['train_seconds_mean']:.0f} s | {r['published'] or ''} |"
+        )
+    if any(r["quick"] for r in rows):
+        lines += ["", "**Quick (smoke) runs: tiny data subset, one epoch. These numbers mean nothing.**"]
+    lines += ["", "![curves](curves.png)", ""]
+    lines += [f"- {note}" for note in experiment.notes]
+    if heatmaps:
+        lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, seed 0)", ""]
+        lines += [f"![{h}]({h})" for h in heatmaps]
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for r in rows:
+        epochs = range(1, len(r["curves"]["train_loss"]) + 1)
+        ax_loss.plot(epochs, r["curves"]["train_loss"], label=r["name"])
+        ax_acc.plot(epochs, [100 * a for a in r["curves"]["val_acc"]], label=r["name"])
+    ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="Training loss")
+    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+    ax_acc.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def binary_activations(model: nn.Module) -> dict[str, nn.Module]:
+    """Modules whose output is a binary activation: binary neurons and input quantizers."""
+    found = {}
+    for name, module in model.named_modules():
+        if isinstance(module, BinaryNeuron):
+            found[name] = module
+        elif isinstance(module, QuantizedLayer) and module.has_binary_input:
+            found[f"{name}.input"] = module.input_quantizer
+    return found
+
+
+@torch.no_grad()
+def firing_rates(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Fraction of ``images`` for which each binary unit outputs its high value (1 or +1),
+    per binary activation module: tensors shaped like one activation, e.g. ``(C, H, W)``."""
+    sums: dict[str, torch.Tensor] = {}
+
+    def hook(name):
+        def record(module, inputs, output):
+            sums[name] = sums.get(name, 0) + (output > 0).double().sum(0)
+
+        return record
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in binary_activations(model).items()]
+    model.eval()
+    try:
+        for start in range(0, len(images), 500):
+            model(images[start : start + 500])
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: (v / len(images)).float() for k, v in sums.items()}
+
+
+def _plot_heatmap(rate: torch.Tensor, title: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    maps = rate if rate.dim() == 3 else rate.reshape(1, 1, -1)
+    if rate.dim() == 1:  # fully connected: lay the units out as a near-square image
+        side = int(rate.numel() ** 0.5)
+        while rate.numel() % side:
+            side -= 1
+        maps = rate.reshape(1, side, -1)
+    channels = maps.shape[0]
+    cols = min(8, channels)
+    rows = (channels + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1, 1.6 * rows + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < channels:
+            im = ax.imshow(maps[i].numpy(), vmin=0, vmax=1, cmap="viridis")
+            if channels > 1:
+                ax.set_title(f"ch {i}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="firing rate")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> list[str]:
+    written = []
+    images = None
+    for r in rows:
+        seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
+        config = json.loads((seed_dir / "config.json").read_text())
+        model = build_model(config)
+        if not binary_activations(model):
+            continue
+        if images is None:
+            task = experiment.make_task(data, config["quick"], config["train"]["batch_size"])
+            images = torch.cat([x for x, _ in task.eval_batches("test")])[:1000]
+        model.load_state_dict(load_checkpoint(seed_dir / "checkpoint.pt")["best_model"])
+        for layer, rate in firing_rates(model, images).items():
+            name = f"heatmaps/{r['name']}__{layer}.png"
+            _plot_heatmap(rate, f"{experiment.name} {r['name']}: {layer} (mean {rate.mean():.2f})", exp_dir / name)
+            written.append(name)
+    return written
+
+
+def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = True) -> Path:
+    """Write ``results.json``, ``results.md``, ``curves.png`` and ``heatmaps/*.png`` into
+    ``exp_dir`` (``runs/<experiment>``) from its finished runs. Returns the results.md path."""
+    exp_dir = Path(exp_dir)
+    if not (exp_dir / "experiment.json").exists():
+        raise FileNotFoundError(f"{exp_dir} is not an experiment directory (no experiment.json); "
+                                "pass runs/<experiment> as written by `onebit run`")
+    command = json.loads((exp_dir / "experiment.json").read_text())["command"]
+    experiment, rows = collect_rows(exp_dir)
+    if not rows:
+        raise ValueError(f"{exp_dir} has no finished runs yet")
+    (exp_dir / "heatmaps").mkdir(exist_ok=True)
+    _plot_curves(rows, exp_dir / "curves.png")
+    maps = _heatmaps(exp_dir, experiment, rows, data) if heatmaps else []
+    write_json({"experiment": experiment.name, "command": command, "rows": rows}, exp_dir / "results.json")
+    path = exp_dir / "results.md"
+    path.write_text(_markdown(experiment, command, rows, maps))
+    return path

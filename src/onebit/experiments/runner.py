@@ -1,0 +1,154 @@
+"""Run an experiment's grid of (row, seed) runs, resumably, optionally in parallel processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+
+from .. import models
+from ..training import TrainConfig, Trainer, write_json
+from . import registry
+
+__all__ = ["run_configs", "run_experiment", "train_run", "build_model"]
+
+
+def run_configs(
+    experiment: registry.Experiment,
+    *,
+    quick: bool = False,
+    epochs: int | None = None,
+    seeds: int = 3,
+    rows: Iterable[str] | None = None,
+    device: str = "auto",
+) -> list[dict[str, Any]]:
+    """The JSON config of every run of ``experiment`` (what ``config.json`` holds)."""
+    selected = [experiment.row(r) for r in rows] if rows else list(experiment.rows)
+    configs = []
+    for row in selected:
+        for seed in range(seeds):
+            train = TrainConfig.from_dict({**experiment.train, **row.train, "seed": seed, "device": device})
+            if epochs is not None:
+                train.epochs = epochs
+            if quick:
+                train.epochs = 1
+            train_dict = asdict(train)
+            del train_dict["progress"]  # display only: not part of what a run is
+            configs.append({"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
+                            "model": dict(row.model), "train": train_dict})
+    return configs
+
+
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    """Build the (untrained) model a run config describes."""
+    spec = dict(config["model"])
+    return models.build(spec.pop("name"), **spec)
+
+
+def run_dir_of(out: Path, config: dict[str, Any]) -> Path:
+    return Path(out) / config["experiment"] / config["row"] / f"seed{config['seed']}"
+
+
+def train_run(config: dict[str, Any], run_dir: str | os.PathLike, data: str | None, resume: bool,
+              progress: bool = True, threads: int | None = None) -> dict[str, Any]:
+    """Train one run; returns its final metrics. Safe to call in a worker process."""
+    if threads:
+        torch.set_num_threads(threads)
+    run_dir = Path(run_dir)
+    experiment = registry.get(config["experiment"])
+    train = TrainConfig.from_dict({**config["train"], "progress": progress})
+    task = experiment.make_task(data, config["quick"], train.batch_size)
+    torch.manual_seed(train.seed)
+    model = build_model(config)
+    return Trainer(model, task, train, run_dir).fit(resume=resume)
+
+
+def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
+    """Check the run directory against ``config``; return True if the run still has to train."""
+    config_path = run_dir / "config.json"
+    if config_path.exists():
+        if json.loads(config_path.read_text()) != config:
+            raise ValueError(
+                f"{run_dir} holds a run with a different configuration; choose another --out "
+                f"directory or delete {run_dir} to train this one"
+            )
+        if (run_dir / "final.json").exists():
+            return False
+        if not resume and (run_dir / "checkpoint.pt").exists():
+            print(f"{run_dir}: interrupted run found, starting over (pass --resume to continue it)")
+            shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(config, config_path)
+    return True
+
+
+def run_experiment(
+    name: str,
+    *,
+    out: str | os.PathLike = "runs",
+    data: str | None = None,
+    quick: bool = False,
+    epochs: int | None = None,
+    seeds: int | None = None,
+    rows: Iterable[str] | None = None,
+    jobs: int = 1,
+    resume: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+    command: str | None = None,
+) -> Path:
+    """Train every (row, seed) of experiment ``name`` that has not finished, then write the
+    report. Finished runs (``final.json`` present, same config) are reused.
+
+    Args:
+        name: experiment name (see :func:`onebit.experiments.names`).
+        out: root of the run directories; runs go to ``out/<experiment>/<row>/seed<k>/``.
+        data: dataset root (default: ``$ONEBIT_DATA`` or the per-user cache).
+        quick: smoke version: tiny data subset, one epoch.
+        epochs: override the experiment's epoch count.
+        seeds: seeds per row (default 3; 1 with ``quick``).
+        rows: only these rows.
+        jobs: runs trained in parallel processes (threads are split between them).
+        resume: continue interrupted runs from their checkpoints.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        progress: show progress bars.
+        command: the command line, recorded in the report.
+
+    Returns:
+        The experiment directory ``out/<experiment>``.
+    """
+    from .report import write_report
+
+    experiment = registry.get(name)
+    if seeds is None:
+        seeds = 1 if quick else 3
+    if seeds < 1 or jobs < 1:
+        raise ValueError("--seeds and --jobs must be at least 1")
+    exp_dir = Path(out) / name
+    configs = run_configs(experiment, quick=quick, epochs=epochs, seeds=seeds, rows=rows, device=device)
+    todo = [(c, run_dir_of(Path(out), c)) for c in configs]
+    todo = [(c, d) for c, d in todo if _prepare(d, c, resume)]
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    write_json({"experiment": name, "command": command or f"onebit run {name}"}, exp_dir / "experiment.json")
+    print(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    if jobs == 1:
+        for i, (config, run_dir) in enumerate(todo, 1):
+            print(f"[{i}/{len(todo)}] {config['row']} seed {config['seed']}")
+            final = train_run(config, run_dir, data, resume, progress)
+            print(f"    test acc {final['test_acc']:.4f}  ({final['train_seconds']:.0f} s)")
+    else:
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+            futures = {pool.submit(train_run, c, d, data, resume, False, threads): c for c, d in todo}
+            for future in futures:
+                config, final = futures[future], future.result()
+                print(f"{config['row']} seed {config['seed']}: test acc {final['test_acc']:.4f}")
+    write_report(exp_dir, data=data)
+    return exp_dir

@@ -1,0 +1,298 @@
+"""The training loop every experiment uses."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm.auto import tqdm
+
+from .. import reinforce, schedules
+from ..nn import clip_latent_weights
+from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .tasks import Task
+
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "resolve_device"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one training run (all JSON-serializable).
+
+    Attributes:
+        epochs: number of passes over the training data.
+        batch_size: training batch size (read by the experiment's task).
+        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``).
+        lr: base learning rate; ``lr_schedule`` scales it per epoch (see
+            :func:`onebit.schedules.lr_factor`), decaying to ``lr * lr_final_ratio``.
+        weight_decay: L2 penalty (applied by the optimizer).
+        clip_latent: bound for latent binary weights after every step (``None``: no clipping).
+        grad_clip: maximum gradient norm (``None``: no clipping).
+        slope_schedule: hard-sigmoid slope annealing for binary neurons.
+        reinforce_baseline_momentum: momentum of the REINFORCE moving-average baseline.
+        seed: seeds the data order and every random draw of the run.
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        progress: show tqdm progress bars.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_final_ratio: float = 0.01
+    clip_latent: float | None = 1.0
+    grad_clip: float | None = None
+    slope_schedule: str = "constant"
+    reinforce_baseline_momentum: float = 0.9
+    seed: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training options {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**d)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available; use --device cpu")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}; choose cpu, cuda or auto")
+    return torch.device(name)
+
+
+def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or sgd")
+
+
+def _to(batch, device: torch.device):
+    return tuple(t.to(device, non_blocking=True) for t in batch)
+
+
+@dataclass
+class _State:
+    """Everything a resumed run needs besides model and optimizer."""
+
+    epoch: int = 0  # epochs completed
+    best_val_acc: float = -1.0
+    best_epoch: int = -1
+    train_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)
+
+
+class Trainer:
+    """Trains ``model`` on ``task`` with ``config``, writing into ``run_dir``:
+
+    - ``metrics.jsonl``: one JSON line per epoch (train/val loss and accuracy, lr, slope, time);
+    - ``checkpoint.pt``: model, optimizer, RNG and loop state, written atomically every epoch,
+      plus the best-validation model (``best_model``);
+    - ``final.json``: test metrics of the best-validation model, wall time;
+    - TensorBoard events under ``tensorboard/``.
+
+    The test split is evaluated once, at the end, with the weights of the epoch of best
+    validation accuracy. ``fit(resume=True)`` continues from ``checkpoint.pt``; a resumed run
+    ends with the same metrics as an uninterrupted one.
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel
+    (gloo on CPU, nccl on GPU), each process takes its share of every batch and rank 0 writes
+    the files.
+    """
+
+    def __init__(self, model: nn.Module, task: Task, config: TrainConfig, run_dir: str | os.PathLike) -> None:
+        self.config = config
+        self.task = task
+        self.run_dir = Path(run_dir)
+        self.device = resolve_device(config.device)
+        self.model = model.to(self.device)
+        self.optimizer = _make_optimizer(config, self.model.parameters())
+        self.baseline = reinforce.MovingAverageBaseline(config.reinforce_baseline_momentum)
+        self.uses_reinforce = reinforce.has_reinforce_neurons(model)
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world_size > 1 else 0
+        self.is_main = self.rank == 0
+        self.state = _State()
+        self.best_model: dict[str, torch.Tensor] | None = None
+
+    # -- persistence -------------------------------------------------------------------
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint.pt"
+
+    def _save(self) -> None:
+        save_checkpoint(
+            {
+                "model": self.model.state_dict(),
+                "best_model": self.best_model,
+                "optimizer": self.optimizer.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "baseline": self.baseline.state_dict(),
+                "state": asdict(self.state),
+            },
+            self.checkpoint_path,
+        )
+
+    def _load(self) -> None:
+        ckpt = load_checkpoint(self.checkpoint_path)
+        self.model.load_state_dict(ckpt["model"])
+        self.best_model = ckpt["best_model"]
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        torch.set_rng_state(ckpt["torch_rng"])
+        self.baseline.load_state_dict(ckpt["baseline"])
+        self.state = _State(**ckpt["state"])
+
+    # -- loop --------------------------------------------------------------------------
+    def fit(self, resume: bool = False) -> dict[str, Any]:
+        """Train for ``config.epochs`` epochs (continuing a checkpoint when ``resume``), then
+        evaluate the best-validation model on the test split. Returns the final metrics."""
+        cfg = self.config
+        if resume and self.checkpoint_path.exists():
+            self._load()
+        else:
+            torch.manual_seed(cfg.seed + self.rank)
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        writer = self._tensorboard() if self.is_main else None
+        net = self._distributed(self.model)
+        try:
+            for epoch in range(self.state.epoch, cfg.epochs):
+                record = self._train_epoch(net, epoch)
+                val_loss, val_acc = self.evaluate("val")
+                record.update(val_loss=val_loss, val_acc=val_acc)
+                self.state.history.append(record)
+                if val_acc > self.state.best_val_acc:
+                    self.state.best_val_acc, self.state.best_epoch = val_acc, epoch
+                    self.best_model = copy.deepcopy({k: v.detach().cpu() for k, v in self.model.state_dict().items()})
+                self.state.epoch = epoch + 1
+                if self.is_main:
+                    self._save()
+                    lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
+                    (self.run_dir / "metrics.jsonl").write_text(lines)
+                    for key, value in record.items():
+                        if key != "epoch":
+                            writer.add_scalar(key.replace("_", "/", 1), value, epoch)
+                    writer.flush()
+        finally:
+            if writer is not None:
+                writer.close()
+        return self._finish()
+
+    def _tensorboard(self):
+        from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import
+
+        return SummaryWriter(str(self.run_dir / "tensorboard"))
+
+    def _distributed(self, model: nn.Module) -> nn.Module:
+        if self.world_size == 1:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+
+    def _train_epoch(self, net: nn.Module, epoch: int) -> dict[str, Any]:
+        cfg = self.config
+        lr = cfg.lr * schedules.lr_factor(cfg.lr_schedule, epoch, cfg.epochs, cfg.lr_final_ratio)
+        schedules.set_lr(self.optimizer, lr)
+        slope = schedules.slope_at(cfg.slope_schedule, epoch)
+        schedules.set_slope(self.model, slope)
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        net.train()
+        total_loss, correct, count = 0.0, 0, 0
+        start = time.perf_counter()
+        batches = self.task.train_batches(generator, self.rank, self.world_size)
+        bar = tqdm(batches, total=self.task.num_train_batches(self.world_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                   leave=False, disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
+        for step, batch in enumerate(bar):
+            result = self.task.step(net, _to(batch, self.device))
+            loss = result.per_sample_loss.mean()
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower the learning "
+                    "rate or enable gradient clipping (grad_clip)"
+                )
+            if self.uses_reinforce:
+                loss = loss + reinforce.surrogate_loss(self.model, result.per_sample_loss, self.baseline)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.optimizer.step()
+            if cfg.clip_latent is not None:
+                clip_latent_weights(self.model, cfg.clip_latent)
+            n = result.per_sample_loss.shape[0]
+            total_loss += float(result.per_sample_loss.detach().sum())
+            correct += result.correct
+            count += n
+            bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
+        total_loss, correct, count = self._all_reduce(total_loss, correct, count)
+        seconds = time.perf_counter() - start
+        self.state.train_seconds += seconds
+        return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
+                "lr": lr, "slope": slope, "epoch_seconds": seconds}
+
+    def _all_reduce(self, *values: float) -> list[float]:
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    @torch.no_grad()
+    def evaluate(self, split: str, model: nn.Module | None = None) -> tuple[float, float]:
+        """Mean loss and accuracy of ``model`` (default: the trained model) on ``split``, in
+        eval mode."""
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        total_loss, correct, count = 0.0, 0, 0
+        for batch in self.task.eval_batches(split):
+            result = self.task.step(model, _to(batch, self.device))
+            total_loss += float(result.per_sample_loss.sum())
+            correct += result.correct
+            count += result.per_sample_loss.shape[0]
+        model.train(was_training)
+        return total_loss / max(count, 1), correct / max(count, 1)
+
+    def _finish(self) -> dict[str, Any]:
+        final_model = copy.deepcopy(self.model)
+        if self.best_model is not None:
+            final_model.load_state_dict(self.best_model)
+        test_loss, test_acc = self.evaluate("test", final_model)
+        final = {
+            "test_loss": test_loss,
+            "test_acc": test_acc,
+            "best_epoch": self.state.best_epoch + 1,
+            "best_val_acc": self.state.best_val_acc,
+            "epochs": self.state.epoch,
+            "train_seconds": self.state.train_seconds,
+        }
+        if not all(math.isfinite(v) for v in final.values()):
+            raise TrainingDiverged(f"final metrics are not finite: {final}")
+        if self.is_main:
+            write_json(final, self.run_dir / "final.json")
+        return final
