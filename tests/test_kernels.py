@@ -151,6 +151,18 @@ def test_binary_conv2d_matches_zero_padded_reference(backend, n, h, w, c_in, c_o
     np.testing.assert_array_equal(out, conv_reference(x, wt, padding, stride))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_binary_conv2d_threshold(backend):
+    x, wt = signs(2, 6, 5, 16), signs(70, 5, 5, 16)
+    prepared = K.prepare_conv_weights(K.pack_signs(wt), 16)
+    conv = conv_reference(x, wt, padding=2, stride=1)
+    thresholds = RNG.integers(-20, 21, size=70).astype(np.int32)
+    flip = RNG.random(70) < 0.5
+    out = K.binary_conv2d_threshold(K.pack_signs(x), 16, prepared, thresholds, flip, padding=2, backend=backend)
+    assert out.shape == (2, 6, 5, 2)
+    np.testing.assert_array_equal(out, K.pack_signs(np.where((conv >= thresholds) ^ flip, 1.0, -1.0)))
+
+
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (2, 1)])
 def test_maxpool_is_or_of_signs(kernel, stride):
     x = signs(2, 7, 6, 70)

@@ -20,7 +20,8 @@ vectors, broadcasts one activation word per row and does ``acc += popcount(a ^ w
 (``vpxorq`` + ``vpopcntq`` + ``vpaddq``), i.e. 3 vector instructions per 8 x 64 binary
 multiply-adds.  LLVM does not find this schedule from scalar code, so the loop is
 written as LLVM vector IR through :func:`numba.extending.intrinsic`.  The epilogue
-turns mismatch counts into ``dot = k - 2 * popcount`` and either stores them (masked
+turns mismatch counts into ``dot = bias - 2 * popcount`` (``bias = k`` for a plain GEMM;
+a convolution adds a per-row border correction, see ``kernels._ConvPlan``) and either stores them (masked
 store for the last, partial panel) or compares them with per-column thresholds and
 writes packed output bits directly.
 
@@ -33,6 +34,7 @@ thread; small problems run on the calling thread (see ``kernels._threads_for``).
 
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import numpy as np
@@ -65,6 +67,22 @@ def has_avx512_popcount() -> bool:
         return False
     features = binding.get_host_cpu_features()
     return bool(features.get("avx512f") and features.get("avx512vpopcntdq"))
+
+
+def _prefer_workqueue_threads() -> None:
+    """Use numba's ``workqueue`` threading layer unless the user chose one.
+
+    torch ships its own libgomp; numba's ``omp`` layer links the system one.  Two
+    OpenMP runtimes whose idle threads spin-wait on the same few cores stall each
+    other's parallel regions (measured: a 0.1 ms kernel taking 7 ms right after a
+    torch call).  ``workqueue`` threads block instead of spinning.  This is a
+    process-wide numba setting and has no effect once a numba parallel kernel has run.
+    """
+    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
+        numba.config.THREADING_LAYER = "workqueue"
+
+
+_prefer_workqueue_threads()
 
 
 def num_threads() -> int:
@@ -115,17 +133,18 @@ _Epilogue = Callable[[ir.IRBuilder, ir.Value, int, ir.Value], None]
 def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
     """Emit the 4 x 32 popcount tile shared by all GEMM intrinsics.
 
-    Argument positions 0..7 are always ``a, rowbase, koff, row0, mr, panels, jb, k``.
-    The tile covers rows ``row0 .. row0 + mr - 1`` (1 <= mr <= 4; one specialised loop
-    per ``mr`` so a single-row GEMV does no wasted work) and panel ``jb``.
+    Argument positions 0..8 are always ``a, rowbase, koff, rowclass, bias, row0, mr,
+    panels, jb``.  The tile covers rows ``row0 .. row0 + mr - 1`` (1 <= mr <= 4; one
+    specialised loop per ``mr`` so a single-row GEMV does no wasted work) and panel
+    ``jb``, and hands ``dot = bias[rowclass[row], col] - 2 * mismatches`` to ``epilogue``.
     """
     builder = ac.builder
-    a, rowbase, koff, panels = ac.data(0), ac.data(1), ac.data(2), ac.data(5)
-    row0, mr, jb, k = ac.int64(3), ac.int64(4), ac.int64(6), ac.int64(7)
-    kw = ac.shape(2, 0)
-    panel = builder.gep(panels, [builder.mul(jb, builder.mul(kw, ir.Constant(_I64, PANEL)))])
+    a, rowbase, koff, rowclass, bias, panels = (ac.data(i) for i in (0, 1, 2, 3, 4, 7))
+    row0, mr, jb = ac.int64(5), ac.int64(6), ac.int64(8)
+    kw, bias_stride = ac.shape(2, 0), ac.shape(4, 1)
+    col0 = builder.mul(jb, ir.Constant(_I64, PANEL))
+    panel = builder.gep(panels, [builder.mul(col0, kw)])
     ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8I64, [_V8I64]), "llvm.ctpop.v8i64")
-    kvec = _splat(builder, builder.trunc(k, _I32), _V8I32)
 
     fn = builder.function
     done = fn.append_basic_block("tile.done")
@@ -163,24 +182,26 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
 
         builder.position_at_end(tail)
         for r in range(rows):
+            cls = builder.sext(builder.load(builder.gep(rowclass, [row_idx[r]])), _I64)
+            bias_row = builder.gep(bias, [builder.add(builder.mul(cls, bias_stride), col0)])
             for p in range(_VECS):
+                bvec = builder.load(_vec_ptr(builder, bias_row, _LANES * p, _V8I32), align=4)
                 mismatches = builder.trunc(acc[r][p], _V8I32)
-                dot = builder.sub(kvec, builder.add(mismatches, mismatches))
-                epilogue(builder, row_idx[r], p, dot)
+                epilogue(builder, row_idx[r], p, builder.sub(bvec, builder.add(mismatches, mismatches)))
         builder.branch(done)
     builder.position_at_end(done)
 
 
 @intrinsic
-def _tile_dot(typingctx, a, rowbase, koff, row0, mr, panels, jb, k, out, ncols):
+def _tile_dot(typingctx, a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols):
     """Tile -> int32 dot products, ``out[row, 32 * jb + c]`` for ``c < ncols``."""
-    sig = types.void(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols)
+    sig = types.void(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
 
     def codegen(context, builder, sig, args):
         ac = _Args(context, builder, sig, args)
-        out_data, ldo = ac.data(8), ac.shape(8, 1)
-        col0 = builder.mul(ac.int64(6), ir.Constant(_I64, PANEL))
-        nvalid = _splat(builder, builder.trunc(ac.int64(9), _I32), _V8I32)
+        out_data, ldo = ac.data(9), ac.shape(9, 1)
+        col0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL))
+        nvalid = _splat(builder, builder.trunc(ac.int64(10), _I32), _V8I32)
         mstore = cgutils.get_or_insert_function(
             builder.module,
             ir.FunctionType(ir.VoidType(), [_V8I32, _V8I32.as_pointer(), _I32, _V8I1]),
@@ -200,18 +221,18 @@ def _tile_dot(typingctx, a, rowbase, koff, row0, mr, panels, jb, k, out, ncols):
 
 
 @intrinsic
-def _tile_threshold(typingctx, a, rowbase, koff, row0, mr, panels, jb, k, thresholds, flipbits, out):
+def _tile_threshold(typingctx, a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out):
     """Tile -> packed bits ``(dot >= thresholds[col]) ^ flip[col]`` into the byte view ``out``.
 
     ``thresholds`` (int32) and ``flipbits`` (one bit per column, little-endian bytes) are
     padded to the panel width; padded columns must give 0 bits.
     """
-    sig = types.void(a, rowbase, koff, row0, mr, panels, jb, k, thresholds, flipbits, out)
+    sig = types.void(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out)
 
     def codegen(context, builder, sig, args):
         ac = _Args(context, builder, sig, args)
-        thr, flips, out_data, ldo = ac.data(8), ac.data(9), ac.data(10), ac.shape(10, 1)
-        byte0 = builder.mul(ac.int64(6), ir.Constant(_I64, PANEL // 8))
+        thr, flips, out_data, ldo = ac.data(9), ac.data(10), ac.data(11), ac.shape(11, 1)
+        byte0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL // 8))
 
         def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
             byte = b.add(byte0, ir.Constant(_I64, p))
@@ -240,7 +261,7 @@ def _popcount64(typingctx, x):
 
 
 @njit(**_JIT)
-def _tile_dot_portable(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols):
+def _tile_dot_portable(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols):
     """Portable equivalent of :func:`_tile_dot`; accumulates in ``out`` (vectorized over columns)."""
     col0 = jb * PANEL
     for r in range(row0, row0 + mr):
@@ -251,8 +272,9 @@ def _tile_dot_portable(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols):
             w = panels[jb, i]
             for c in range(ncols):
                 acc[c] += _popcount64(av ^ w[c])
+        b = bias[rowclass[r], col0 : col0 + ncols]
         for c in range(ncols):
-            acc[c] = k - 2 * acc[c]
+            acc[c] = b[c] - 2 * acc[c]
 
 
 # --------------------------------------------------------------------------------------
@@ -264,7 +286,7 @@ MODE_DOT, MODE_DOT_PORTABLE, MODE_THRESHOLD = 0, 1, 2
 
 @njit(**_JIT)
 def _gemm_items(
-    start, stop, mode, block_rows, n, a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits
+    start, stop, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits
 ):
     """Run work items ``start .. stop - 1``; item = (row block, panel), panel index fastest.
 
@@ -280,21 +302,21 @@ def _gemm_items(
         for row0 in range(first, min(m, first + block_rows), TILE_ROWS):
             mr = min(TILE_ROWS, m - row0)
             if mode == MODE_DOT:
-                _tile_dot(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols)
+                _tile_dot(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
             elif mode == MODE_DOT_PORTABLE:
-                _tile_dot_portable(a, rowbase, koff, row0, mr, panels, jb, k, out, ncols)
+                _tile_dot_portable(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
             else:
-                _tile_threshold(a, rowbase, koff, row0, mr, panels, jb, k, thresholds, flipbits, out_bits)
+                _tile_threshold(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out_bits)
 
 
 @njit(parallel=True, **_JIT)
 def _gemm_parallel(
-    nthreads, nitems, mode, block_rows, n, a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits
+    nthreads, nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits
 ):
     for t in prange(nthreads):
         _gemm_items(
             t * nitems // nthreads, (t + 1) * nitems // nthreads, mode, block_rows, n,
-            a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits,
+            a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits,
         )  # fmt: skip
 
 
@@ -306,8 +328,9 @@ def gemm(
     a: np.ndarray,
     rowbase: np.ndarray,
     koff: np.ndarray,
+    rowclass: np.ndarray,
+    bias: np.ndarray,
     panels: np.ndarray,
-    k: int,
     out: np.ndarray,
     thresholds: np.ndarray,
     flipbits: np.ndarray,
@@ -315,10 +338,14 @@ def gemm(
 ) -> None:
     """Fill ``out`` (int32 ``(M, n)`` dots; ``MODE_DOT*``) or ``out_bits`` (uint8 view of the
     packed ``(M, ceil(n / 64))`` output; ``MODE_THRESHOLD``).  Arrays a mode does not use
-    are passed empty (fixed argument types keep one cached compilation)."""
+    are passed empty (fixed argument types keep one cached compilation).
+
+    ``rowclass`` (int32, M) and ``bias`` (int32, (classes, 32 * n_panels)) give
+    ``dot = bias[rowclass[m], col] - 2 * mismatches``: ``bias = k`` for a plain GEMM.
+    """
     n_row_blocks = -(-rowbase.shape[0] // block_rows)
     nitems = n_row_blocks * panels.shape[0]
-    args = (mode, block_rows, n, a, rowbase, koff, panels, k, out, thresholds, flipbits, out_bits)
+    args = (mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits)
     if nthreads <= 1 or nitems == 1:
         _gemm_items(0, nitems, *args)
     else:

@@ -40,7 +40,8 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal
+from functools import lru_cache
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -201,46 +202,92 @@ def _check_packed(a: np.ndarray, name: str, k: int | None = None) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 
 
-def _gemm(
-    a: np.ndarray, rowbase: np.ndarray, koff: np.ndarray, w: PreparedWeights, k: int, backend: Backend
-) -> np.ndarray:
-    """Dots of gathered rows ``a[rowbase[m] + koff]`` with every weight column: int32 (M, N)."""
-    m = rowbase.shape[0]
-    if backend == "numpy":
-        return _gemm_numpy(a, rowbase, koff, w, k)
-    out = np.empty((m, w.n), np.int32)
-    mode = _nb.MODE_DOT if backend == "avx512" else _nb.MODE_DOT_PORTABLE
-    _nb.gemm(mode, _threads_for(m * w.panels.size), _block_rows(koff.size), w.n, a, rowbase, koff, w.panels, k, out,
-             _NO_I32, _NO_U8, _NO_U8_2D)  # fmt: skip
-    return out
+class _Operand(NamedTuple):
+    """Left GEMM operand as a gather, plus the per-row constant of the dot product.
 
+    Row ``m`` is ``a[rowbase[m] + koff]`` (``Kw`` words) and its dot with column ``n`` is
+    ``bias[rowclass[m], n] - 2 * popcount(row ^ w[n])``.  A plain GEMM has one class with
+    ``bias = k``; a convolution has one class per border pattern (see :func:`_conv_operand`).
+    ``bias`` has ``32 * n_panels`` columns (the kernels read whole panels).
+    """
 
-def _gemm_numpy(a: np.ndarray, rowbase: np.ndarray, koff: np.ndarray, w: PreparedWeights, k: int) -> np.ndarray:
-    """Pure-numpy GEMM: ``np.bitwise_count`` of XOR-ed row chunks, bounded temporaries."""
-    weights = w.rows()
-    out = np.empty((rowbase.shape[0], w.n), np.int32)
-    step = max(1, _NUMPY_CHUNK_WORDS // max(1, weights.size))
-    for s in range(0, rowbase.shape[0], step):
-        rows = a[rowbase[s : s + step, None] + koff[None, :]]
-        mismatches = np.bitwise_count(rows[:, None, :] ^ weights[None, :, :]).sum(axis=-1, dtype=np.int32)
-        out[s : s + step] = k - 2 * mismatches
-    return out
+    a: np.ndarray  # flat uint64 words
+    rowbase: np.ndarray  # int64 (M,)
+    koff: np.ndarray  # int64 (Kw,)
+    rowclass: np.ndarray  # int32 (M,)
+    bias: np.ndarray  # int32 (classes, 32 * n_panels)
 
 
 def _block_rows(kw: int) -> int:
     return max(_TILE_ROWS, _BLOCK_BYTES // (8 * max(kw, 1)) // _TILE_ROWS * _TILE_ROWS)
 
 
-def _activation_rows(
-    a_packed: np.ndarray, prepared: PreparedWeights, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate a plain ``(M, Kw)`` operand; return its gather form (flat words, row
-    starts, word offsets) as taken by :func:`_gemm`."""
+def _run_gemm(op: _Operand, w: PreparedWeights, backend: Backend, out: np.ndarray, thresholds: np.ndarray,
+              flipbits: np.ndarray, out_bits: np.ndarray) -> None:  # fmt: skip
+    """Call the numba driver: dots into ``out``, or (``thresholds`` given) bits into ``out_bits``."""
+    if thresholds.size:
+        mode = _nb.MODE_THRESHOLD
+    else:
+        mode = _nb.MODE_DOT if backend == "avx512" else _nb.MODE_DOT_PORTABLE
+    m = op.rowbase.shape[0]
+    _nb.gemm(mode, _threads_for(m * w.panels.size), _block_rows(op.koff.size), w.n, op.a, op.rowbase, op.koff,
+             op.rowclass, op.bias, w.panels, out, thresholds, flipbits, out_bits)  # fmt: skip
+
+
+def _dots(op: _Operand, w: PreparedWeights, backend: Backend) -> np.ndarray:
+    """int32 ``(M, N)`` dot products of every operand row with every weight column."""
+    if backend == "numpy":
+        return _dots_numpy(op, w)
+    out = np.empty((op.rowbase.shape[0], w.n), np.int32)
+    _run_gemm(op, w, backend, out, _NO_I32, _NO_U8, _NO_U8_2D)
+    return out
+
+
+def _dots_numpy(op: _Operand, w: PreparedWeights) -> np.ndarray:
+    """Pure-numpy GEMM: ``np.bitwise_count`` of XOR-ed row chunks, bounded temporaries."""
+    weights = w.rows()
+    out = np.empty((op.rowbase.shape[0], w.n), np.int32)
+    step = max(1, _NUMPY_CHUNK_WORDS // max(1, weights.size))
+    for s in range(0, out.shape[0], step):
+        rows = op.a[op.rowbase[s : s + step, None] + op.koff[None, :]]
+        mismatches = np.bitwise_count(rows[:, None, :] ^ weights[None, :, :]).sum(axis=-1, dtype=np.int32)
+        out[s : s + step] = op.bias[op.rowclass[s : s + step], : w.n] - 2 * mismatches
+    return out
+
+
+def threshold_bits(dots: np.ndarray, thresholds: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    """Packed ``(dots >= thresholds) XOR flip`` along the last axis: uint64 ``(..., ceil(N / 64))``.
+
+    The numpy reference of the fused epilogue of :func:`binary_matmul_threshold`.
+    """
+    return _pack_bool(np.greater_equal(dots, thresholds) ^ np.asarray(flip, dtype=bool))
+
+
+def _bits(op: _Operand, w: PreparedWeights, thresholds: np.ndarray, flip: np.ndarray, backend: Backend) -> np.ndarray:
+    """Packed ``(dot >= thresholds) XOR flip``, fused into the GEMM on the AVX-512 back end."""
+    thresholds = np.asarray(thresholds, dtype=np.int32).reshape(w.n)
+    flip = np.asarray(flip, dtype=bool).reshape(w.n)
+    if backend != "avx512":
+        return threshold_bits(_dots(op, w, backend), thresholds, flip)
+    padded_n = op.bias.shape[1]
+    thr = np.full(padded_n, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
+    thr[: w.n] = thresholds
+    flips = np.zeros(padded_n, bool)
+    flips[: w.n] = flip
+    out = np.zeros((op.rowbase.shape[0], _words(w.n)), np.uint64)
+    _run_gemm(op, w, backend, _NO_I32_2D, thr, np.packbits(flips, bitorder="little"), out.view(np.uint8))
+    return out
+
+
+def _dense_operand(a_packed: np.ndarray, w: PreparedWeights, k: int) -> _Operand:
+    """Validate a plain ``(M, Kw)`` operand and describe it for the kernels."""
     a = _check_packed(a_packed, "a_packed", k)
     m, kw = a.shape
-    if kw != prepared.kw:
-        raise ValueError(f"a_packed has {kw} words per row, the weights have {prepared.kw}")
-    return a.reshape(-1), np.arange(m, dtype=np.int64) * kw, np.arange(kw, dtype=np.int64)
+    if kw != w.kw:
+        raise ValueError(f"a_packed has {kw} words per row, the weights have {w.kw}")
+    bias = np.full((1, w.panels.shape[0] * PANEL), k, np.int32)
+    return _Operand(a.reshape(-1), np.arange(m, dtype=np.int64) * kw, np.arange(kw, dtype=np.int64),
+                    np.zeros(m, np.int32), bias)  # fmt: skip
 
 
 def binary_matmul_prepared(
@@ -251,7 +298,7 @@ def binary_matmul_prepared(
     ``a_packed`` is ``(M, Kw)`` uint64 from :func:`pack_signs` with ``Kw = ceil(k / 64)``;
     ``prepared`` comes from :func:`prepare_weights` of ``(N, Kw)`` packed weights.
     """
-    return _gemm(*_activation_rows(a_packed, prepared, k), prepared, k, _backend(backend))
+    return _dots(_dense_operand(a_packed, prepared, k), prepared, _backend(backend))
 
 
 def binary_matmul(
@@ -263,14 +310,6 @@ def binary_matmul(
     when the same weights are used again.
     """
     return binary_matmul_prepared(a_packed, prepare_weights(b_packed), k, backend=backend)
-
-
-def threshold_bits(dots: np.ndarray, thresholds: np.ndarray, flip: np.ndarray) -> np.ndarray:
-    """Packed ``(dots >= thresholds) XOR flip`` per column: uint64 ``(M, ceil(N / 64))``.
-
-    The numpy reference of the fused epilogue in :func:`binary_matmul_threshold`.
-    """
-    return _pack_bool(np.greater_equal(dots, thresholds) ^ np.asarray(flip, dtype=bool))
 
 
 def binary_matmul_threshold(
@@ -296,23 +335,7 @@ def binary_matmul_threshold(
     ``flip = True``.  (``dot`` always has the parity of ``k``.)  The AVX-512 back end
     computes the bits in the GEMM epilogue without materialising ``dot``.
     """
-    backend = _backend(backend)
-    n = prepared.n
-    thresholds = np.asarray(thresholds, dtype=np.int32).reshape(n)
-    flip = np.asarray(flip, dtype=bool).reshape(n)
-    if backend != "avx512":
-        return threshold_bits(binary_matmul_prepared(a_packed, prepared, k, backend=backend), thresholds, flip)
-    a, rowbase, koff = _activation_rows(a_packed, prepared, k)
-    padded_n = prepared.panels.shape[0] * PANEL
-    thr = np.full(padded_n, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
-    thr[:n] = thresholds
-    flips = np.zeros(padded_n, bool)
-    flips[:n] = flip
-    out = np.zeros((rowbase.shape[0], _words(n)), np.uint64)
-    _nb.gemm(_nb.MODE_THRESHOLD, _threads_for(rowbase.shape[0] * prepared.panels.size), _block_rows(koff.size), n,
-             a, rowbase, koff, prepared.panels, k, _NO_I32_2D, thr, np.packbits(flips, bitorder="little"),
-             out.view(np.uint8))  # fmt: skip
-    return out
+    return _bits(_dense_operand(a_packed, prepared, k), prepared, thresholds, flip, _backend(backend))
 
 
 # --------------------------------------------------------------------------------------
@@ -352,32 +375,75 @@ def prepare_conv_weights(w_packed: np.ndarray, c_in: int) -> PreparedConvWeights
     )
 
 
-def _valid_taps(size: int, out_size: int, kernel: int, stride: int, padding: int) -> np.ndarray:
-    """``valid[o, d]``: input index ``o * stride - padding + d`` lies inside ``0 .. size - 1``."""
-    pos = np.arange(out_size)[:, None] * stride - padding + np.arange(kernel)[None, :]
-    return (pos >= 0) & (pos < size)
+def _tap_patterns(size: int, out_size: int, kernel: int, stride: int, padding: int) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct patterns of in-image taps along one axis, and each output's pattern index.
 
-
-def _cancel_padding_taps(out: np.ndarray, tap_dots: np.ndarray, vy: np.ndarray, vx: np.ndarray) -> None:
-    """Remove, in place, what the padding taps added to ``out`` (N, Ho, Wo, C_out).
-
-    The GEMM reads padding pixels as all-zero words, i.e. all -1, which adds
-    ``tap_dots[dy, dx]`` per padding tap; zero padding of ±1 activations must add 0.
-    Only border positions have padding taps, so only they are touched.
+    Tap ``d`` of output ``o`` reads input ``o * stride - padding + d``; it is valid when
+    that lies in ``0 .. size - 1``.  Returns ``(patterns (P, kernel) int32, index (out_size,))``.
     """
-    vy, vx = vy.astype(np.int32), vx.astype(np.int32)
-    total = tap_dots.sum(axis=(0, 1))
-    inner_y = vy.all(axis=1)
-    border_y, border_x = np.flatnonzero(~inner_y), np.flatnonzero(~vx.all(axis=1))
+    pos = np.arange(out_size)[:, None] * stride - padding + np.arange(kernel)[None, :]
+    valid = (pos >= 0) & (pos < size)
+    _, first, index = np.unique(valid @ (1 << np.arange(kernel)), return_index=True, return_inverse=True)
+    return valid[first].astype(np.int32), index.reshape(-1)
 
-    def padding_part(ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-        return total - np.einsum("ya,xb,abc->yxc", vy[ys], vx[xs], tap_dots)
 
-    if border_y.size:
-        out[:, border_y] -= padding_part(border_y, np.arange(vx.shape[0]))
-    if border_x.size:
-        inner = np.flatnonzero(inner_y)
-        out[:, inner[:, None], border_x[None, :]] -= padding_part(inner, border_x)
+@dataclass(frozen=True)
+class _ConvGeometry:
+    """Weight-independent part of a convolution's implicit im2col (cached per shape; the
+    arrays are shared between calls and must not be modified)."""
+
+    out_hw: tuple[int, int]
+    padded_hw: tuple[int, int]
+    rowbase: np.ndarray  # int64 (N * Ho * Wo,): first word of each receptive field
+    koff: np.ndarray  # int64 (kh * kw * Cw,): word offsets inside a receptive field
+    rowclass: np.ndarray  # int32 (N * Ho * Wo,): index of the (row, column) tap pattern
+    patterns: tuple[np.ndarray, np.ndarray]  # valid-tap patterns along y and x
+
+
+@lru_cache(maxsize=32)
+def _conv_geometry(n: int, h: int, wd: int, cw: int, kh: int, kw: int, padding: int, stride: int) -> _ConvGeometry:
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    hp, wp = h + 2 * padding, wd + 2 * padding
+    rowbase = (np.arange(n)[:, None, None] * hp + np.arange(ho)[None, :, None] * stride) * wp
+    rowbase = ((rowbase + np.arange(wo)[None, None, :] * stride) * cw).reshape(-1)
+    koff = ((np.arange(kh)[:, None, None] * wp + np.arange(kw)[None, :, None]) * cw + np.arange(cw)).reshape(-1)
+    ypat, yclass = _tap_patterns(h, ho, kh, stride, padding)
+    xpat, xclass = _tap_patterns(wd, wo, kw, stride, padding)
+    rowclass = np.broadcast_to((yclass[:, None] * xpat.shape[0] + xclass[None, :]).astype(np.int32), (n, ho, wo))
+    return _ConvGeometry(
+        (ho, wo), (hp, wp), rowbase.astype(np.int64), koff.astype(np.int64), rowclass.reshape(-1), (ypat, xpat)
+    )
+
+
+def _conv_operand(x: np.ndarray, w: PreparedConvWeights, padding: int, stride: int) -> tuple[_Operand, tuple[int, ...]]:
+    """Implicit im2col of the NHWC packed input for a ``kh x kw`` convolution.
+
+    The input is copied into a buffer padded with zero words; GEMM row ``(n, y, x)``
+    gathers the ``kh * kw * Cw`` words of its receptive field.  A zero word is an all -1
+    pixel, which would add ``tap_dots[dy, dx]`` per padding tap, whereas zero padding of
+    ±1 activations adds 0.  So each output position gets the class of its (row, column)
+    tap pattern, and ``bias[class] = kh * kw * c_in - sum of tap_dots over its padding
+    taps`` makes the kernel's ``bias - 2 * mismatches`` exact at the borders.
+    Returns the operand and the output shape ``(N, Ho, Wo, C_out)``.
+    """
+    n, h, wd, cw = x.shape
+    kh, kw = w.kernel_size
+    geo = _conv_geometry(n, h, wd, cw, kh, kw, padding, stride)
+    padded = np.zeros((n, *geo.padded_hw, cw), np.uint64)
+    padded[:, padding : padding + h, padding : padding + wd] = x
+    ypat, xpat = geo.patterns
+    inside = np.einsum("ya,xb,abc->yxc", ypat, xpat, w.tap_dots)  # (Py, Px, C_out)
+    bias = np.zeros((ypat.shape[0] * xpat.shape[0], w.weights.panels.shape[0] * PANEL), np.int32)
+    bias[:, : w.weights.n] = (kh * kw * w.c_in - w.tap_dots.sum(axis=(0, 1)) + inside).reshape(bias.shape[0], -1)
+    op = _Operand(padded.reshape(-1), geo.rowbase, geo.koff, geo.rowclass, bias)
+    return op, (n, *geo.out_hw, w.weights.n)
+
+
+def _check_conv_input(x_packed: np.ndarray, c_in: int, w_prepared: PreparedConvWeights) -> np.ndarray:
+    x = np.asarray(x_packed)
+    if x.dtype != np.uint64 or x.ndim != 4 or x.shape[3] != _words(c_in) or c_in != w_prepared.c_in:
+        raise ValueError(f"x_packed must be uint64 (N, H, W, {_words(w_prepared.c_in)}) for c_in={w_prepared.c_in}")
+    return x
 
 
 def binary_conv2d(
@@ -392,31 +458,34 @@ def binary_conv2d(
     """Binary 2-D convolution (cross-correlation, like ``F.conv2d``) of NHWC packed input.
 
     ``x_packed``: ``(N, H, W, Cw)`` uint64, channels packed with :func:`pack_signs`
-    (``Cw = ceil(c_in / 64)``).  Returns int32 ``(N, Ho, Wo, C_out)`` with
-    ``out[n, y, x, co] = sum over taps inside the image of the ±1 channel dot product``:
-    exactly ``F.conv2d`` of the ±1 tensors with *zero* padding (padding contributes 0,
-    neither +1 nor -1).  Implemented as a GEMM over implicit im2col rows
-    (``k = kh * kw * c_in``) of a copy of the input padded with zero words, followed by
-    :func:`_cancel_padding_taps` on the border positions.
+    (``Cw = ceil(c_in / 64)``).  Returns int32 ``(N, Ho, Wo, C_out)``, exactly
+    ``F.conv2d`` of the ±1 tensors with *zero* padding: padding positions contribute 0,
+    neither +1 nor -1.  Runs as one GEMM over implicit im2col rows
+    (``k = kh * kw * c_in``) with a per-border-pattern correction (:func:`_conv_operand`).
     """
-    x = np.asarray(x_packed)
-    if x.dtype != np.uint64 or x.ndim != 4 or x.shape[3] != _words(c_in) or c_in != w_prepared.c_in:
-        raise ValueError(f"x_packed must be uint64 (N, H, W, {_words(c_in)}) for c_in={w_prepared.c_in}")
-    n, h, w, cw = x.shape
-    kh, kw = w_prepared.kernel_size
-    ho, wo = (h + 2 * padding - kh) // stride + 1, (w + 2 * padding - kw) // stride + 1
-    hp, wp = h + 2 * padding, w + 2 * padding
-    padded = np.zeros((n, hp, wp, cw), np.uint64)
-    padded[:, padding : padding + h, padding : padding + w] = x
-    rowbase = (np.arange(n)[:, None, None] * hp + np.arange(ho)[None, :, None] * stride) * wp
-    rowbase = ((rowbase + np.arange(wo)[None, None, :] * stride) * cw).reshape(-1)
-    koff = ((np.arange(kh)[:, None, None] * wp + np.arange(kw)[None, :, None]) * cw + np.arange(cw)).reshape(-1)
-    out = _gemm(padded.reshape(-1), rowbase, koff, w_prepared.weights, kh * kw * c_in, _backend(backend))
-    out = out.reshape(n, ho, wo, -1)
-    if padding:
-        vy, vx = _valid_taps(h, ho, kh, stride, padding), _valid_taps(w, wo, kw, stride, padding)
-        _cancel_padding_taps(out, w_prepared.tap_dots, vy, vx)
-    return out
+    x = _check_conv_input(x_packed, c_in, w_prepared)
+    op, shape = _conv_operand(x, w_prepared, padding, stride)
+    return _dots(op, w_prepared.weights, _backend(backend)).reshape(shape)
+
+
+def binary_conv2d_threshold(
+    x_packed: np.ndarray,
+    c_in: int,
+    w_prepared: PreparedConvWeights,
+    thresholds: np.ndarray,
+    flip: np.ndarray,
+    padding: int = 1,
+    stride: int = 1,
+    *,
+    backend: Backend | None = None,
+) -> np.ndarray:
+    """:func:`binary_conv2d` followed by the sign step of :func:`binary_matmul_threshold`:
+    packed NHWC output ``(N, Ho, Wo, ceil(C_out / 64))`` with bit
+    ``(conv >= thresholds[c]) XOR flip[c]`` per output channel ``c``."""
+    x = _check_conv_input(x_packed, c_in, w_prepared)
+    op, shape = _conv_operand(x, w_prepared, padding, stride)
+    bits = _bits(op, w_prepared.weights, thresholds, flip, _backend(backend))
+    return bits.reshape(shape[:3] + (bits.shape[1],))
 
 
 def binary_maxpool2d(x_packed: np.ndarray, kernel: int = 2, stride: int = 2) -> np.ndarray:
