@@ -7,7 +7,6 @@ from itertools import product
 from ..training import ClassificationTask
 from .registry import Experiment, Row, register
 
-MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 VAL_SIZE = 5000
 QUICK_SIZES = {"train": 2000, "val": 500, "test": 1000}
 
@@ -15,13 +14,13 @@ QUICK_SIZES = {"train": 2000, "val": 500, "test": 1000}
 def mnist_task(root: str | None, quick: bool, batch_size: int) -> ClassificationTask:
     """MNIST train/val/test with a seeded 55k/5k train/validation split (seed 0 for every run,
     so all rows select on the same validation images). ``quick`` keeps a tiny prefix of each."""
-    from ..data import load_mnist
+    from ..data.mnist import MEAN, STD, load_mnist
 
     train, val = load_mnist("train", root).split(VAL_SIZE, seed=0)
     splits = {"train": train, "val": val, "test": load_mnist("test", root)}
     if quick:
         splits = {k: v.subset(range(QUICK_SIZES[k])) for k, v in splits.items()}
-    return ClassificationTask(splits, batch_size, MNIST_MEAN, MNIST_STD)
+    return ClassificationTask(splits, batch_size, MEAN, STD)
 
 
 MLP_RECIPES = ("float", "binaryconnect", "binaryconnect-stochastic", "bnn", "xnor")

@@ -133,16 +133,28 @@ def run_experiment(
         raise ValueError("--seeds and --jobs must be at least 1")
     exp_dir = Path(out) / name
     configs = run_configs(experiment, quick=quick, epochs=epochs, seeds=seeds, rows=rows, device=device)
-    todo = [(c, run_dir_of(Path(out), c)) for c in configs]
-    todo = [(c, d) for c, d in todo if _prepare(d, c, resume)]
-    exp_dir.mkdir(parents=True, exist_ok=True)
-    write_json({"experiment": name, "command": command or f"onebit run {name}"}, exp_dir / "experiment.json")
-    print(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    distributed = _init_distributed(device)
+    main_process = not distributed or torch.distributed.get_rank() == 0
+    todo = None
+    if main_process:
+        todo = [(c, run_dir_of(Path(out), c)) for c in configs]
+        todo = [(c, d) for c, d in todo if _prepare(d, c, resume)]
+        exp_dir.mkdir(parents=True, exist_ok=True)
+        write_json({"experiment": name, "command": command or f"onebit run {name}"}, exp_dir / "experiment.json")
+        print(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
+    if distributed:
+        if jobs != 1:
+            raise ValueError("--jobs cannot be combined with torchrun: each process already trains every run")
+        shared = [todo]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        todo = shared[0]
     if jobs == 1:
         for i, (config, run_dir) in enumerate(todo, 1):
-            print(f"[{i}/{len(todo)}] {config['row']} seed {config['seed']}")
-            final = train_run(config, run_dir, data, resume, progress)
-            print(f"    test acc {final['test_acc']:.4f}  ({final['train_seconds']:.0f} s)")
+            if main_process:
+                print(f"[{i}/{len(todo)}] {config['row']} seed {config['seed']}")
+            final = train_run(config, run_dir, data, resume, progress and main_process)
+            if main_process:
+                print(f"    test acc {final['test_acc']:.4f}  ({final['train_seconds']:.0f} s)")
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
@@ -150,5 +162,19 @@ def run_experiment(
             for future in futures:
                 config, final = futures[future], future.result()
                 print(f"{config['row']} seed {config['seed']}: test acc {final['test_acc']:.4f}")
-    write_report(exp_dir, data=data)
+    if main_process:
+        write_report(exp_dir, data=data)
     return exp_dir
+
+
+def _init_distributed(device: str) -> bool:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1): gloo on CPU,
+    nccl on GPU. Returns whether this is a multi-process run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        gpu = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        if gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group("nccl" if gpu else "gloo")
+    return True

@@ -1,0 +1,117 @@
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from onebit.data import ImageSet
+from onebit.nn import BinaryLinear
+from onebit.quantizers import BinaryNeuron
+from onebit.training import ClassificationTask, TrainConfig, Trainer, TrainingDiverged
+
+
+def synthetic_task(n=256, batch_size=32, seed=0):
+    """Four classes of 6x6 images: class k brightens quadrant k."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 4, (n,), generator=g)
+    images = torch.randint(0, 100, (n, 1, 6, 6), generator=g, dtype=torch.uint8)
+    for k, (r, c) in enumerate([(0, 0), (0, 3), (3, 0), (3, 3)]):
+        images[labels == k, :, r : r + 3, c : c + 3] += 120
+    data = ImageSet(images, labels, list("abcd"))
+    train, rest = data.split(n // 2, seed=0)
+    val, test = rest.split(n // 4, seed=1)
+    return ClassificationTask({"train": train, "val": val, "test": test}, batch_size, (0.3,), (0.3,))
+
+
+def tiny_model(reinforce=False):
+    return nn.Sequential(
+        nn.Flatten(), BinaryLinear(36, 16), nn.BatchNorm1d(16),
+        BinaryNeuron("stochastic", "reinforce" if reinforce else "st"),
+        nn.Linear(16, 4),
+    )
+
+
+def fit(tmp_path, name, epochs=3, reinforce=False, **overrides):
+    torch.manual_seed(0)
+    model = tiny_model(reinforce)
+    config = TrainConfig(epochs=epochs, lr=0.01, seed=0, device="cpu", progress=False,
+                         lr_schedule="cosine", slope_schedule="linear", **overrides)
+    trainer = Trainer(model, synthetic_task(), config, tmp_path / name)
+    return trainer, trainer.fit()
+
+
+def test_training_learns_and_writes_run_files(tmp_path):
+    trainer, final = fit(tmp_path, "run", epochs=4)
+    run = tmp_path / "run"
+    assert {"metrics.jsonl", "final.json", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+    assert any((run / "tensorboard").iterdir())
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["slope"] == pytest.approx(1.12)  # linear annealing, epoch index 3
+    assert final["test_acc"] > 0.5  # chance is 0.25
+    assert json.loads((run / "final.json").read_text()) == final
+
+
+def test_same_seed_same_metrics(tmp_path):
+    _, a = fit(tmp_path, "a", reinforce=True)
+    _, b = fit(tmp_path, "b", reinforce=True)
+    strip = lambda f: {k: v for k, v in f.items() if k != "train_seconds"}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text().count("val_acc") == 3
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
+    _, uninterrupted = fit(tmp_path, "full", epochs=4, reinforce=True)
+
+    original_save = Trainer._save
+
+    def save_then_die(self):
+        original_save(self)
+        if self.state.epoch == 2:
+            raise Interrupted
+
+    monkeypatch.setattr(Trainer, "_save", save_then_die)
+    with pytest.raises(Interrupted):
+        fit(tmp_path, "killed", epochs=4, reinforce=True)
+    monkeypatch.setattr(Trainer, "_save", original_save)
+
+    torch.manual_seed(123)  # a fresh process would initialize differently: the checkpoint must win
+    config = TrainConfig(epochs=4, lr=0.01, seed=0, device="cpu", progress=False,
+                         lr_schedule="cosine", slope_schedule="linear")
+    resumed = Trainer(tiny_model(True), synthetic_task(), config, tmp_path / "killed").fit(resume=True)
+    for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
+        assert resumed[key] == uninterrupted[key]
+    full = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
+    assert drop(full) == drop(again)
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model()
+    with torch.no_grad():
+        model[4].weight.fill_(float("nan"))
+    config = TrainConfig(epochs=2, seed=0, device="cpu", progress=False)
+    with pytest.raises(TrainingDiverged, match="epoch 1, step 1"):
+        Trainer(model, synthetic_task(), config, tmp_path / "nan").fit()
+
+
+def test_latent_weights_are_clipped_after_each_step(tmp_path):
+    trainer, _ = fit(tmp_path, "clip", epochs=1, clip_latent=0.05)
+    assert trainer.model[1].weight.abs().max() <= 0.05
+    assert trainer.model[4].weight.abs().max() > 0.05  # float layer untouched
+
+
+def test_grad_clip_and_unknown_options(tmp_path):
+    _, final = fit(tmp_path, "gc", epochs=1, grad_clip=0.1, optimizer="sgd")
+    assert math.isfinite(final["test_loss"])
+    with pytest.raises(ValueError, match="unknown training options"):
+        TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
+    with pytest.raises(ValueError, match="optimizer"):
+        Trainer(tiny_model(), synthetic_task(), TrainConfig(optimizer="lbfgs", device="cpu"), tmp_path / "x")
