@@ -1,6 +1,6 @@
 """Binary kernels of onebit.deploy.kernels vs torch fp32 on the same shapes, in one process.
 
-    python benchmarks/bench_kernels.py [--quick]
+    python benchmarks/bench_kernels.py [--quick] [--threads N]
 
 Every ratio is torch time / binary time, measured side by side: the two are timed in
 alternating samples (median of each), after a warm-up that also excludes numba's JIT
@@ -97,8 +97,12 @@ def bench_conv(batch: int, repeats: int, min_seconds: float, c: int = 64, hw: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
+    parser.add_argument("--threads", type=int, help="threads for both torch and numba (default: their defaults)")
     args = parser.parse_args()
     repeats, min_seconds = (5, 0.01) if args.quick else (11, 0.03)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        numba.set_num_threads(args.threads)
 
     print(f"CPU: {cpu_name()}")
     print(

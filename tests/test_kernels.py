@@ -99,6 +99,8 @@ def test_prepared_weights_layout():
     assert prepared.panels.ctypes.data % 64 == 0
     np.testing.assert_array_equal(prepared.rows(), packed)
     assert not prepared.panels[1, :, 8:].any()  # columns 40..63 are zero padding
+    with pytest.raises(ValueError):
+        K.PreparedWeights(prepared.panels, n=70)
 
 
 def test_shape_checks():
@@ -123,10 +125,16 @@ def test_threshold_epilogue(backend, m, k, n):
     thresholds[:2] = dots[0, :2]  # equality must count as >=
     flip = RNG.random(n) < 0.5
     bits = (dots >= thresholds) ^ flip
-    out = K.binary_matmul_threshold(K.pack_signs(a), K.prepare_weights(K.pack_signs(b)), k, thresholds, flip, backend=backend)
+    prepared = K.prepare_weights(K.pack_signs(b))
+    out = K.binary_matmul_threshold(K.pack_signs(a), prepared, k, thresholds, flip, backend=backend)
     assert out.dtype == np.uint64 and out.shape == (m, -(-n // 64))
     np.testing.assert_array_equal(K.unpack_signs(out, n), np.where(bits, 1, -1))
     np.testing.assert_array_equal(out, K.pack_signs(np.where(bits, 1.0, -1.0)))  # tail bits are 0
+    # real thresholds act as their ceiling; huge ones saturate instead of wrapping around
+    real = thresholds - 0.5
+    real[-1:] = 1e12
+    expected = K.pack_signs(np.where((dots >= real) ^ flip, 1.0, -1.0))
+    np.testing.assert_array_equal(K.binary_matmul_threshold(K.pack_signs(a), prepared, k, real, flip, backend=backend), expected)
 
 
 # ---------------------------------------------------------------------------- conv / pool

@@ -28,8 +28,12 @@ writes packed output bits directly.
 On CPUs without AVX512-VPOPCNTDQ the same driver calls :func:`_tile_dot_portable`, a
 plain loop that LLVM auto-vectorizes for whatever the CPU has.
 
-Threading: work items (row block x panel) are split into one contiguous range per
-thread; small problems run on the calling thread (see ``kernels._threads_for``).
+The kernels are integer-only, so numba's ``fastmath`` would change nothing in the GEMM
+and would make NaN handling of the sign packer undefined: it is not used.
+
+Threading: threads take work items (row block x panel for the GEMM, row chunks for the
+packer) from an atomic counter; small problems run on the calling thread (see
+``kernels._threads_for``).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ _V8I32 = ir.VectorType(_I32, _LANES)
 _V8I1 = ir.VectorType(_I1, _LANES)
 
 _JIT = dict(cache=True, nogil=True)
+_PACK_ITEM_ELEMENTS = 1 << 15  # input elements per work item of the parallel packer
 
 
 def has_avx512_popcount() -> bool:
@@ -281,6 +286,21 @@ def _tile_dot_portable(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, o
 # GEMM drivers
 # --------------------------------------------------------------------------------------
 
+
+@intrinsic
+def _fetch_add(typingctx, counter, value):
+    """Atomic ``counter[0] += value`` returning the old value: threads take work items
+    from a shared counter, so a thread that the OS has descheduled (another process on
+    the core) holds up no statically assigned share of the work."""
+    sig = types.int64(counter, value)
+
+    def codegen(context, builder, sig, args):
+        ac = _Args(context, builder, sig, args)
+        return builder.atomic_rmw("add", ac.data(0), ac.int64(1), "monotonic")
+
+    return sig, codegen
+
+
 MODE_DOT, MODE_DOT_PORTABLE, MODE_THRESHOLD = 0, 1, 2
 
 
@@ -313,11 +333,13 @@ def _gemm_items(
 def _gemm_parallel(
     nthreads, nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits
 ):
-    for t in prange(nthreads):
-        _gemm_items(
-            t * nitems // nthreads, (t + 1) * nitems // nthreads, mode, block_rows, n,
-            a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits,
-        )  # fmt: skip
+    next_item = np.zeros(1, np.int64)
+    for _ in prange(nthreads):
+        item = _fetch_add(next_item, 1)
+        while item < nitems:
+            _gemm_items(item, item + 1, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out,
+                        thresholds, flipbits, out_bits)  # fmt: skip
+            item = _fetch_add(next_item, 1)
 
 
 def gemm(
@@ -402,16 +424,21 @@ def _pack_rows(start, stop, x, length, out):
 
 
 @njit(parallel=True, **_JIT)
-def _pack_parallel(nthreads, x, length, out):
+def _pack_parallel(nthreads, rows_per_item, x, length, out):
     rows = out.shape[0]
-    for t in prange(nthreads):
-        _pack_rows(t * rows // nthreads, (t + 1) * rows // nthreads, x, length, out)
+    next_row = np.zeros(1, np.int64)
+    for _ in prange(nthreads):
+        start = _fetch_add(next_row, rows_per_item)
+        while start < rows:
+            _pack_rows(start, min(rows, start + rows_per_item), x, length, out)
+            start = _fetch_add(next_row, rows_per_item)
 
 
 def pack_rows(nthreads: int, x: np.ndarray, length: int, out: np.ndarray) -> None:
     """Pack the C-contiguous ``x`` viewed as rows of ``length`` into ``out`` (rows, Kw)."""
     flat = x.reshape(-1)
-    if nthreads <= 1 or out.shape[0] < nthreads:
+    rows_per_item = max(1, _PACK_ITEM_ELEMENTS // max(length, 1))
+    if nthreads <= 1 or out.shape[0] <= rows_per_item:
         _pack_rows(0, out.shape[0], flat, length, out)
     else:
-        _pack_parallel(nthreads, flat, length, out)
+        _pack_parallel(nthreads, rows_per_item, flat, length, out)

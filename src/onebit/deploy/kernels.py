@@ -44,6 +44,7 @@ from functools import lru_cache
 from typing import Literal, NamedTuple
 
 import numpy as np
+import numpy.typing as npt
 
 Backend = Literal["avx512", "numba", "numpy"]
 
@@ -89,9 +90,9 @@ def _words(k: int) -> int:
     return -(-k // 64)
 
 
-def _threads_for(work: int) -> int:
+def _threads_for(work: int, minimum: int = _PARALLEL_MIN_WORDS) -> int:
     """Threads for a numba kernel doing ``work`` units; 1 keeps it on the calling thread."""
-    return _nb.num_threads() if work >= _PARALLEL_MIN_WORDS else 1
+    return _nb.num_threads() if work >= minimum else 1
 
 
 # --------------------------------------------------------------------------------------
@@ -127,16 +128,16 @@ def pack_signs(x: np.ndarray, axis: int = -1, *, backend: Backend | None = None)
         src = np.ascontiguousarray(moved)
         packed = np.empty(moved.shape[:-1] + (_words(length),), np.uint64)
         rows = packed.reshape(-1, packed.shape[-1])
-        _nb.pack_rows(_nb.num_threads() if x.size >= _PACK_PARALLEL_MIN else 1, src, length, rows)
+        _nb.pack_rows(_threads_for(x.size, _PACK_PARALLEL_MIN), src, length, rows)
     return np.ascontiguousarray(np.moveaxis(packed, -1, axis))
 
 
-def unpack_signs(packed: np.ndarray, k: int, axis: int = -1, dtype: np.typing.DTypeLike = np.int8) -> np.ndarray:
+def unpack_signs(packed: np.ndarray, k: int, axis: int = -1, dtype: npt.DTypeLike = np.int8) -> np.ndarray:
     """Inverse of :func:`pack_signs`: the first ``k`` bits along ``axis`` as -1/+1 values."""
     moved = np.moveaxis(np.asarray(packed, dtype=np.uint64), axis, -1)
     as_bytes = np.ascontiguousarray(moved).astype("<u8", copy=False).view(np.uint8)
     bits = np.unpackbits(as_bytes, axis=-1, count=k, bitorder="little")
-    return np.moveaxis((2 * bits.astype(dtype) - 1).astype(dtype, copy=False), -1, axis)
+    return np.moveaxis(2 * bits.astype(dtype) - 1, -1, axis)
 
 
 # --------------------------------------------------------------------------------------
@@ -157,6 +158,14 @@ class PreparedWeights:
     panels: np.ndarray
     n: int
 
+    def __post_init__(self) -> None:
+        panels = np.ascontiguousarray(self.panels)
+        if panels.dtype != np.uint64 or panels.ndim != 3 or panels.shape[2] != PANEL:
+            raise ValueError(f"panels must be uint64 (n_panels, Kw, {PANEL}), got {panels.dtype} {panels.shape}")
+        if not (panels.shape[0] - 1) * PANEL < self.n <= panels.shape[0] * PANEL:
+            raise ValueError(f"n={self.n} does not fit {panels.shape[0]} panels of {PANEL} columns")
+        object.__setattr__(self, "panels", panels)
+
     @property
     def kw(self) -> int:
         """Words per packed row (``ceil(K / 64)``)."""
@@ -167,7 +176,7 @@ class PreparedWeights:
         return self.panels.transpose(0, 2, 1).reshape(-1, self.kw)[: self.n]
 
 
-def _aligned_empty(shape: tuple[int, ...], dtype: np.typing.DTypeLike, align: int = 64) -> np.ndarray:
+def _aligned_empty(shape: tuple[int, ...], dtype: npt.DTypeLike, align: int = 64) -> np.ndarray:
     """Uninitialised C array whose data starts on an ``align``-byte boundary."""
     dtype = np.dtype(dtype)
     nbytes = int(np.prod(shape)) * dtype.itemsize
@@ -263,9 +272,19 @@ def threshold_bits(dots: np.ndarray, thresholds: np.ndarray, flip: np.ndarray) -
     return _pack_bool(np.greater_equal(dots, thresholds) ^ np.asarray(flip, dtype=bool))
 
 
-def _bits(op: _Operand, w: PreparedWeights, thresholds: np.ndarray, flip: np.ndarray, backend: Backend) -> np.ndarray:
+def _int_thresholds(thresholds: npt.ArrayLike, n: int) -> np.ndarray:
+    """int32 thresholds; a real ``t`` becomes ``ceil(t)`` (``dot >= t`` iff ``dot >= ceil(t)``
+    for integer ``dot``), clipped to the int32 range (|dot| never reaches its ends)."""
+    t = np.asarray(thresholds).reshape(n)
+    if not np.issubdtype(t.dtype, np.integer):
+        t = np.ceil(t)
+    info = np.iinfo(np.int32)
+    return np.clip(t, info.min, info.max).astype(np.int32)
+
+
+def _bits(op: _Operand, w: PreparedWeights, thresholds: npt.ArrayLike, flip: npt.ArrayLike, backend: Backend) -> np.ndarray:
     """Packed ``(dot >= thresholds) XOR flip``, fused into the GEMM on the AVX-512 back end."""
-    thresholds = np.asarray(thresholds, dtype=np.int32).reshape(w.n)
+    thresholds = _int_thresholds(thresholds, w.n)
     flip = np.asarray(flip, dtype=bool).reshape(w.n)
     if backend != "avx512":
         return threshold_bits(_dots(op, w, backend), thresholds, flip)
@@ -327,8 +346,8 @@ def binary_matmul_threshold(
 
         (dot[m, n] >= thresholds[n]) XOR flip[n],   dot = k - 2 * popcount(a[m] ^ w[n])
 
-    with ``thresholds`` int32 ``(N,)`` and ``flip`` bool ``(N,)``; tail bits past ``N``
-    are 0.  Folding ``sign(BatchNorm(dot))`` with ``s = gamma / sqrt(var + eps)``:
+    with ``thresholds`` int32 ``(N,)`` (real values act as their ceiling) and ``flip``
+    bool ``(N,)``; tail bits past ``N`` are 0.  Folding ``sign(BatchNorm(dot))`` with ``s = gamma / sqrt(var + eps)``:
     for ``s > 0`` the output is +1 iff ``dot >= mean - beta / s``, i.e.
     ``threshold = ceil(mean - beta / s)``, ``flip = False``; for ``s < 0`` it is +1 iff
     ``dot <= mean - beta / s``, i.e. ``threshold = floor(mean - beta / s) + 1``,
