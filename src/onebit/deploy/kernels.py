@@ -120,16 +120,16 @@ def pack_signs(x: np.ndarray, axis: int = -1, *, backend: Backend | None = None)
     available; other dtypes use ``np.packbits``.
     """
     x = np.asarray(x)
-    moved = np.moveaxis(x, axis, -1)
+    last = axis in (-1, x.ndim - 1)
+    moved = x if last else np.moveaxis(x, axis, -1)
     length = moved.shape[-1]
     if _backend(backend) == "numpy" or x.dtype.type not in _PACK_DTYPES:
         packed = _pack_bool(moved >= 0)
     else:
-        src = np.ascontiguousarray(moved)
         packed = np.empty(moved.shape[:-1] + (_words(length),), np.uint64)
         rows = packed.reshape(-1, packed.shape[-1])
-        _nb.pack_rows(_threads_for(x.size, _PACK_PARALLEL_MIN), src, length, rows)
-    return np.ascontiguousarray(np.moveaxis(packed, -1, axis))
+        _nb.pack_rows(_threads_for(x.size, _PACK_PARALLEL_MIN), np.ascontiguousarray(moved), length, rows)
+    return packed if last else np.ascontiguousarray(np.moveaxis(packed, -1, axis))
 
 
 def unpack_signs(packed: np.ndarray, k: int, axis: int = -1, dtype: npt.DTypeLike = np.int8) -> np.ndarray:
@@ -298,15 +298,21 @@ def _bits(op: _Operand, w: PreparedWeights, thresholds: npt.ArrayLike, flip: npt
     return out
 
 
+@lru_cache(maxsize=64)
+def _dense_layout(m: int, kw: int, k: int, width: int) -> tuple[np.ndarray, ...]:
+    """``rowbase, koff, rowclass, bias`` of a plain ``(m, kw)`` operand (cached: shared,
+    read-only by convention)."""
+    return (np.arange(m, dtype=np.int64) * kw, np.arange(kw, dtype=np.int64), np.zeros(m, np.int32),
+            np.full((1, width), k, np.int32))  # fmt: skip
+
+
 def _dense_operand(a_packed: np.ndarray, w: PreparedWeights, k: int) -> _Operand:
     """Validate a plain ``(M, Kw)`` operand and describe it for the kernels."""
     a = _check_packed(a_packed, "a_packed", k)
     m, kw = a.shape
     if kw != w.kw:
         raise ValueError(f"a_packed has {kw} words per row, the weights have {w.kw}")
-    bias = np.full((1, w.panels.shape[0] * PANEL), k, np.int32)
-    return _Operand(a.reshape(-1), np.arange(m, dtype=np.int64) * kw, np.arange(kw, dtype=np.int64),
-                    np.zeros(m, np.int32), bias)  # fmt: skip
+    return _Operand(a.reshape(-1), *_dense_layout(m, kw, k, w.panels.shape[0] * PANEL))
 
 
 def binary_matmul_prepared(
