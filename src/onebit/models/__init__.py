@@ -6,14 +6,17 @@ from typing import Callable
 
 from torch import nn
 
+from .cifar import BiRealResNet, VGGSmall
 from .mlp import MLP
 from .small_cnn import SmallCNN
 
-__all__ = ["MLP", "SmallCNN", "build", "names"]
+__all__ = ["BiRealResNet", "MLP", "SmallCNN", "VGGSmall", "build", "names"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "small_cnn": SmallCNN,
+    "vgg_small": VGGSmall,
+    "bireal_resnet": BiRealResNet,
 }
 
 
