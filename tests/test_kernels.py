@@ -91,6 +91,19 @@ def test_binary_matmul_threaded_path(backend):
     np.testing.assert_array_equal(out, a.astype(np.float64) @ b.T)
 
 
+def test_concurrent_callers_share_the_thread_pool_safely():
+    """Parallel launches from several Python threads at once must not abort (workqueue)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    a, b = signs(64, 1000), signs(256, 1000)
+    ap, prepared = K.pack_signs(a), K.prepare_weights(K.pack_signs(b))
+    expected = a.astype(np.float64) @ b.T
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: K.binary_matmul_prepared(ap, prepared, 1000), range(16)))
+    for out in results:
+        np.testing.assert_array_equal(out, expected)
+
+
 def test_prepared_weights_layout():
     b = signs(40, 100)
     packed = K.pack_signs(b)

@@ -39,6 +39,7 @@ packer) from an atomic counter; small problems run on the calling thread (see
 from __future__ import annotations
 
 import os
+import threading
 from typing import Callable
 
 import numpy as np
@@ -93,6 +94,25 @@ _prefer_workqueue_threads()
 def num_threads() -> int:
     """Threads numba's parallel kernels use (``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``)."""
     return numba.get_num_threads()
+
+
+_PARALLEL_LOCK = threading.Lock()
+
+
+def _run(parallel: bool, run_parallel: Callable[[], None], run_serial: Callable[[], None]) -> None:
+    """Run the parallel variant if asked and no other Python thread is inside one.
+
+    numba's ``workqueue`` layer aborts the process on concurrent parallel launches, so a
+    call that finds another thread's launch in progress runs serially instead (the
+    serial kernels release the GIL, so concurrent callers still overlap).
+    """
+    if parallel and _PARALLEL_LOCK.acquire(blocking=False):
+        try:
+            run_parallel()
+        finally:
+            _PARALLEL_LOCK.release()
+    else:
+        run_serial()
 
 
 # --------------------------------------------------------------------------------------
@@ -368,10 +388,11 @@ def gemm(
     n_row_blocks = -(-rowbase.shape[0] // block_rows)
     nitems = n_row_blocks * panels.shape[0]
     args = (mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits)
-    if nthreads <= 1 or nitems == 1:
-        _gemm_items(0, nitems, *args)
-    else:
-        _gemm_parallel(min(nthreads, nitems), nitems, *args)
+    _run(
+        nthreads > 1 and nitems > 1,
+        lambda: _gemm_parallel(min(nthreads, nitems), nitems, *args),
+        lambda: _gemm_items(0, nitems, *args),
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -438,7 +459,8 @@ def pack_rows(nthreads: int, x: np.ndarray, length: int, out: np.ndarray) -> Non
     """Pack the C-contiguous ``x`` viewed as rows of ``length`` into ``out`` (rows, Kw)."""
     flat = x.reshape(-1)
     rows_per_item = max(1, _PACK_ITEM_ELEMENTS // max(length, 1))
-    if nthreads <= 1 or out.shape[0] <= rows_per_item:
-        _pack_rows(0, out.shape[0], flat, length, out)
-    else:
-        _pack_parallel(nthreads, rows_per_item, flat, length, out)
+    _run(
+        nthreads > 1 and out.shape[0] > rows_per_item,
+        lambda: _pack_parallel(nthreads, rows_per_item, flat, length, out),
+        lambda: _pack_rows(0, out.shape[0], flat, length, out),
+    )
