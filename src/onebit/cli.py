@@ -43,7 +43,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from . import summary
+    from ._summary import summary
     from .experiments import get
     from .experiments.runner import build_model
 

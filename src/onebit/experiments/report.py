@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import summary as model_summary
+from .._summary import summary as model_summary
 from ..nn import QuantizedLayer
 from ..quantizers import BinaryNeuron
 from ..training import load_checkpoint, write_json
