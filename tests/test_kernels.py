@@ -33,7 +33,8 @@ def conv_reference(x: np.ndarray, w: np.ndarray, padding: int, stride: int) -> n
     cols = np.empty((n, ho, wo, kh, kw, c))
     for dy in range(kh):
         for dx in range(kw):
-            cols[:, :, :, dy, dx] = xp[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+            rows, columns = slice(dy, dy + stride * (ho - 1) + 1, stride), slice(dx, dx + stride * (wo - 1) + 1, stride)
+            cols[:, :, :, dy, dx] = xp[:, rows, columns]
     return (cols.reshape(n * ho * wo, -1) @ w.reshape(c_out, -1).T.astype(np.float64)).reshape(n, ho, wo, c_out)
 
 
@@ -109,6 +110,8 @@ def test_prepared_weights_layout():
     packed = K.pack_signs(b)
     prepared = K.prepare_weights(packed)
     assert prepared.panels.shape == (2, 2, K.PANEL) and prepared.n == 40
+    if K._nb is not None:
+        assert K._nb.PANEL == K.PANEL  # the micro-kernel is generated for this width
     assert prepared.panels.ctypes.data % 64 == 0
     np.testing.assert_array_equal(prepared.rows(), packed)
     assert not prepared.panels[1, :, 8:].any()  # columns 40..63 are zero padding
@@ -147,7 +150,8 @@ def test_threshold_epilogue(backend, m, k, n):
     real = thresholds - 0.5
     real[-1:] = 1e12
     expected = K.pack_signs(np.where((dots >= real) ^ flip, 1.0, -1.0))
-    np.testing.assert_array_equal(K.binary_matmul_threshold(K.pack_signs(a), prepared, k, real, flip, backend=backend), expected)
+    out = K.binary_matmul_threshold(K.pack_signs(a), prepared, k, real, flip, backend=backend)
+    np.testing.assert_array_equal(out, expected)
 
 
 # ---------------------------------------------------------------------------- conv / pool

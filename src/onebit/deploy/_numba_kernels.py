@@ -59,6 +59,7 @@ _V8I64 = ir.VectorType(_I64, _LANES)
 _V8I32 = ir.VectorType(_I32, _LANES)
 _V8I1 = ir.VectorType(_I1, _LANES)
 
+_BLOCK_BYTES = 256 * 1024  # gathered activation rows per work item, kept hot in L2
 _JIT = dict(cache=True, nogil=True)
 _PACK_ITEM_ELEMENTS = 1 << 15  # input elements per work item of the parallel packer
 
@@ -80,9 +81,10 @@ def _prefer_workqueue_threads() -> None:
 
     torch ships its own libgomp; numba's ``omp`` layer links the system one.  Two
     OpenMP runtimes whose idle threads spin-wait on the same few cores stall each
-    other's parallel regions (measured: a 0.1 ms kernel taking 7 ms right after a
-    torch call).  ``workqueue`` threads block instead of spinning.  This is a
-    process-wide numba setting and has no effect once a numba parallel kernel has run.
+    other's parallel regions (measured on this project's 2-core machine, with another
+    process also busy: ~0.1 ms GEMMs took ~7 ms when alternated with torch calls).
+    ``workqueue`` threads block instead of spinning.  This is a process-wide numba
+    setting and has no effect once a numba parallel kernel has run.
     """
     if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
         numba.config.THREADING_LAYER = "workqueue"
@@ -365,7 +367,6 @@ def _gemm_parallel(
 def gemm(
     mode: int,
     nthreads: int,
-    block_rows: int,
     n: int,
     a: np.ndarray,
     rowbase: np.ndarray,
@@ -385,6 +386,7 @@ def gemm(
     ``rowclass`` (int32, M) and ``bias`` (int32, (classes, 32 * n_panels)) give
     ``dot = bias[rowclass[m], col] - 2 * mismatches``: ``bias = k`` for a plain GEMM.
     """
+    block_rows = max(TILE_ROWS, _BLOCK_BYTES // (8 * max(koff.shape[0], 1)) // TILE_ROWS * TILE_ROWS)
     n_row_blocks = -(-rowbase.shape[0] // block_rows)
     nitems = n_row_blocks * panels.shape[0]
     args = (mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits)

@@ -66,8 +66,6 @@ AVAILABLE_BACKENDS: tuple[Backend, ...] = (
 DEFAULT_BACKEND: Backend = AVAILABLE_BACKENDS[0]
 
 PANEL = 32  # output columns per prepared weight panel (see PreparedWeights)
-_TILE_ROWS = 4
-_BLOCK_BYTES = 256 * 1024  # gathered activation rows kept hot in L2 per work item
 _PARALLEL_MIN_WORDS = 1 << 18  # word-ops below which threading costs more than it saves
 _PACK_PARALLEL_MIN = 1 << 18  # elements below which packing stays on one thread
 _NUMPY_CHUNK_WORDS = 1 << 20  # XOR temporaries of the numpy GEMM, in words
@@ -227,10 +225,6 @@ class _Operand(NamedTuple):
     bias: np.ndarray  # int32 (classes, 32 * n_panels)
 
 
-def _block_rows(kw: int) -> int:
-    return max(_TILE_ROWS, _BLOCK_BYTES // (8 * max(kw, 1)) // _TILE_ROWS * _TILE_ROWS)
-
-
 def _run_gemm(op: _Operand, w: PreparedWeights, backend: Backend, out: np.ndarray, thresholds: np.ndarray,
               flipbits: np.ndarray, out_bits: np.ndarray) -> None:  # fmt: skip
     """Call the numba driver: dots into ``out``, or (``thresholds`` given) bits into ``out_bits``."""
@@ -239,8 +233,8 @@ def _run_gemm(op: _Operand, w: PreparedWeights, backend: Backend, out: np.ndarra
     else:
         mode = _nb.MODE_DOT if backend == "avx512" else _nb.MODE_DOT_PORTABLE
     m = op.rowbase.shape[0]
-    _nb.gemm(mode, _threads_for(m * w.panels.size), _block_rows(op.koff.size), w.n, op.a, op.rowbase, op.koff,
-             op.rowclass, op.bias, w.panels, out, thresholds, flipbits, out_bits)  # fmt: skip
+    _nb.gemm(mode, _threads_for(m * w.panels.size), w.n, op.a, op.rowbase, op.koff, op.rowclass, op.bias, w.panels,
+             out, thresholds, flipbits, out_bits)  # fmt: skip
 
 
 def _dots(op: _Operand, w: PreparedWeights, backend: Backend) -> np.ndarray:
@@ -282,7 +276,9 @@ def _int_thresholds(thresholds: npt.ArrayLike, n: int) -> np.ndarray:
     return np.clip(t, info.min, info.max).astype(np.int32)
 
 
-def _bits(op: _Operand, w: PreparedWeights, thresholds: npt.ArrayLike, flip: npt.ArrayLike, backend: Backend) -> np.ndarray:
+def _bits(
+    op: _Operand, w: PreparedWeights, thresholds: npt.ArrayLike, flip: npt.ArrayLike, backend: Backend
+) -> np.ndarray:
     """Packed ``(dot >= thresholds) XOR flip``, fused into the GEMM on the AVX-512 back end."""
     thresholds = _int_thresholds(thresholds, w.n)
     flip = np.asarray(flip, dtype=bool).reshape(w.n)
@@ -522,5 +518,6 @@ def binary_maxpool2d(x_packed: np.ndarray, kernel: int = 2, stride: int = 2) -> 
     out = np.zeros((x.shape[0], ho, wo, x.shape[3]), x.dtype)
     for dy in range(kernel):
         for dx in range(kernel):
-            np.bitwise_or(out, x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride], out=out)
+            window = x[:, dy : dy + stride * (ho - 1) + 1 : stride, dx : dx + stride * (wo - 1) + 1 : stride]
+            np.bitwise_or(out, window, out=out)
     return out
