@@ -38,6 +38,7 @@ enough to pay for it and run small ones (e.g. a single-row GEMV) on the calling 
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
@@ -125,7 +126,7 @@ def pack_signs(x: np.ndarray, axis: int = -1, *, backend: Backend | None = None)
         packed = _pack_bool(moved >= 0)
     else:
         packed = np.empty(moved.shape[:-1] + (_words(length),), np.uint64)
-        rows = packed.reshape(-1, packed.shape[-1])
+        rows = packed.reshape(math.prod(packed.shape[:-1]), packed.shape[-1])
         _nb.pack_rows(_threads_for(x.size, _PACK_PARALLEL_MIN), np.ascontiguousarray(moved), length, rows)
     return packed if last else np.ascontiguousarray(np.moveaxis(packed, -1, axis))
 
@@ -171,7 +172,7 @@ class PreparedWeights:
 
     def rows(self) -> np.ndarray:
         """The weights back in row layout ``(N, Kw)`` (a copy)."""
-        return self.panels.transpose(0, 2, 1).reshape(-1, self.kw)[: self.n]
+        return self.panels.transpose(0, 2, 1).reshape(self.panels.shape[0] * PANEL, self.kw)[: self.n]
 
 
 def _aligned_empty(shape: tuple[int, ...], dtype: npt.DTypeLike, align: int = 64) -> np.ndarray:
