@@ -7,16 +7,19 @@ from typing import Callable
 from torch import nn
 
 from .cifar import BiRealResNet, VGGSmall
+from .matching_net import MatchingNetwork, PrototypicalNetwork
 from .mlp import MLP
 from .small_cnn import SmallCNN
 
-__all__ = ["BiRealResNet", "MLP", "SmallCNN", "VGGSmall", "build", "names"]
+__all__ = ["BiRealResNet", "MLP", "MatchingNetwork", "PrototypicalNetwork", "SmallCNN", "VGGSmall", "build", "names"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "small_cnn": SmallCNN,
     "vgg_small": VGGSmall,
     "bireal_resnet": BiRealResNet,
+    "matching_net": MatchingNetwork,
+    "protonet": PrototypicalNetwork,
 }
 
 
