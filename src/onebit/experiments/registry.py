@@ -38,6 +38,8 @@ class Experiment:
         input_size: shape of one example (for summaries and export).
         published: row name -> published figure to print beside ours in the report.
         notes: paragraphs for the report (how the setting differs from the studies).
+        quick_model: model constructor overrides for ``--quick`` runs (e.g. a narrow ``width``),
+            so that smoke runs of large models stay fast.
     """
 
     name: str
@@ -48,6 +50,7 @@ class Experiment:
     input_size: tuple[int, ...]
     published: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    quick_model: dict[str, Any] = field(default_factory=dict)
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -78,3 +81,4 @@ def get(name: str) -> Experiment:
 
 def _load_builtin() -> None:
     from . import mnist  # noqa: F401  (registers mnist-mlp, mnist-cnn)
+    from . import cifar10  # noqa: F401  (registers cifar10)

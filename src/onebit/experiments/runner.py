@@ -41,8 +41,9 @@ def run_configs(
                 train.epochs = 1
             train_dict = asdict(train)
             del train_dict["progress"]  # display only: not part of what a run is
+            model = {**row.model, **experiment.quick_model} if quick else dict(row.model)
             configs.append({"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
-                            "model": dict(row.model), "train": train_dict})
+                            "model": model, "train": train_dict})
     return configs
 
 
