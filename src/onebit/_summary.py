@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from .nn.layers import QuantizedLayer
+from .nn.layers import QuantizedLayer, layers
 
 __all__ = ["LayerSummary", "ModelSummary", "summary"]
 
@@ -170,7 +170,7 @@ def summary(model: nn.Module, input_size: Sequence[int], *, dtype: torch.dtype =
 
         return hook
 
-    hooks = [m.register_forward_hook(record(name or type(m).__name__)) for name, m in _row_modules(model)]
+    hooks = [m.register_forward_hook(record(name or type(m).__name__)) for name, m in layers(model)]
     was_training = model.training
     model.eval()
     try:
@@ -185,14 +185,3 @@ def summary(model: nn.Module, input_size: Sequence[int], *, dtype: torch.dtype =
         result.layers.append(LayerSummary("(parameters of modules not called)", "", (), 0, missing, 0, 0))
     return result
 
-
-def _row_modules(model: nn.Module):
-    """Modules that get a row: binary layers, and leaf modules not inside a binary layer."""
-    def walk(prefix: str, module: nn.Module):
-        if isinstance(module, QuantizedLayer) or not any(True for _ in module.children()):
-            yield prefix, module
-            return
-        for name, child in module.named_children():
-            yield from walk(f"{prefix}.{name}" if prefix else name, child)
-
-    yield from walk("", model)

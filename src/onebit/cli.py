@@ -52,12 +52,67 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _first_run_config(path: Path) -> dict:
-    """The config of the run at ``path`` (a seed directory) or of the first run below it."""
+def _first_run_dir(path: Path) -> Path:
+    """``path`` if it is a run (seed) directory, else the first run directory below it."""
     candidates = [path / "config.json"] if (path / "config.json").exists() else sorted(path.glob("**/config.json"))
     if not candidates:
         raise FileNotFoundError(f"no run (config.json) found under {path}")
-    return json.loads(candidates[0].read_text())
+    return candidates[0].parent
+
+
+def _first_run_config(path: Path) -> dict:
+    return json.loads((_first_run_dir(path) / "config.json").read_text())
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .deploy import convert
+    from .experiments import get
+    from .experiments.runner import build_model
+    from .training import load_checkpoint
+
+    run_dir = _first_run_dir(Path(args.run_dir))
+    config = json.loads((run_dir / "config.json").read_text())
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; train it first with `onebit run`")
+    state = load_checkpoint(checkpoint)
+    model = build_model(config)
+    model.load_state_dict(state["best_model"] or state["model"])
+    experiment = get(config["experiment"])
+    packed = convert(model, torch.zeros(2, *experiment.input_size))
+    packed.meta.update(experiment=config["experiment"], row=config["row"], seed=config["seed"],
+                       dataset=experiment.dataset)
+    packed.save(args.output)
+    float_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    size = Path(args.output).stat().st_size
+    print(f"{run_dir} -> {args.output}: {size:,} bytes (float32 state dict {float_bytes:,} bytes, "
+          f"{float_bytes / size:.1f}x smaller)")
+    return 0
+
+
+def _cmd_infer(args: argparse.Namespace) -> int:
+    import time
+
+    from .deploy import load
+    from .experiments.datasets import test_arrays
+
+    model = load(args.file)
+    images, labels = test_arrays(args.dataset, args.data)
+    start = time.perf_counter()
+    predictions = model.predict(images, args.batch_size)
+    seconds = time.perf_counter() - start
+    single = images[:1]
+    model(single)
+    t0 = time.perf_counter()
+    for _ in range(20):
+        model(single)
+    latency = (time.perf_counter() - t0) / 20
+    print(f"{args.file} on {args.dataset} test ({len(labels):,} images): accuracy {(predictions == labels).mean():.4f}")
+    print(f"throughput {len(labels) / seconds:,.0f} images/s at batch {args.batch_size}; "
+          f"latency {1000 * latency:.3f} ms at batch 1")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -87,6 +142,18 @@ def build_parser() -> argparse.ArgumentParser:
     lst = sub.add_parser("list", help="experiments, their rows and finished runs")
     lst.add_argument("--out", default="runs")
     lst.set_defaults(func=_cmd_list)
+
+    export = sub.add_parser("export", help="convert a trained run into a bit-packed model file")
+    export.add_argument("run_dir", help="a run directory (runs/<experiment>/<row>[/seed<k>])")
+    export.add_argument("-o", "--output", required=True, help="output file, e.g. model.onebit")
+    export.set_defaults(func=_cmd_export)
+
+    infer = sub.add_parser("infer", help="accuracy and speed of a packed model on a test set (no torch in the model)")
+    infer.add_argument("file")
+    infer.add_argument("--dataset", default="mnist", help="test set (default: mnist)")
+    infer.add_argument("--data", help="dataset root")
+    infer.add_argument("--batch-size", type=int, default=256)
+    infer.set_defaults(func=_cmd_infer)
 
     summ = sub.add_parser("summary", help="parameters, memory and MACs of a run's model by precision")
     summ.add_argument("run_dir")

@@ -34,6 +34,7 @@ register(
                "lr_final_ratio": 0.01, "batch_size": 100},
         make_task=mnist_task,
         input_size=(1, 28, 28),
+        dataset="mnist",
         published={"float": "96.87 (study A)", "binaryconnect": "93.72 (study A); 98.71 (BinaryConnect paper)",
                    "bnn": "99.04 (BNN paper, 3x4096 units, 1000 epochs)"},
         notes=(
@@ -72,6 +73,7 @@ register(
                "clip_latent": None},
         make_task=mnist_task,
         input_size=(1, 28, 28),
+        dataset="mnist",
         published={k: f"{v:.2f} (study B)" for k, v in _STUDY_B.items()},
         notes=(
             "Study B's REINFORCE rows computed no log-probability, so every layer upstream of a "

@@ -40,6 +40,8 @@ class Experiment:
         notes: paragraphs for the report (how the setting differs from the studies).
         quick_model: model constructor overrides for ``--quick`` runs (e.g. a narrow ``width``),
             so that smoke runs of large models stay fast.
+        dataset: name of the test set a packed model of this experiment is evaluated on
+            (see :mod:`onebit.experiments.datasets`).
     """
 
     name: str
@@ -51,6 +53,7 @@ class Experiment:
     published: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     quick_model: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -81,4 +84,5 @@ def get(name: str) -> Experiment:
 
 def _load_builtin() -> None:
     from . import mnist  # noqa: F401  (registers mnist-mlp, mnist-cnn)
+    from . import omniglot  # noqa: F401  (registers omniglot)
     from . import cifar10  # noqa: F401  (registers cifar10)

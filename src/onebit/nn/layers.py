@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import quantizers
 
-__all__ = ["BinaryLinear", "BinaryConv2d", "QuantizedLayer", "clip_latent_weights"]
+__all__ = ["BinaryLinear", "BinaryConv2d", "QuantizedLayer", "clip_latent_weights", "layers"]
 
 _SCALINGS = (None, "xnor")
 
@@ -163,6 +163,17 @@ class BinaryConv2d(nn.Conv2d, QuantizedLayer):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._quantizer_repr()}"
+
+
+def layers(model: nn.Module, prefix: str = ""):
+    """Yield ``(name, module)`` for the computing layers of ``model`` in definition order:
+    every :class:`QuantizedLayer` (whose quantizers are part of it) and every leaf module not
+    inside one."""
+    if isinstance(model, QuantizedLayer) or not any(True for _ in model.children()):
+        yield prefix, model
+        return
+    for name, child in model.named_children():
+        yield from layers(child, f"{prefix}.{name}" if prefix else name)
 
 
 @torch.no_grad()

@@ -1,0 +1,155 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from onebit.data.mnist import MEAN, STD, load_mnist
+from onebit.deploy import InvalidModelFile, UnsupportedModelError, convert, kernels, load
+from onebit.deploy.converter import fold_sign_threshold
+from onebit.models import MLP, SmallCNN
+from onebit.nn import BinaryConv2d, BinaryLinear
+from onebit.training import ClassificationTask, TrainConfig, Trainer
+
+
+def test_fold_sign_threshold_matches_batchnorm_sign():
+    rng = np.random.default_rng(0)
+    k, channels = 65, 400
+    bn = nn.BatchNorm1d(channels).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-20, 20)
+        bn.running_var.uniform_(0.1, 50)
+        bn.weight.uniform_(-2, 2)
+        bn.weight[:40] = 0.0  # constant channels
+        bn.weight[40:80] *= -1  # make sure negative gammas abound
+        bn.bias.uniform_(-3, 3)
+        bn.bias[:20] = 0.0  # zero gamma and zero beta: BN output 0 -> sign +1
+    dots = torch.arange(-k, k + 1, 2, dtype=torch.float32)  # every value a +-1 dot product can take
+    expected = (bn(dots[:, None].expand(-1, channels)) >= 0).numpy()
+    invstd = 1 / np.sqrt(bn.running_var.numpy().astype(np.float64) + bn.eps)
+    scale = bn.weight.detach().numpy() * invstd
+    shift = bn.bias.detach().numpy() - bn.running_mean.numpy() * scale
+    thresholds, flip = fold_sign_threshold(scale, shift)
+    # float comparison, and the integer popcount kernel's epilogue
+    assert np.array_equal((dots.numpy()[:, None] >= thresholds) ^ flip, expected)
+    a = np.where(rng.random((len(dots), k)) < 0.5, -1.0, 1.0)
+    a[:, : (k - dots.numpy().astype(int)).max() // 2 + 1] = 1
+    w = np.ones((channels, k))
+    bits = kernels.binary_matmul_threshold(kernels.pack_signs(a), kernels.prepare_weights(kernels.pack_signs(w)), k,
+                                           np.ceil(np.clip(thresholds, -1e9, 1e9)), flip)
+    got = kernels.unpack_signs(bits, channels) > 0
+    want = ((a @ w.T) >= thresholds) ^ flip
+    assert np.array_equal(got, want)
+
+
+@pytest.fixture(scope="module")
+def mnist_small(shared_datasets_module):
+    train = load_mnist("train", shared_datasets_module)
+    test = load_mnist("test", shared_datasets_module)
+    train, val = train.subset(range(1500)).split(300, seed=0)
+    return ClassificationTask({"train": train, "val": val, "test": test.subset(range(2000))}, 32, MEAN, STD)
+
+
+@pytest.fixture(scope="module")
+def shared_datasets_module():
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("ONEBIT_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    if not path.is_dir():
+        pytest.skip(f"local dataset copies not found at {path}")
+    return str(path)
+
+
+def trained(model, task, tmp_path_factory):
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=1, lr=3e-3, device="cpu", progress=False)
+    trainer = Trainer(model, task, config, tmp_path_factory.mktemp("run"))
+    trainer.fit()
+    return trainer.model.eval()
+
+
+@pytest.mark.parametrize("build", [
+    lambda: MLP(hidden=(256, 256), recipe="bnn"),
+    lambda: MLP(hidden=(256, 256), recipe="xnor"),
+    lambda: MLP(hidden=(256, 256), recipe="binaryconnect"),
+    lambda: SmallCNN("both"),
+    lambda: SmallCNN("first", mode="stochastic"),
+], ids=["bnn", "xnor", "binaryconnect", "cnn-both", "cnn-first"])
+def test_packed_model_equals_pytorch_on_mnist(build, mnist_small, tmp_path_factory, tmp_path):
+    torch.manual_seed(0)
+    model = trained(build(), mnist_small, tmp_path_factory)
+    images = torch.cat([x for x, _ in mnist_small.eval_batches("test")])
+    with torch.no_grad():
+        expected = model(images).numpy()
+    packed = convert(model, images[:2])
+    packed.save(tmp_path / "m.onebit")
+    logits = load(tmp_path / "m.onebit")(images.numpy())
+    assert (expected.argmax(1) == mnist_small.splits["test"].labels.numpy()).mean() > 0.5  # really trained
+    assert np.array_equal(logits.argmax(1), expected.argmax(1))
+    # Logits agree to float precision. A unit whose real-valued pre-activation lies within
+    # float32 rounding of its threshold can flip (torch and numpy sum in different orders);
+    # allow that for at most 0.1% of the images.
+    close = np.isclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()).all(axis=1)
+    assert close.mean() >= 0.999, np.flatnonzero(~close)
+
+
+def test_binary_mlp_file_is_much_smaller(tmp_path):
+    model = MLP(hidden=(1024, 1024), recipe="bnn").eval()
+    convert(model, torch.zeros(2, 1, 28, 28)).save(tmp_path / "m.onebit")
+    float_bytes = sum(p.numel() * 4 for p in model.state_dict().values() if p.is_floating_point())
+    assert float_bytes / (tmp_path / "m.onebit").stat().st_size > 25
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "m.onebit"
+    convert(MLP(hidden=(64,), recipe="bnn").eval(), torch.zeros(2, 1, 28, 28)).save(path)
+    return path
+
+
+def test_truncated_tampered_and_foreign_files(saved, tmp_path):
+    raw = saved.read_bytes()
+    cases = {
+        "truncated": (raw[: len(raw) // 2], "checksum|truncated"),
+        "tampered": (raw[:-10] + bytes([raw[-10] ^ 1]) + raw[-9:], "checksum"),
+        "foreign": (b"\x89PNG\r\n\x1a\n" + bytes(100), "not a .onebit"),
+        "empty": (b"", "too short"),
+        "future": (raw[:8] + (99).to_bytes(4, "little") + raw[12:], "version 99"),
+    }
+    for name, (data, message) in cases.items():
+        path = tmp_path / f"{name}.onebit"
+        path.write_bytes(data)
+        with pytest.raises(InvalidModelFile, match=message):
+            load(path)
+
+
+def test_runtime_never_imports_torch(saved):
+    code = (
+        "import sys, numpy as np\n"
+        "import onebit.deploy as deploy\n"
+        f"model = deploy.load({str(saved)!r})\n"
+        "out = model(np.zeros((3, 1, 28, 28), np.float32))\n"
+        "assert out.shape == (3, 10), out.shape\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_bad_input_shape_is_reported(saved):
+    with pytest.raises(ValueError, match=r"\(N, 1, 28, 28\)"):
+        load(saved)(np.zeros((2, 784), np.float32))
+
+
+def test_unsupported_modules_are_named():
+    model = nn.Sequential(nn.Flatten(), BinaryLinear(4, 4), nn.GELU(), nn.Linear(4, 2))
+    with pytest.raises(UnsupportedModelError, match="2: GELU"):
+        convert(model, torch.zeros(2, 4))
+    conv = nn.Sequential(BinaryConv2d(1, 2, 3), nn.Flatten())
+    with pytest.raises(UnsupportedModelError, match="0: BinaryConv2d"):
+        convert(conv, torch.zeros(2, 1, 5, 5))
