@@ -30,7 +30,7 @@ register(
         name="mnist-mlp",
         description="Study A: 784-2048-2048-2048-10 MLP, float vs binarized recipes",
         rows=tuple(Row(r, {"name": "mlp", "recipe": r}) for r in MLP_RECIPES),
-        train={"epochs": 30, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
+        train={"epochs": 15, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
                "lr_final_ratio": 0.01, "batch_size": 100},
         make_task=mnist_task,
         input_size=(1, 28, 28),
