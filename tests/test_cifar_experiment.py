@@ -1,0 +1,73 @@
+"""The cifar10 experiment: its grid, its task on the real archive, and `onebit run cifar10 --quick`."""
+
+import json
+
+import pytest
+import torch
+
+from onebit.cli import main
+from onebit.data import augment, data_root
+from onebit.experiments import get
+from onebit.experiments import cifar10 as exp
+from onebit.experiments.runner import build_model, run_configs
+
+ROWS = ("float", "binaryconnect", "bnn", "xnor", "bireal", "float-bireal")
+
+
+def test_grid_and_quick_width():
+    experiment = get("cifar10")
+    assert tuple(r.name for r in experiment.rows) == ROWS
+    full = {c["row"]: c for c in run_configs(experiment, seeds=1)}
+    quick = {c["row"]: c for c in run_configs(experiment, seeds=1, quick=True)}
+    for row in ROWS:
+        assert full[row]["model"]["width"] == 0.5
+        assert quick[row]["model"] == {**full[row]["model"], "width": exp.QUICK_WIDTH}
+        assert quick[row]["train"]["epochs"] == 1
+    assert full["bireal"]["model"]["activation_quantizer"] == "approx-sign"
+    assert full["bnn"]["train"]["optimizer"] == "adam" and full["float"]["train"]["optimizer"] == "sgd"
+    assert build_model(quick["bnn"]).width == exp.QUICK_WIDTH
+    # experiments without quick_model keep their models in quick runs
+    mnist = get("mnist-mlp")
+    assert [c["model"] for c in run_configs(mnist, seeds=1, quick=True)] == [dict(r.model) for r in mnist.rows]
+
+
+def test_quick_task_on_the_real_archive(shared_datasets):
+    task = exp.cifar10_task(None, quick=True, batch_size=50)
+    assert {k: len(v) for k, v in task.splits.items()} == exp.QUICK_SIZES
+    for split in task.splits.values():
+        assert len(split.labels.unique()) == 10  # a random subset, not a class-sorted prefix
+    assert "JPEG" in task.splits["test"].source  # the shared copy is the lossy re-encode
+    assert "JPEG" in str(get("cifar10").notes[0])
+    full = exp._splits(data_root(None))  # validation is carved out of the 50k training images
+    assert (len(full["train"]), len(full["val"]), len(full["test"])) == (45_000, 5_000, 10_000)
+
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    (x1, y1), (x2, y2) = next(task.train_batches(g1)), next(task.train_batches(g2))
+    assert x1.shape == (50, 3, 32, 32) and x1.dtype == torch.float32 and torch.equal(x1, x2) and torch.equal(y1, y2)
+    x_eval, _ = next(task.eval_batches("val"))
+    assert abs(float(x_eval.mean())) < 0.5  # normalized with the CIFAR-10 mean and std
+    assert task.augment is augment  # random crop + flip on training batches only
+
+
+@pytest.mark.slow
+def test_quick_run_end_to_end(shared_datasets, tmp_path, capsys):
+    out = tmp_path / "runs"
+    rows = list(ROWS)
+    argv = ["run", "cifar10", "--quick", "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    exp_dir = out / "cifar10"
+    for row in rows:
+        run = exp_dir / row / "seed0"
+        assert {"config.json", "metrics.jsonl", "final.json", "checkpoint.pt"} <= {p.name for p in run.iterdir()}
+        assert json.loads((run / "config.json").read_text())["model"]["width"] == exp.QUICK_WIDTH
+    results = json.loads((exp_dir / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == rows
+    assert all(0 <= r["test_acc_mean"] <= 1 and r["epochs"] == 1 for r in results["rows"])
+    by_name = {r["name"]: r for r in results["rows"]}
+    assert by_name["float"]["binary_params"] == 0 and by_name["bnn"]["binary_params"] > 0
+    markdown = (exp_dir / "results.md").read_text()
+    assert "lossy JPEG re-encode" in markdown and "Quick (smoke) runs" in markdown
+    assert any("bireal__" in p.name for p in (exp_dir / "heatmaps").glob("*.png"))
+
+    assert main(argv) == 0  # finished runs are reused
+    assert f"{len(rows)} already finished" in capsys.readouterr().out
