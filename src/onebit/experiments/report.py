@@ -13,16 +13,39 @@ from torch import nn
 
 from .._summary import summary as model_summary
 from ..nn import QuantizedLayer
-from ..quantizers import BinaryNeuron
+from ..quantizers import BinaryNeuron, _Quantizer
 from ..training import load_checkpoint, write_json
 from . import registry
 from .runner import build_model
 
-__all__ = ["collect_rows", "write_report", "firing_rates"]
+__all__ = ["collect_rows", "write_report", "firing_rates", "aggregate_evaluations"]
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def aggregate_evaluations(finals: list[dict]) -> dict[str, dict[str, Any]]:
+    """Aggregate the ``"evaluations"`` of several runs' ``final.json`` (see
+    :meth:`onebit.training.Trainer`), keeping the settings every run has, in order.
+
+    Each run holds ``{key: {"acc": ..., "ci95": ..., **description}}``; the result is ``{key:
+    {"acc": [per run], "acc_mean", "acc_std", "ci95", **description}}`` where ``acc_std`` is
+    the spread over runs (seeds) and ``ci95`` the mean over runs of each run's 95% confidence
+    half-width over its evaluation episodes.
+    """
+    if not finals or any("evaluations" not in f for f in finals):
+        return {}
+    keys = [k for k in finals[0]["evaluations"] if all(k in f["evaluations"] for f in finals)]
+    out = {}
+    for key in keys:
+        runs = [f["evaluations"][key] for f in finals]
+        acc = [r["acc"] for r in runs]
+        mean, std = _mean_std(acc)
+        entry = {k: v for k, v in runs[0].items() if k not in ("acc", "ci95")}
+        out[key] = {"acc": acc, "acc_mean": mean, "acc_std": std,
+                    "ci95": statistics.fmean(r["ci95"] for r in runs), **entry}
+    return out
 
 
 def _runs(exp_dir: Path, row: str) -> list[tuple[dict, dict, list[dict]]]:
@@ -57,6 +80,9 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
                    binary_params=stats.binary_params, float_params=stats.float_params,
                    packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
                    published=experiment.published.get(row.name))
+        evaluations = aggregate_evaluations([f for _, f, _ in runs])
+        out.update(evaluations)
+        out["evaluations"] = list(evaluations)
         out["curves"] = {
             key: [statistics.fmean(m[e][key] for _, _, m in runs) for e in range(min(len(m) for _, _, m in runs))]
             for key in ("train_loss", "val_acc")
@@ -84,6 +110,7 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
             f"{r['train_seconds_mean']:.0f} s | {r['published'] or ''} |"
         )
+    lines += _evaluations_table(rows)
     if any(r["quick"] for r in rows):
         lines += ["", "**Quick (smoke) runs: tiny data subset, one epoch. These numbers mean nothing.**"]
     lines += ["", "![curves](curves.png)", ""]
@@ -92,6 +119,27 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
         lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, seed 0)", ""]
         lines += [f"![{h}]({h})" for h in heatmaps]
     return "\n".join(lines) + "\n"
+
+
+def _evaluations_table(rows: list[dict]) -> list[str]:
+    """Markdown table of the rows' extra evaluations (e.g. few-shot protocols), if any."""
+    keys = list(dict.fromkeys(k for r in rows for k in r.get("evaluations", [])))
+    if not keys:
+        return []
+    lines = ["", "Evaluations: accuracy (%) +- 95% confidence half-width over evaluation episodes "
+             "(mean over seeds; with several seeds, the seed std follows in brackets).", "",
+             "| row | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for r in rows:
+        cells = []
+        for key in keys:
+            e = r.get(key) if key in r.get("evaluations", []) else None
+            if e is None:
+                cells.append("")
+                continue
+            cell = f"{100 * e['acc_mean']:.2f} +- {100 * e['ci95']:.2f}"
+            cells.append(cell + (f" [{100 * e['acc_std']:.2f}]" if len(e["acc"]) > 1 else ""))
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _plot_curves(rows: list[dict], path: Path) -> None:
@@ -114,10 +162,14 @@ def _plot_curves(rows: list[dict], path: Path) -> None:
 
 
 def binary_activations(model: nn.Module) -> dict[str, nn.Module]:
-    """Modules whose output is a binary activation: binary neurons and input quantizers."""
+    """Modules whose output is a binary activation: binary neurons, activation quantizers used
+    as modules of their own, and the input quantizers of binary layers (named
+    ``<layer>.input``). Weight quantizers are not activations."""
+    owned = {id(q) for m in model.modules() if isinstance(m, QuantizedLayer)
+             for q in (m.weight_quantizer, m.input_quantizer) if q is not None}
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, BinaryNeuron):
+        if isinstance(module, _Quantizer) and id(module) not in owned:  # BinaryNeuron included
             found[name] = module
         elif isinstance(module, QuantizedLayer) and module.has_binary_input:
             found[f"{name}.input"] = module.input_quantizer
@@ -162,6 +214,9 @@ def _plot_heatmap(rate: torch.Tensor, title: str, path: Path) -> None:
     channels = maps.shape[0]
     cols = min(8, channels)
     rows = (channels + cols - 1) // cols
+    if channels > _MAX_PANELS:
+        _plot_mosaic(plt, maps, cols, rows, title, path)
+        return
     fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols + 1, 1.6 * rows + 0.6), squeeze=False)
     for i, ax in enumerate(axes.flat):
         ax.axis("off")
@@ -171,6 +226,27 @@ def _plot_heatmap(rate: torch.Tensor, title: str, path: Path) -> None:
                 ax.set_title(f"ch {i}", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.colorbar(im, ax=axes.ravel().tolist(), shrink=0.8, label="firing rate")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+_MAX_PANELS = 32  # more channels than this are tiled into one image (one matplotlib axes draws fast)
+
+
+def _plot_mosaic(plt, maps: torch.Tensor, cols: int, rows: int, title: str, path: Path) -> None:
+    """Channels ``(C, H, W)`` tiled row-major into a ``rows x cols`` grid, one pixel of gap."""
+    channels, h, w = maps.shape
+    grid = torch.full((rows * (h + 1) - 1, cols * (w + 1) - 1), float("nan"))
+    for i in range(channels):
+        r, c = divmod(i, cols)
+        grid[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = maps[i]
+    fig, ax = plt.subplots(figsize=(1.2 * cols + 1.5, 1.2 * rows + 0.6))
+    im = ax.imshow(grid.numpy(), vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks([(w + 1) * c + (w - 1) / 2 for c in range(cols)], [str(c) for c in range(cols)], fontsize=7)
+    ax.set_yticks([(h + 1) * r + (h - 1) / 2 for r in range(rows)], [str(cols * r) for r in range(rows)], fontsize=7)
+    ax.set_xlabel("channel = row label + column label", fontsize=7)
+    ax.set_title(title, fontsize=9)
+    fig.colorbar(im, ax=ax, shrink=0.8, label="firing rate")
     fig.savefig(path, dpi=90)
     plt.close(fig)
 
@@ -186,7 +262,7 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
             continue
         if images is None:
             task = experiment.make_task(data, config["quick"], config["train"]["batch_size"])
-            images = torch.cat([x for x, _ in task.eval_batches("test")])[:1000]
+            images = torch.cat([batch[0] for batch in task.eval_batches("test")])[:1000]  # inputs first
         model.load_state_dict(load_checkpoint(seed_dir / "checkpoint.pt")["best_model"])
         for layer, rate in firing_rates(model, images).items():
             name = f"heatmaps/{r['name']}__{layer}.png"

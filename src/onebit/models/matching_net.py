@@ -356,7 +356,7 @@ class FewShotNetwork(nn.Module):
         return int(support_labels.max()) + 1 if way is None else way
 
     def extra_repr(self) -> str:
-        return f"distance={self.distance!r}, scale={float(self.scale):g}, learn_scale={self.learn_scale}"
+        return f"distance={self.distance!r}, scale={float(self.scale.detach()):g}, learn_scale={self.learn_scale}"
 
 
 class MatchingNetwork(FewShotNetwork):

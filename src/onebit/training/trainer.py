@@ -119,6 +119,10 @@ class Trainer:
     validation accuracy. ``fit(resume=True)`` continues from ``checkpoint.pt``; a resumed run
     ends with the same metrics as an uninterrupted one.
 
+    A task may define ``final_evaluation(model) -> dict`` (e.g. several few-shot protocols with
+    confidence intervals); it is called once with the best-validation model and its result is
+    stored under ``"evaluations"`` in ``final.json``.
+
     Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel
     (gloo on CPU, nccl on GPU), each process takes its share of every batch and rank 0 writes
     the files.
@@ -293,6 +297,9 @@ class Trainer:
         }
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingDiverged(f"final metrics are not finite: {final}")
+        final_evaluation = getattr(self.task, "final_evaluation", None)
+        if final_evaluation is not None:
+            final["evaluations"] = final_evaluation(final_model)
         if self.is_main:
             write_json(final, self.run_dir / "final.json")
         return final
