@@ -13,6 +13,7 @@ Conv: pack_signs of the float NHWC input + binary_conv2d vs F.conv2d on NCHW.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import time
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+import llvmlite
 import numba
 import onebit.deploy.kernels as K
 
@@ -107,7 +109,7 @@ def main() -> None:
     print(f"CPU: {cpu_name()}")
     print(
         f"versions: python {platform.python_version()}, numpy {np.__version__}, torch {torch.__version__}, "
-        f"numba {numba.__version__}"
+        f"numba {numba.__version__}, llvmlite {llvmlite.__version__}"
     )
     print(
         f"threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}; "
@@ -115,6 +117,7 @@ def main() -> None:
     )
     K.binary_matmul(K.pack_signs(np.ones((300, 4096))), K.pack_signs(np.ones((64, 4096))), 4096)  # JIT + threads
     print(f"numba threading layer: {numba.threading_layer()}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print("note: other processes may share the CPU; ratios come from alternating samples in one run.\n")
 
     print("binary GEMM vs torch F.linear (fp32), median ms per call")
@@ -139,6 +142,7 @@ def main() -> None:
     for backend in K.AVAILABLE_BACKENDS:
         t_torch, t_bin, _ = bench_gemm(64, 1024, 1024, repeats, min_seconds, backend=backend)
         print(f"{backend:>8} | {t_torch * 1e3:8.3f} {t_bin * 1e3:8.3f} {t_torch / t_bin:5.1f}x")
+    print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__":
