@@ -20,13 +20,15 @@ vectors, broadcasts one activation word per row and does ``acc += popcount(a ^ w
 (``vpxorq`` + ``vpopcntq`` + ``vpaddq``), i.e. 3 vector instructions per 8 x 64 binary
 multiply-adds.  LLVM does not find this schedule from scalar code, so the loop is
 written as LLVM vector IR through :func:`numba.extending.intrinsic`.  The epilogue
-turns mismatch counts into ``dot = bias - 2 * popcount`` (``bias = k`` for a plain GEMM;
-a convolution adds a per-row border correction, see ``kernels._ConvPlan``) and either stores them (masked
-store for the last, partial panel) or compares them with per-column thresholds and
-writes packed output bits directly.
+turns mismatch counts into ``dot = bias[rowclass[m], col] - 2 * popcount`` (one class
+with ``bias = k`` for a plain GEMM; a convolution has one class per border pattern that
+also cancels the padding taps, see ``kernels._conv_operand``) and either stores the
+dots (masked store for the last, partial panel) or compares them with per-column
+thresholds and writes packed output bits directly.
 
 On CPUs without AVX512-VPOPCNTDQ the same driver calls :func:`_tile_dot_portable`, a
-plain loop that LLVM auto-vectorizes for whatever the CPU has.
+plain loop that LLVM auto-vectorizes for whatever the CPU has (the threshold epilogue
+then runs unfused, in numpy).
 
 The kernels are integer-only, so numba's ``fastmath`` would change nothing in the GEMM
 and would make NaN handling of the sign packer undefined: it is not used.
