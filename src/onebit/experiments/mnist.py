@@ -35,6 +35,7 @@ register(
         make_task=mnist_task,
         input_size=(1, 28, 28),
         dataset="mnist",
+        quick_model={"hidden": [256, 256]},
         published={"float": "96.87 (study A)", "binaryconnect": "93.72 (study A); 98.71 (BinaryConnect paper)",
                    "bnn": "99.04 (BNN paper, 3x4096 units, 1000 epochs)"},
         notes=(
