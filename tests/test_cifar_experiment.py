@@ -7,7 +7,7 @@ import torch
 
 from onebit.cli import main
 from onebit.data import augment, data_root
-from onebit.experiments import get
+from onebit.experiments import Experiment, Row, get
 from onebit.experiments import cifar10 as exp
 from onebit.experiments.runner import build_model, run_configs
 
@@ -27,8 +27,8 @@ def test_grid_and_quick_width():
     assert full["bnn"]["train"]["optimizer"] == "adam" and full["float"]["train"]["optimizer"] == "sgd"
     assert build_model(quick["bnn"]).width == exp.QUICK_WIDTH
     # experiments without quick_model keep their models in quick runs
-    mnist = get("mnist-mlp")
-    assert [c["model"] for c in run_configs(mnist, seeds=1, quick=True)] == [dict(r.model) for r in mnist.rows]
+    plain = Experiment("plain", "", (Row("a", {"name": "mlp", "hidden": [8]}),), {}, exp.cifar10_task, (784,))
+    assert run_configs(plain, seeds=1, quick=True)[0]["model"] == {"name": "mlp", "hidden": [8]}
 
 
 def test_quick_task_on_the_real_archive(shared_datasets):
