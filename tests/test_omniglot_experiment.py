@@ -1,0 +1,88 @@
+"""The omniglot experiment: its grid, the generic evaluation aggregation, and `onebit run
+omniglot --quick` end to end on the real data."""
+
+import json
+
+import pytest
+
+from onebit.cli import main
+from onebit.experiments import get
+from onebit.experiments.omniglot import omniglot_task
+from onebit.experiments.report import aggregate_evaluations
+from onebit.experiments.runner import build_model, run_configs
+from onebit.quantizers import BinaryNeuron, SignSTE
+
+KEYS = ["5way1shot", "5way5shot", "20way1shot", "20way5shot", "lake20"]
+STUDY_B_ROWS = ["float", "binary-block1", "binary-block2", "binary-block3", "binary-block4"]
+
+
+def test_grid_has_the_issue_rows_with_binary_blocks_where_named():
+    experiment = get("omniglot")
+    names = [r.name for r in experiment.rows]
+    assert names[:7] == STUDY_B_ROWS + ["binary-all", "binary-all-hamming"]
+    assert {"protonet-float", "protonet-binary-all", "protonet-binary-all-hamming"} <= set(names)
+    for config in run_configs(experiment, seeds=1):
+        model = build_model(config)
+        acts = [type(block.act) for block in model.encoder.blocks]
+        row = config["row"].removeprefix("protonet-")
+        if row == "float":
+            assert not any(issubclass(a, (BinaryNeuron, SignSTE)) for a in acts)
+        elif row.startswith("binary-block"):
+            block = int(row[-1])
+            assert [a is BinaryNeuron for a in acts] == [b == block for b in (1, 2, 3, 4)]
+            assert config["train"]["slope_schedule"] == "linear"  # study B: annealed straight-through
+        elif row == "binary-all":
+            assert acts == [BinaryNeuron] * 4
+        else:
+            assert acts == [SignSTE] * 4 and model.distance == "hamming"
+            assert model.encoder.weight_quantizer == "sign"
+        assert type(model).__name__ == ("PrototypicalNetwork" if config["row"].startswith("protonet")
+                                        else "MatchingNetwork")
+        assert config["train"]["batch_size"] == 1
+        json.dumps(config)  # config.json round-trips (lists, not tuples)
+        assert json.loads(json.dumps(config)) == config
+
+
+def test_one_episode_per_step():
+    with pytest.raises(ValueError, match="batch_size must be 1"):
+        omniglot_task(None, True, 64)
+
+
+def test_aggregate_evaluations_over_seeds():
+    finals = [
+        {"evaluations": {"5way1shot": {"acc": 0.9, "ci95": 0.02, "episodes": 10, "way": 5},
+                         "lake20": {"acc": 0.5, "ci95": 0.1}}},
+        {"evaluations": {"5way1shot": {"acc": 0.8, "ci95": 0.04, "episodes": 10, "way": 5}}},
+    ]
+    out = aggregate_evaluations(finals)
+    assert list(out) == ["5way1shot"]  # only settings every seed has
+    e = out["5way1shot"]
+    assert e["acc"] == [0.9, 0.8] and e["acc_mean"] == pytest.approx(0.85)
+    assert e["acc_std"] == pytest.approx(0.0707107, abs=1e-6) and e["ci95"] == pytest.approx(0.03)
+    assert e["episodes"] == 10 and e["way"] == 5
+    assert aggregate_evaluations([{"test_acc": 0.9}]) == {}  # classification runs: nothing to add
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_evaluation_key(shared_datasets, tmp_path):
+    out = tmp_path / "runs"
+    assert main(["run", "omniglot", "--quick", "--out", str(out), "--no-progress"]) == 0
+    exp_dir = out / "omniglot"
+    results = json.loads((exp_dir / "results.json").read_text())
+    assert [r["name"] for r in results["rows"]] == [r.name for r in get("omniglot").rows]
+    for row in results["rows"]:
+        assert row["evaluations"] == KEYS
+        for key in KEYS:
+            e = row[key]
+            assert 0 <= e["acc_mean"] <= 1 and 0 <= e["ci95"] <= 1 and e["acc"] == [e["acc_mean"]]
+        assert row["test_acc_mean"] == pytest.approx(row["5way1shot"]["acc_mean"])  # same test episodes
+        assert row["lake20"]["way"] == 20 and row["lake20"]["episodes"] == 2
+        final = json.loads((exp_dir / row["name"] / "seed0" / "final.json").read_text())
+        assert set(final["evaluations"]) == set(KEYS)
+    markdown = (exp_dir / "results.md").read_text()
+    assert "| row | 5way1shot | 5way5shot | 20way1shot | 20way5shot | lake20 |" in markdown
+    assert (exp_dir / "curves.png").stat().st_size > 0
+    heatmaps = {p.name for p in (exp_dir / "heatmaps").glob("*.png")}
+    assert "binary-block3__encoder.blocks.block3.act.png" in heatmaps
+    assert {f"binary-all-hamming__encoder.blocks.block{b}.act.png" for b in (1, 2, 3, 4)} <= heatmaps
+    assert not any(h.startswith("float__") for h in heatmaps)
