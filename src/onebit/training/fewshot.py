@@ -103,12 +103,16 @@ def _check_deterministic(model: nn.Module) -> None:
 
 @torch.no_grad()
 def _embed(model: nn.Module, images: Tensor, chunk: int) -> Tensor:
-    return torch.cat([model.embed(images[i : i + chunk]) for i in range(0, len(images), chunk)])
+    """Embeddings of ``images`` in chunks, on the model's device."""
+    device = next(model.parameters()).device
+    return torch.cat([model.embed(images[i : i + chunk].to(device)) for i in range(0, len(images), chunk)])
 
 
 def _episode_logits(model: nn.Module, emb: Tensor, support_index: Tensor, support_labels: Tensor,
                     query_index: Tensor, way: int, chunk: int = 64) -> Tensor:
     """Logits ``(E, Q, way)`` of episodes given by indices into the embeddings ``emb (M, D)``."""
+    device = emb.device
+    support_index, support_labels, query_index = (t.to(device) for t in (support_index, support_labels, query_index))
     return torch.cat([
         model.classify(emb[support_index[i : i + chunk]], support_labels[i : i + chunk],
                        emb[query_index[i : i + chunk]], way)
@@ -250,7 +254,7 @@ class EpisodicTask:
             for setting in self.test:
                 s_idx, s_lab, q_idx, q_lab = self._episodes("test", setting)
                 logits = _episode_logits(net, emb, s_idx, s_lab, q_idx, setting.way)
-                per_episode = (logits.argmax(-1) == q_lab).double().mean(-1)
+                per_episode = (logits.argmax(-1).cpu() == q_lab).double().mean(-1)
                 results[setting.key] = self._summary(per_episode, setting.way, setting.shot, setting.queries)
             if self.lake is not None:
                 lake = self.lake
@@ -258,9 +262,9 @@ class EpisodicTask:
                 emb_s = _embed(net, self._normalize(lake.support.flatten(0, 1)), self.embed_chunk)
                 emb_q = _embed(net, self._normalize(lake.query.flatten(0, 1)), self.embed_chunk)
                 way = int(lake.support_labels.max()) + 1
-                logits = net.classify(emb_s.view(episodes, shots, -1), lake.support_labels,
+                logits = net.classify(emb_s.view(episodes, shots, -1), lake.support_labels.to(emb_s.device),
                                       emb_q.view(episodes, lake.query.shape[1], -1), way)
-                per_episode = (logits.argmax(-1) == lake.query_labels).double().mean(-1)
+                per_episode = (logits.argmax(-1).cpu() == lake.query_labels).double().mean(-1)
                 queries = lake.query.shape[1] // way if lake.query.shape[1] % way == 0 else lake.query.shape[1]
                 results[self.lake_key] = self._summary(per_episode, way, shots // way, queries)
         finally:
