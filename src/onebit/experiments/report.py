@@ -81,8 +81,9 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
                    packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
                    published=experiment.published.get(row.name))
         evaluations = aggregate_evaluations([f for _, f, _ in runs])
-        out.update(evaluations)
-        out["evaluations"] = list(evaluations)
+        if evaluations:
+            out.update(evaluations)
+            out["evaluations"] = list(evaluations)
         out["curves"] = {
             key: [statistics.fmean(m[e][key] for _, _, m in runs) for e in range(min(len(m) for _, _, m in runs))]
             for key in ("train_loss", "val_acc")
