@@ -130,6 +130,13 @@ def test_shape_checks():
         K.binary_matmul_prepared(a, K.prepare_weights(K.pack_signs(signs(3, 10))), 70)
     with pytest.raises(ValueError):
         K.binary_matmul_prepared(a, w, 70, backend="cuda")
+    conv_w = K.prepare_conv_weights(K.pack_signs(signs(4, 3, 3, 8)), 8)
+    with pytest.raises(ValueError):
+        K.binary_conv2d(K.pack_signs(signs(1, 1, 1, 8)), 8, conv_w, padding=0)
+    with pytest.raises(ValueError):
+        K.binary_conv2d(K.pack_signs(signs(1, 4, 4, 8)), 9, conv_w)
+    with pytest.raises(ValueError):
+        K.binary_maxpool2d(K.pack_signs(signs(1, 1, 4, 8)), 2, 2)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

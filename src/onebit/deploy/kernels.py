@@ -450,6 +450,7 @@ def _conv_operand(x: np.ndarray, w: PreparedConvWeights, padding: int, stride: i
     """
     n, h, wd, cw = x.shape
     kh, kw = w.kernel_size
+    _check_window(h, wd, kh, kw, padding, stride)
     geo = _conv_geometry(n, h, wd, cw, kh, kw, padding, stride)
     padded = np.zeros((n, *geo.padded_hw, cw), np.uint64)
     padded[:, padding : padding + h, padding : padding + wd] = x
@@ -459,6 +460,11 @@ def _conv_operand(x: np.ndarray, w: PreparedConvWeights, padding: int, stride: i
     bias[:, : w.weights.n] = (kh * kw * w.c_in - w.tap_dots.sum(axis=(0, 1)) + inside).reshape(bias.shape[0], -1)
     op = _Operand(padded.reshape(-1), geo.rowbase, geo.koff, geo.rowclass, bias)
     return op, (n, *geo.out_hw, w.weights.n)
+
+
+def _check_window(h: int, w: int, kh: int, kw: int, padding: int, stride: int) -> None:
+    if stride < 1 or padding < 0 or h + 2 * padding < kh or w + 2 * padding < kw:
+        raise ValueError(f"a {kh}x{kw} window (stride {stride}, padding {padding}) does not fit {h}x{w} maps")
 
 
 def _check_conv_input(x_packed: np.ndarray, c_in: int, w_prepared: PreparedConvWeights) -> np.ndarray:
@@ -515,6 +521,9 @@ def binary_maxpool2d(x_packed: np.ndarray, kernel: int = 2, stride: int = 2) -> 
     it is the bitwise OR of the words in each ``kernel x kernel`` window (no padding;
     ``Ho = (H - kernel) // stride + 1``).  Padding bits stay 0."""
     x = np.asarray(x_packed)
+    if x.dtype != np.uint64 or x.ndim != 4:
+        raise ValueError(f"x_packed must be a uint64 NHWC array, got {x.dtype} {x.shape}")
+    _check_window(x.shape[1], x.shape[2], kernel, kernel, 0, stride)
     ho, wo = (x.shape[1] - kernel) // stride + 1, (x.shape[2] - kernel) // stride + 1
     out = np.zeros((x.shape[0], ho, wo, x.shape[3]), x.dtype)
     for dy in range(kernel):
