@@ -113,6 +113,15 @@ register(
             f"{VAL.episodes} {VAL.key} episodes of the 5 held-out alphabets; test on the 20 evaluation "
             "alphabets (659 characters, not rotated), touched once. Study B trained on only 100 episodes "
             "and scored 50 episodes with 1 query each (about +-2.5%).",
+            "CPU budget (measured, one thread of this 2-core Xeon): a 20-way training episode costs 0.155 s "
+            "(float) to 0.244 s (binary-all; binary neurons on 64x28x28 maps are the expensive part); a row "
+            "is 8,000 episodes + 16 validations + the final evaluation, about 22 (float) to 35 (binary-all) "
+            "CPU-minutes. The grid of 10 rows is about 5 CPU-hours: `OMP_NUM_THREADS=1 onebit run omniglot "
+            "--seeds 1 --jobs 2 --resume` takes about 2.5 hours on an idle 2-core machine.",
+            "With 1-shot training a Prototypical Network computes the same function as a Matching Network "
+            "(one support image per class), so the protonet-* rows train like their Matching Network "
+            "counterparts (up to float rounding) and differ at 5-shot evaluation: class means versus "
+            "attention over all support images.",
             "Test protocols: 1,000 fixed episodes each with 15 queries per class (same episodes for every "
             "row); lake20: Lake et al.'s 20 runs of within-alphabet 20-way 1-shot (400 queries). Vinyals et "
             "al. used a different class split (1,200 / 423 characters, test classes rotated too), so their "
