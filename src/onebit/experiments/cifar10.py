@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from ..data.download import data_root
-from ..data.imageset import ImageSet
+from ..data import ImageSet, data_root
+from ..data.cifar10 import MEAN, STD, augment, load_cifar10
 from ..training import ClassificationTask
 from .registry import Experiment, Row, register
 
@@ -35,8 +35,6 @@ def _splits(root: Path) -> dict[str, ImageSet]:
     """Train/val/test of the copy under ``root``, loaded once per process (the report builds the
     task again for its heatmaps). Validation: a seeded 5k split of the 50k training images,
     the same for every run."""
-    from ..data.cifar10 import load_cifar10
-
     train, val = load_cifar10("train", root).split(VAL_SIZE, seed=SPLIT_SEED)
     return {"train": train, "val": val, "test": load_cifar10("test", root)}
 
@@ -52,10 +50,8 @@ def cifar10_task(root: str | None, quick: bool, batch_size: int) -> Classificati
     """CIFAR-10 train (45k) / val (5k, seeded) / test (10k), normalized with the training
     mean and std; training batches get a random 4-pixel-padded crop and horizontal flip.
     ``quick`` keeps a seeded random :data:`QUICK_SIZES` subset of each split."""
-    from ..data.cifar10 import MEAN, STD, augment
-
     global _source
-    splits = _splits(data_root(root))
+    splits = dict(_splits(data_root(root)))
     if quick:
         splits = {k: _quick_subset(v, QUICK_SIZES[k], seed=i) for i, (k, v) in enumerate(splits.items())}
     _source = splits["test"].source
