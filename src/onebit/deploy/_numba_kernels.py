@@ -278,8 +278,9 @@ def _tile_threshold(typingctx, a, rowbase, koff, rowclass, bias, row0, mr, panel
 
 @intrinsic
 def _popcount64(typingctx, x):
-    """Scalar ``llvm.ctpop.i64`` (numba has no popcount of its own)."""
-    sig = types.uint64(x)
+    """Scalar ``llvm.ctpop.i64`` (numba has no popcount of its own), as a signed int64 so
+    that int32/int64 accumulators stay integer (int + uint64 would promote to float64)."""
+    sig = types.int64(x)
 
     def codegen(context, builder, sig, args):
         value = context.cast(builder, args[0], sig.args[0], types.uint64)
