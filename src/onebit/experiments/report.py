@@ -76,6 +76,7 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
             values = [f[key] for _, f, _ in runs]
             out[key] = values
             out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
+        out["threads"] = [f["threads"] for _, f, _ in runs if "threads" in f]  # older runs lack it
         out.update(epochs=config["train"]["epochs"], quick=config["quick"],
                    binary_params=stats.binary_params, float_params=stats.float_params,
                    packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
@@ -98,7 +99,7 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
         "",
         f"Produced by `{command}`, then `onebit report`. Test accuracy of the best-validation epoch, "
         "mean +- std over seeds; time is training wall time per run on this machine "
-        f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads).",
+        f"({platform.processor() or platform.machine()}, {_threads(rows)} torch threads per run).",
         "",
         "| row | test acc (%) | test loss | seeds | epochs | binary / float params | packed size | "
         "train time / run | published |",
@@ -141,6 +142,11 @@ def _evaluations_table(rows: list[dict]) -> list[str]:
             cells.append(cell + (f" [{100 * e['acc_std']:.2f}]" if len(e["acc"]) > 1 else ""))
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _threads(rows: list[dict]) -> str:
+    counts = sorted({t for r in rows for t in r.get("threads", [])})
+    return "/".join(map(str, counts)) or "?"
 
 
 def _plot_curves(rows: list[dict], path: Path) -> None:

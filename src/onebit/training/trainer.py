@@ -294,6 +294,7 @@ class Trainer:
             "best_val_acc": self.state.best_val_acc,
             "epochs": self.state.epoch,
             "train_seconds": self.state.train_seconds,
+            "threads": torch.get_num_threads(),
         }
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingDiverged(f"final metrics are not finite: {final}")
