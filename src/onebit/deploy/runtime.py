@@ -19,6 +19,8 @@ from . import fileformat, kernels
 __all__ = ["Bits", "PackedModel", "load", "OPS"]
 
 _WEIGHT_CHUNK = 1 << 22  # weight elements unpacked to float32 at a time (16 MiB)
+# byte -> its 8 bits as -1.0/+1.0, least significant bit first (the packing's bit order)
+_SIGN_TABLE = (2 * ((np.arange(256)[:, None] >> np.arange(8)) & 1) - 1).astype(np.float32)
 
 
 class Bits(NamedTuple):
@@ -221,7 +223,8 @@ class BinaryDense(Op):
         out = np.empty((x.shape[0], self.out_features), np.float32)
         rows = max(1, _WEIGHT_CHUNK // max(1, self.k))
         for start in range(0, self.out_features, rows):
-            signs = kernels.unpack_signs(self.weight_bits[start : start + rows], self.k, dtype=np.float32)
+            words = np.ascontiguousarray(self.weight_bits[start : start + rows])
+            signs = _SIGN_TABLE[words.view(np.uint8)].reshape(words.shape[0], -1)[:, : self.k]
             out[:, start : start + rows] = x @ signs.T
         return out
 
