@@ -92,6 +92,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    from .deploy.benchmark import main as bench_main
+
+    bench_main((["--run-dir", args.run_dir] if args.run_dir else []) + (["--quick"] if args.quick else []))
+    return 0
+
+
 def _cmd_infer(args: argparse.Namespace) -> int:
     import time
 
@@ -154,6 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--data", help="dataset root")
     infer.add_argument("--batch-size", type=int, default=256)
     infer.set_defaults(func=_cmd_infer)
+
+    bench = sub.add_parser("bench", help="speed and size of packed models vs PyTorch float, measured side by side")
+    bench.add_argument("--run-dir", help="benchmark this trained run (default: study A's BNN MLP, untrained)")
+    bench.add_argument("--quick", action="store_true", help="fewer, shorter samples")
+    bench.set_defaults(func=_cmd_bench)
 
     summ = sub.add_parser("summary", help="parameters, memory and MACs of a run's model by precision")
     summ.add_argument("run_dir")
