@@ -150,6 +150,6 @@ def test_unsupported_modules_are_named():
     model = nn.Sequential(nn.Flatten(), BinaryLinear(4, 4), nn.GELU(), nn.Linear(4, 2))
     with pytest.raises(UnsupportedModelError, match="2: GELU"):
         convert(model, torch.zeros(2, 4))
-    conv = nn.Sequential(BinaryConv2d(1, 2, 3), nn.Flatten())
-    with pytest.raises(UnsupportedModelError, match="0: BinaryConv2d"):
+    conv = nn.Sequential(BinaryConv2d(1, 2, 3, dilation=2), nn.Flatten())
+    with pytest.raises(UnsupportedModelError, match="0: only square, ungrouped, undilated"):
         convert(conv, torch.zeros(2, 1, 5, 5))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -17,6 +17,7 @@ __all__ = ["convert", "UnsupportedModelError", "fold_sign_threshold"]
 
 _SIGN_QUANTIZERS = (SignSTE, StochasticSign, ApproxSign)  # eval-mode forward: sign, 0 -> +1
 _SKIPPED = (nn.Dropout, nn.Identity)
+_COMMUTE_WITH_SIGN = (*_SKIPPED, nn.Flatten, nn.MaxPool2d)  # sign(f(y)) = f(sign(y))
 
 
 class UnsupportedModelError(ValueError):
@@ -57,24 +58,61 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndar
     return scale, beta - _np(bn.running_mean).astype(np.float64) * scale
 
 
-def _trace(model: nn.Module, example_input: torch.Tensor) -> list[tuple[str, nn.Module, tuple, torch.Tensor]]:
-    """Leaf modules in the order the forward pass calls them, with their input and output."""
+class _Call(NamedTuple):
+    """One call of a leaf module (or :class:`~onebit.nn.QuantizedLayer`) during tracing."""
+
+    name: str
+    module: nn.Module
+    inputs: tuple
+    output: Any
+
+
+def _trace(model: nn.Module, example_input: torch.Tensor) -> tuple[list[_Call], Any]:
+    """Leaf modules in the order the forward pass calls them, with their inputs and output,
+    and the model's output."""
     calls = []
 
     def hook(name):
         def record(module, inputs, output):
-            calls.append((name, module, inputs, output))
+            calls.append(_Call(name, module, inputs, output))
 
         return record
 
     handles = [m.register_forward_hook(hook(name or type(m).__name__)) for name, m in layers(model)]
     try:
         with torch.no_grad():
-            model(example_input)
+            result = model(example_input)
     finally:
         for h in handles:
             h.remove()
-    return calls
+    return calls, result
+
+
+def _follows(x: Any, previous: torch.Tensor, what: str, name: str) -> bool:
+    """Whether ``x`` is ``previous`` (False) or ``previous`` flattened to ``(N, F)`` (True);
+    anything else means the model is not a chain of modules."""
+    if x is previous:
+        return False
+    if isinstance(x, torch.Tensor) and x.dim() == 2 and previous.dim() > 2 and \
+            x.shape == (previous.shape[0], previous[0].numel()) and x.data_ptr() == previous.data_ptr():
+        return True
+    raise UnsupportedModelError(
+        f"{name}: reads a tensor other than {what}, so the model is not a chain of modules (a residual or "
+        "shortcut addition, a concatenation or other computation in forward() between modules); only chains convert")
+
+
+def _flattens(calls: list[_Call], example_input: torch.Tensor, result: Any) -> tuple[list[bool], bool]:
+    """Check the traced calls form a chain; return where the model's ``forward`` flattens
+    (before each call, and after the last one)."""
+    before, previous, what = [], example_input, "the model's input"
+    for call in calls:
+        if len(call.inputs) != 1 or not isinstance(call.output, torch.Tensor):
+            raise UnsupportedModelError(f"{call.name}: only modules with one tensor input and output convert")
+        before.append(_follows(call.inputs[0], previous, what, call.name))
+        previous, what = call.output, f"the output of {call.name}"
+    if not calls:
+        raise UnsupportedModelError(f"{type(result).__name__}: no layers to convert")
+    return before, _follows(result, previous, what, "the model's output")
 
 
 def _quantizer_kind(q: nn.Module | None) -> str:
@@ -82,24 +120,34 @@ def _quantizer_kind(q: nn.Module | None) -> str:
         return "none"
     if isinstance(q, _SIGN_QUANTIZERS):
         return "sign"
-    raise UnsupportedModelError(f"input quantizer {type(q).__name__} has no packed equivalent")
+    raise UnsupportedModelError(f"quantizer {type(q).__name__} has no packed equivalent")
 
 
 def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedModel:
     """Convert a trained model into a bit-packed :class:`~onebit.deploy.runtime.PackedModel`.
 
     The model runs once (eval mode) on ``example_input`` (a batch shaped like real inputs) to
-    find the order of its layers; it must be a chain of supported modules:
+    find the order of its layers; it must be a chain of supported modules (each reads the
+    previous one's output, possibly flattened by ``forward``; residual additions are rejected):
 
-    - :class:`~onebit.nn.BinaryLinear` (sign weights, real or sign inputs, optional XNOR
-      scaling), with a following ``BatchNorm1d`` folded in; when the next layer binarizes its
-      input, batch norm and sign become integer thresholds on the popcount and the layer
-      outputs packed bits;
+    - :class:`~onebit.nn.BinaryLinear` and :class:`~onebit.nn.BinaryConv2d` (sign weights, real
+      or sign inputs, optional XNOR scaling, square stride / zero padding), with a directly
+      following ``MaxPool2d`` (convolutions) and ``BatchNorm1d/2d`` folded in. When the value
+      is binarized next, by the next binary layer's sign input quantizer or a sign module
+      (possibly after max pooling, flattening or dropout, which commute with the sign),
+      batch norm and sign become integer thresholds on the popcount and the layer outputs
+      packed bits (see :class:`~onebit.deploy.runtime.BinaryConv2d` for pooling before the
+      batch norm);
     - float ``nn.Linear``, ``nn.Conv2d``, ``BatchNorm1d/2d``, ``MaxPool2d``, ``ReLU``,
-      ``nn.Flatten`` (and the flattening a model's ``forward`` does before a linear layer),
-      :class:`~onebit.nn.HardSigmoid`, and deterministic / thresholding
+      ``nn.Flatten`` (and the flattening a model's ``forward`` does between modules or at its
+      end), :class:`~onebit.nn.HardSigmoid`, sign modules (``SignSTE``, ``StochasticSign``,
+      ``ApproxSign`` at eval) and deterministic / thresholding
       :class:`~onebit.quantizers.BinaryNeuron` (eval mode);
     - ``Dropout`` and ``Identity`` (dropped).
+
+    Few-shot models (:class:`~onebit.models.MatchingNetwork`, ...) called with images alone
+    return embeddings, so ``convert(model, images)`` converts their encoder; the result
+    maps images to embeddings (±1 values for a sign-terminated encoder).
 
     Raises:
         UnsupportedModelError: naming the first module that cannot be converted and why.
@@ -107,74 +155,110 @@ def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedMode
     was_training = model.training
     model.eval()
     try:
-        calls = _trace(model, example_input)
+        calls, result = _trace(model, example_input)
     finally:
         model.train(was_training)
+    flatten_before, flatten_after = _flattens(calls, example_input, result)
     ops: list[runtime.Op] = []
-    i, previous_output = 0, example_input
+    i = 0
     while i < len(calls):
-        name, module, inputs, output = calls[i]
-        x = inputs[0]
-        if x.dim() == 2 and previous_output.dim() > 2 and x.shape[1] == previous_output[0].numel():
-            ops.append(runtime.Flatten())  # the model's forward flattened between modules
-        elif x.shape != previous_output.shape:
-            raise UnsupportedModelError(f"{name}: input shape {tuple(x.shape)} does not follow the previous "
-                                        f"output {tuple(previous_output.shape)}; only chains of modules convert")
-        consumed = _convert_one(ops, calls, i)
-        previous_output = calls[i + consumed - 1][3]
-        i += consumed
+        if flatten_before[i]:
+            _append(ops, runtime.Flatten())  # the model's forward flattened between modules
+        i += _convert_one(ops, calls, i)
+    if flatten_after:
+        _append(ops, runtime.Flatten())
+    if _carries_bits(ops):
+        ops.append(runtime.UnpackSigns())
     meta = {"input_shape": list(example_input.shape[1:]), "source": type(model).__name__}
     return runtime.PackedModel(ops, meta)
 
 
-def _next_module(calls, j: int) -> nn.Module | None:
-    while j < len(calls) and isinstance(calls[j][1], _SKIPPED):
+def _carries_bits(ops: list[runtime.Op]) -> bool:
+    """Whether the chain so far ends in packed :class:`~onebit.deploy.runtime.Bits`."""
+    bits = False
+    for op in ops:
+        bits = op.emits_bits(bits)
+    return bits
+
+
+def _append(ops: list[runtime.Op], op: runtime.Op) -> None:
+    """Append ``op``, unpacking bits to ±1 floats first if it only takes floats."""
+    if not op.accepts_bits and _carries_bits(ops):
+        ops.append(runtime.UnpackSigns())
+    ops.append(op)
+
+
+def _sign_follows(calls: list[_Call], j: int) -> bool:
+    """Whether the value entering ``calls[j]`` is binarized by a sign next: a sign module, or
+    a binary layer's sign input quantizer, after only modules that commute with the sign
+    (``sign(maxpool(y)) = maxpool(sign(y))`` as sign is monotone; flatten and dropout/identity
+    at eval act elementwise)."""
+    while j < len(calls) and isinstance(calls[j].module, _COMMUTE_WITH_SIGN):
         j += 1
-    return calls[j][1] if j < len(calls) else None
+    if j == len(calls):
+        return False
+    module = calls[j].module
+    if isinstance(module, QuantizedLayer):
+        return isinstance(module.input_quantizer, _SIGN_QUANTIZERS)
+    return isinstance(module, _SIGN_QUANTIZERS)
 
 
-def _convert_one(ops: list[runtime.Op], calls, i: int) -> int:
+def _convert_one(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
     """Append the op(s) for ``calls[i]`` (and modules fused into it); return how many calls
     were consumed."""
-    name, module, _, _ = calls[i]
+    name, module = calls[i].name, calls[i].module
     if isinstance(module, _SKIPPED):
         return 1
-    if isinstance(module, BinaryConv2d):
-        raise UnsupportedModelError(f"{name}: BinaryConv2d is not supported by the packed runtime yet")
-    if isinstance(module, BinaryLinear):
-        return _binary_dense(ops, calls, i)
+    if isinstance(module, (BinaryLinear, BinaryConv2d)):
+        return _binary_layer(ops, calls, i)
     if isinstance(module, QuantizedLayer):
         raise UnsupportedModelError(f"{name}: {type(module).__name__} is not supported")
+    if isinstance(module, _SIGN_QUANTIZERS):
+        if not _carries_bits(ops):  # on packed bits (±1 values) the sign is the identity
+            ops.append(runtime.Sign())
+        return 1
     if isinstance(module, nn.Linear):
-        ops.append(runtime.Linear(_np(module.weight).astype(np.float32), _bias(module)))
+        op = runtime.Linear(_np(module.weight).astype(np.float32), _bias(module))
     elif isinstance(module, nn.Conv2d):
-        if module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros" or \
-                len(set(module.stride)) != 1 or not isinstance(module.padding, tuple) or len(set(module.padding)) != 1:
-            raise UnsupportedModelError(f"{name}: only square, ungrouped, undilated, zero-padded convolutions convert")
-        ops.append(runtime.Conv2d(_np(module.weight).astype(np.float32), _bias(module), module.stride[0],
-                                   module.padding[0]))
+        op = runtime.Conv2d(_np(module.weight).astype(np.float32), _bias(module), *_conv_geometry(name, module))
     elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         scale, shift = _bn_affine(module)
-        ops.append(runtime.Affine(scale.astype(np.float32), shift.astype(np.float32)))
+        op = runtime.Affine(scale.astype(np.float32), shift.astype(np.float32))
     elif isinstance(module, nn.MaxPool2d):
-        k, s = module.kernel_size, module.stride
-        if module.padding not in (0, (0, 0)) or module.dilation not in (1, (1, 1)) or module.ceil_mode or \
-                not isinstance(k, int) or not isinstance(s, int):
-            raise UnsupportedModelError(f"{name}: only unpadded square max pooling converts")
-        ops.append(runtime.MaxPool2d(k, s))
+        op = runtime.MaxPool2d(*_pool_geometry(name, module))
     elif isinstance(module, nn.ReLU):
-        ops.append(runtime.ReLU())
+        op = runtime.ReLU()
     elif isinstance(module, nn.Flatten):
-        ops.append(runtime.Flatten())
+        if module.start_dim != 1 or module.end_dim != -1:
+            raise UnsupportedModelError(f"{name}: only Flatten(start_dim=1, end_dim=-1) converts")
+        op = runtime.Flatten()
     elif isinstance(module, HardSigmoid):
-        ops.append(runtime.HardSigmoid(module.slope))
+        op = runtime.HardSigmoid(module.slope)
     elif isinstance(module, BinaryNeuron):
         if module.mode == "stochastic" and module.sample_at_eval:
             raise UnsupportedModelError(f"{name}: a neuron that samples at eval time has no deterministic packed form")
-        ops.append(runtime.Step())
+        op = runtime.Step()
     else:
         raise UnsupportedModelError(f"{name}: {type(module).__name__} has no packed equivalent")
+    _append(ops, op)
     return 1
+
+
+def _conv_geometry(name: str, module: nn.Conv2d) -> tuple[int, int]:
+    """``(stride, padding)`` of a square, ungrouped, undilated, zero-padded convolution."""
+    if module.groups != 1 or module.dilation != (1, 1) or module.padding_mode != "zeros" or \
+            len(set(module.stride)) != 1 or not isinstance(module.padding, tuple) or len(set(module.padding)) != 1:
+        raise UnsupportedModelError(f"{name}: only square, ungrouped, undilated, zero-padded convolutions convert")
+    return module.stride[0], module.padding[0]
+
+
+def _pool_geometry(name: str, module: nn.MaxPool2d) -> tuple[int, int]:
+    """``(kernel, stride)`` of an unpadded square max pooling."""
+    k, s = module.kernel_size, module.stride
+    if module.padding not in (0, (0, 0)) or module.dilation not in (1, (1, 1)) or module.ceil_mode or \
+            not isinstance(k, int) or not isinstance(s, int):
+        raise UnsupportedModelError(f"{name}: only unpadded square max pooling converts")
+    return k, s
 
 
 def _bias(module: nn.Module) -> np.ndarray:
@@ -182,35 +266,51 @@ def _bias(module: nn.Module) -> np.ndarray:
     return np.zeros(n, np.float32) if module.bias is None else _np(module.bias).astype(np.float32)
 
 
-def _binary_dense(ops: list[runtime.Op], calls, i: int) -> int:
-    name, layer, _, _ = calls[i]
-    if not layer.has_binary_weight:
-        raise UnsupportedModelError(f"{name}: BinaryLinear without a weight quantizer; use nn.Linear")
-    input_kind = _quantizer_kind(layer.input_quantizer)
-    if input_kind == "sign" and (not ops or not _emits_bits(ops[-1])):
+def _binary_layer(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
+    r"""A binary linear / conv layer and what folds into it: ``layer -> [MaxPool2d] ->
+    [BatchNorm] -> [sign]``.
+
+    The layer computes :math:`y = \alpha\, d + b` from the ±1 product ``d`` (``alpha`` the
+    XNOR scale or 1, ``b`` its bias); a batch norm :math:`z = s_{bn} y + t_{bn}` makes it
+    :math:`z = \text{scale}\cdot d + \text{shift}` with :math:`\text{scale} = s_{bn}\alpha`,
+    :math:`\text{shift} = s_{bn} b + t_{bn}`. A max pool between layer and batch norm acts on
+    ``d`` (``alpha >= 0``). When a sign follows (:func:`_sign_follows`), ``sign(z)`` becomes
+    ``(d >= t) XOR flip`` (:func:`fold_sign_threshold`) and the op emits packed bits.
+    """
+    name, layer = calls[i].name, calls[i].module
+    conv = isinstance(layer, BinaryConv2d)
+    if not layer.has_binary_weight or _quantizer_kind(layer.weight_quantizer) != "sign":
+        raise UnsupportedModelError(f"{name}: {type(layer).__name__} needs a sign weight quantizer "
+                                    f"(got {type(layer.weight_quantizer).__name__}); use nn.Linear / nn.Conv2d")
+    try:
+        input_kind = _quantizer_kind(layer.input_quantizer)
+    except UnsupportedModelError as error:
+        raise UnsupportedModelError(f"{name}: input {error}") from None
+    if input_kind == "sign" and not _carries_bits(ops):
         ops.append(runtime.PackSigns())
-    weight = layer.weight.detach()
-    bits = kernels.pack_signs(_np(weight).astype(np.float32))
-    alpha = _np(layer.scale().flatten()).astype(np.float64) if layer.scaling else np.ones(weight.shape[0])
-    bias = _np(layer.bias).astype(np.float64) if layer.bias is not None else np.zeros(weight.shape[0])
-    scale, shift = alpha, bias  # y = d * alpha + bias
-    consumed = 1
-    following = calls[i + 1][1] if i + 1 < len(calls) else None
-    if isinstance(following, nn.BatchNorm1d):
-        bn_scale, bn_shift = _bn_affine(following)
+    weight = _np(layer.weight).astype(np.float32)
+    n_out = weight.shape[0]
+    scale = _np(layer.scale().flatten()).astype(np.float64) if layer.scaling else np.ones(n_out)
+    shift = _np(layer.bias).astype(np.float64) if layer.bias is not None else np.zeros(n_out)
+    j, pool = i + 1, (0, 0)
+    if conv and j < len(calls) and isinstance(calls[j].module, nn.MaxPool2d):
+        pool = _pool_geometry(calls[j].name, calls[j].module)
+        j += 1
+    norm = nn.BatchNorm2d if conv else nn.BatchNorm1d
+    if j < len(calls) and isinstance(calls[j].module, norm):
+        bn_scale, bn_shift = _bn_affine(calls[j].module)
         scale, shift = scale * bn_scale, shift * bn_scale + bn_shift
-        consumed = 2
-    nxt = _next_module(calls, i + consumed)
-    k = weight.shape[1]
-    if isinstance(nxt, BinaryLinear) and _quantizer_kind(nxt.input_quantizer) == "sign":
+        j += 1
+    if _sign_follows(calls, j):
         thresholds, flip = fold_sign_threshold(scale, shift)
-        ops.append(runtime.BinaryDense(bits, k, "bits", thresholds=thresholds, flip=flip))
+        epilogue = {"output": "bits", "thresholds": thresholds, "flip": flip}
     else:
-        ops.append(runtime.BinaryDense(bits, k, "float", scale=scale.astype(np.float32),
-                                        shift=shift.astype(np.float32)))
-    return consumed
-
-
-def _emits_bits(op: runtime.Op) -> bool:
-    return isinstance(op, runtime.BinaryDense) and op.output == "bits"
-
+        epilogue = {"output": "float", "scale": scale.astype(np.float32), "shift": shift.astype(np.float32)}
+    if conv:
+        stride, padding = _conv_geometry(name, layer)
+        bits = kernels.pack_signs(weight.transpose(0, 2, 3, 1))  # (C_out, kh, kw, ceil(C_in / 64))
+        ops.append(runtime.BinaryConv2d(bits, weight.shape[1], stride=stride, padding=padding, pool_kernel=pool[0],
+                                        pool_stride=pool[1], **epilogue))
+    else:
+        ops.append(runtime.BinaryDense(kernels.pack_signs(weight), weight.shape[1], **epilogue))
+    return j - i

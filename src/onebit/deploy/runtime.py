@@ -2,7 +2,13 @@
 
 A :class:`PackedModel` is a chain of ops. Between ops flows either a float32 array in the
 layout PyTorch uses (``(N, C, H, W)`` or ``(N, F)``) or :class:`Bits`: ±1 activations packed
-64 per uint64 word along the feature axis (bit 1 = +1, see :mod:`onebit.deploy.kernels`).
+64 per uint64 word along the feature axis (bit 1 = +1, see :mod:`onebit.deploy.kernels`):
+``(N, Fw)`` for feature vectors, ``(N, H, W, Cw)`` (NHWC, channels packed) for feature maps.
+Feature vectors always keep PyTorch's feature order (a flattened map is ordered ``c, y, x``).
+
+Each op says whether it takes :class:`Bits` (``accepts_bits``) and whether it emits them
+(:meth:`Op.emits_bits`); the converter inserts :class:`PackSigns` / :class:`UnpackSigns`
+where the two representations meet.
 """
 
 from __future__ import annotations
@@ -24,7 +30,8 @@ _SIGN_TABLE = (2 * ((np.arange(256)[:, None] >> np.arange(8)) & 1) - 1).astype(n
 
 
 class Bits(NamedTuple):
-    """Packed ±1 activations: ``words`` uint64 ``(N, ceil(k / 64))``, ``k`` features."""
+    """Packed ±1 activations: ``words`` uint64 ``(N, ceil(k / 64))`` (``k`` features) or
+    ``(N, H, W, ceil(k / 64))`` (NHWC maps of ``k`` channels)."""
 
     words: np.ndarray
     k: int
@@ -36,12 +43,50 @@ def _float(x, op: str) -> np.ndarray:
     return x
 
 
+def _unpack_float(words: np.ndarray, k: int) -> np.ndarray:
+    """±1 float32 values of the first ``k`` bits of each row of ``words`` (last axis)."""
+    words = np.ascontiguousarray(words)
+    signs = _SIGN_TABLE[words.view(np.uint8)].reshape(*words.shape[:-1], -1)
+    return signs[..., :k]
+
+
+def _max_pool(x: np.ndarray, kernel: int, stride: int, axes: tuple[int, int]) -> np.ndarray:
+    """Unpadded max pooling of ``x`` over the two spatial ``axes``."""
+    ya, xa = axes
+    ho, wo = (x.shape[ya] - kernel) // stride + 1, (x.shape[xa] - kernel) // stride + 1
+    out = None
+    for dy in range(kernel):
+        for dx in range(kernel):
+            index = [slice(None)] * x.ndim
+            index[ya] = slice(dy, dy + stride * (ho - 1) + 1, stride)
+            index[xa] = slice(dx, dx + stride * (wo - 1) + 1, stride)
+            tap = x[tuple(index)]
+            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
+    return out
+
+
+def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+    """Receptive fields of NCHW ``x`` (zero padded): ``(N, Ho, Wo, kh * kw * C)``, ordered
+    tap-major with the channel fastest (the layout of ``weight.transpose(0, 2, 3, 1)``)."""
+    n, c = x.shape[:2]
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))
+    cols = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
+    ho, wo = cols.shape[2:4]
+    return cols.transpose(0, 2, 3, 4, 5, 1).reshape(n, ho, wo, kh * kw * c)
+
+
 @dataclass
 class Op:
     """Base class: ``params`` go to the file header, ``arrays`` to its data section."""
 
     kind: ClassVar[str]
     array_names: ClassVar[tuple[str, ...]] = ()
+    #: the op takes :class:`Bits` as well as float arrays
+    accepts_bits: ClassVar[bool] = False
+
+    def emits_bits(self, bits_in: bool) -> bool:
+        """Whether the output is :class:`Bits`, given whether the input is."""
+        return False
 
     def params(self) -> dict[str, Any]:
         return {}
@@ -55,10 +100,23 @@ class Op:
 
 @dataclass
 class Flatten(Op):
+    """``(N, ...) -> (N, F)`` in PyTorch's order. Packed NHWC maps are reordered to
+    ``c, y, x`` (unpacked, transposed and packed again), so the features that follow keep
+    PyTorch's flatten order."""
+
     kind = "flatten"
+    accepts_bits = True
+
+    def emits_bits(self, bits_in):
+        return bits_in
 
     def __call__(self, x):
-        x = _float(x, self.kind)
+        if isinstance(x, Bits):
+            if x.words.ndim == 2:
+                return x
+            signs = kernels.unpack_signs(x.words, x.k, dtype=np.int8)  # (N, H, W, C)
+            flat = signs.transpose(0, 3, 1, 2).reshape(signs.shape[0], -1)
+            return Bits(kernels.pack_signs(flat), flat.shape[1])
         return x.reshape(x.shape[0], -1)
 
 
@@ -108,25 +166,35 @@ class Step(Op):
 
 
 @dataclass
+class Sign(Op):
+    """A sign activation on real values: +1 where ``x >= 0`` else -1 (as float32)."""
+
+    kind = "sign"
+
+    def __call__(self, x):
+        return np.where(_float(x, self.kind) >= 0, np.float32(1), np.float32(-1))
+
+
+@dataclass
 class MaxPool2d(Op):
+    """Unpadded max pooling; on :class:`Bits` the max of ±1 values is the OR of their bits
+    (:func:`~onebit.deploy.kernels.binary_maxpool2d`)."""
+
     kernel: int
     stride: int
     kind = "maxpool2d"
+    accepts_bits = True
+
+    def emits_bits(self, bits_in):
+        return bits_in
 
     def params(self):
         return {"kernel": self.kernel, "stride": self.stride}
 
     def __call__(self, x):
-        x = _float(x, self.kind)
-        n, c, h, w = x.shape
-        k, s = self.kernel, self.stride
-        ho, wo = (h - k) // s + 1, (w - k) // s + 1
-        out = None
-        for dy in range(k):
-            for dx in range(k):
-                tap = x[:, :, dy : dy + s * (ho - 1) + 1 : s, dx : dx + s * (wo - 1) + 1 : s]
-                out = tap.copy() if out is None else np.maximum(out, tap)
-        return out
+        if isinstance(x, Bits):
+            return Bits(kernels.binary_maxpool2d(x.words, self.kernel, self.stride), x.k)
+        return _max_pool(x, self.kernel, self.stride, axes=(2, 3))
 
 
 @dataclass
@@ -157,42 +225,88 @@ class Conv2d(Op):
         return {"stride": self.stride, "padding": self.padding}
 
     def __call__(self, x):
-        x = _float(x, self.kind)
-        n, c, h, w = x.shape
         co, _, kh, kw = self.weight.shape
-        p, s = self.padding, self.stride
-        xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-        ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
-        cols = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::s, ::s]
-        cols = cols.transpose(0, 2, 3, 1, 4, 5).reshape(n * ho * wo, c * kh * kw)
-        out = cols @ self.weight.reshape(co, -1).T + self.bias
-        return out.reshape(n, ho, wo, co).transpose(0, 3, 1, 2)
+        cols = _im2col(_float(x, self.kind), kh, kw, self.stride, self.padding)
+        out = cols @ self.weight.transpose(0, 2, 3, 1).reshape(co, -1).T + self.bias
+        return out.transpose(0, 3, 1, 2)
 
 
 @dataclass
 class PackSigns(Op):
-    """Float ``(N, F)`` -> :class:`Bits` (``x >= 0`` is +1)."""
+    """Float -> :class:`Bits` (``x >= 0`` is +1): ``(N, F)`` vectors, or NCHW maps packed
+    as NHWC."""
 
     kind = "pack_signs"
 
+    def emits_bits(self, bits_in):
+        return True
+
     def __call__(self, x):
         x = _float(x, self.kind)
+        if x.ndim == 4:
+            return Bits(kernels.pack_signs(x.transpose(0, 2, 3, 1)), x.shape[1])
         return Bits(kernels.pack_signs(x), x.shape[1])
 
 
 @dataclass
-class BinaryDense(Op):
-    r"""Fully connected layer with 1-bit weights ``S`` (stored packed, ``(N, ceil(K/64))``).
+class UnpackSigns(Op):
+    """:class:`Bits` -> float32 ±1 values in PyTorch's layout (NHWC maps become NCHW)."""
 
-    The pre-activation is ``d = x S^T``: an exact integer XNOR-popcount dot product when the
-    input is :class:`Bits`, a float product (weights unpacked block by block, never stored
-    as float32) when the input is real. Output:
+    kind = "unpack_signs"
+    accepts_bits = True
 
-    - ``"bits"``: :math:`(d \ge t) \oplus \text{flip}` per output channel (a batch norm and
-      the next layer's sign, folded); packed for the next binary layer.
-    - ``"float"``: :math:`d \cdot \text{scale} + \text{shift}` (XNOR scale, bias and batch
-      norm folded).
+    def __call__(self, x):
+        if not isinstance(x, Bits):
+            raise TypeError("unpack_signs needs packed bits (converter bug)")
+        values = _unpack_float(x.words, x.k)
+        return np.ascontiguousarray(values.transpose(0, 3, 1, 2)) if values.ndim == 4 else values
+
+
+class _BinaryLayer(Op):
+    r"""What :class:`BinaryDense` and :class:`BinaryConv2d` share: 1-bit weights ``S`` and
+    the epilogue applied to the pre-activation ``d`` (output channels on the last axis).
+
+    ``d`` is the exact integer XNOR-popcount product when the input is :class:`Bits` and a
+    float product (weights unpacked block by block, never stored as float32) when the input
+    is real. Output, per output channel ``c``:
+
+    - ``"bits"``: :math:`(d_c \ge t_c) \oplus \text{flip}_c`, i.e. the sign of
+      :math:`\text{scale}_c\, d_c + \text{shift}_c` (XNOR scale, bias, batch norm and the
+      sign that follows, folded by :func:`onebit.deploy.converter.fold_sign_threshold`);
+      packed for the next binary layer.
+    - ``"float"``: :math:`d_c \cdot \text{scale}_c + \text{shift}_c`.
+
+    ``thresholds`` (float64) act on integer ``d`` as their ceiling.
     """
+
+    accepts_bits = True
+    output: str
+    thresholds: np.ndarray
+    flip: np.ndarray
+    scale: np.ndarray
+    shift: np.ndarray
+
+    def emits_bits(self, bits_in):
+        return self.output == "bits"
+
+    def _init_epilogue(self) -> None:
+        if self.output not in ("bits", "float"):
+            raise ValueError(f"output must be 'bits' or 'float', got {self.output!r}")
+        self._int_thresholds = None
+        if self.output == "bits":
+            self._int_thresholds = np.clip(np.ceil(self.thresholds), -(2**31), 2**31 - 1).astype(np.int32)
+
+    def _epilogue(self, dot: np.ndarray, channels: int):
+        """``dot (..., C_out)`` (int or float) -> :class:`Bits` or float32, channels last."""
+        if self.output == "bits":
+            return Bits(kernels.threshold_bits(dot, self.thresholds, self.flip), channels)
+        return (dot * self.scale + self.shift).astype(np.float32)
+
+
+@dataclass
+class BinaryDense(_BinaryLayer):
+    r"""Fully connected layer with 1-bit weights ``S`` (stored packed, ``(N, ceil(K/64))``):
+    :math:`d = x S^\top`, then the epilogue of :class:`_BinaryLayer`."""
 
     weight_bits: np.ndarray
     k: int
@@ -205,12 +319,8 @@ class BinaryDense(Op):
     array_names = ("weight_bits", "scale", "shift", "thresholds", "flip")
 
     def __post_init__(self) -> None:
-        if self.output not in ("bits", "float"):
-            raise ValueError(f"output must be 'bits' or 'float', got {self.output!r}")
+        self._init_epilogue()
         self._prepared = kernels.prepare_weights(np.ascontiguousarray(self.weight_bits))
-        self._int_thresholds = None
-        if self.output == "bits":
-            self._int_thresholds = np.clip(np.ceil(self.thresholds), -(2**31), 2**31 - 1).astype(np.int32)
 
     def params(self):
         return {"k": self.k, "output": self.output}
@@ -223,15 +333,14 @@ class BinaryDense(Op):
         out = np.empty((x.shape[0], self.out_features), np.float32)
         rows = max(1, _WEIGHT_CHUNK // max(1, self.k))
         for start in range(0, self.out_features, rows):
-            words = np.ascontiguousarray(self.weight_bits[start : start + rows])
-            signs = _SIGN_TABLE[words.view(np.uint8)].reshape(words.shape[0], -1)[:, : self.k]
-            out[:, start : start + rows] = x @ signs.T
+            out[:, start : start + rows] = x @ _unpack_float(self.weight_bits[start : start + rows], self.k).T
         return out
 
     def __call__(self, x):
         if isinstance(x, Bits):
-            if x.k != self.k:
-                raise ValueError(f"binary_dense expects {self.k} input features, got {x.k}")
+            if x.k != self.k or x.words.ndim != 2:
+                raise ValueError(f"binary_dense expects {self.k} packed input features, got {x.k} "
+                                 f"in words of shape {x.words.shape}")
             if self.output == "bits":
                 bits = kernels.binary_matmul_threshold(x.words, self._prepared, self.k, self._int_thresholds, self.flip)
                 return Bits(bits, self.out_features)
@@ -240,13 +349,100 @@ class BinaryDense(Op):
             if x.shape[1] != self.k:
                 raise ValueError(f"binary_dense expects {self.k} input features, got {x.shape[1]}")
             dot = self._float_dot(np.ascontiguousarray(x, np.float32))
+        return self._epilogue(dot, self.out_features)
+
+
+@dataclass
+class BinaryConv2d(_BinaryLayer):
+    r"""Convolution with 1-bit weights ``S`` (stored packed along input channels,
+    ``(C_out, kh, kw, ceil(C_in / 64))``), zero padding, optionally followed by max pooling
+    of the pre-activations (``pool_kernel > 0``), then the epilogue of :class:`_BinaryLayer`.
+
+    :math:`d = x \star S`: on packed NHWC :class:`Bits` with
+    :func:`~onebit.deploy.kernels.binary_conv2d` (padding contributes exactly 0), on real NCHW
+    input as a float im2col product.
+
+    Pooling comes *before* the batch norm here (``conv -> MaxPool -> BN -> sign``, as in
+    BinaryNet). The comparison :math:`d \ge t` is monotone non-decreasing in ``d``, so
+    :math:`\max_w d \ge t \iff \mathrm{OR}_w (d \ge t)` and, for every channel (negative
+    batch-norm scales included, where the flip turns the max into a min),
+
+    .. math:: \mathrm{sign}(\text{scale}\cdot\max_w d + \text{shift})
+              = \Big(\mathrm{OR}_w\,(d \ge t)\Big) \oplus \text{flip}.
+
+    On packed input this runs as the fused threshold convolution without the flip, a bitwise
+    OR pool, and an XOR with the packed flips. Float outputs pool ``d`` itself, then scale.
+    Bits come out NHWC; floats NCHW.
+    """
+
+    weight_bits: np.ndarray
+    c_in: int
+    output: str
+    stride: int = 1
+    padding: int = 0
+    pool_kernel: int = 0
+    pool_stride: int = 0
+    scale: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    shift: np.ndarray = field(default_factory=lambda: np.empty(0, np.float32))
+    thresholds: np.ndarray = field(default_factory=lambda: np.empty(0, np.float64))
+    flip: np.ndarray = field(default_factory=lambda: np.empty(0, bool))
+    kind = "binary_conv2d"
+    array_names = ("weight_bits", "scale", "shift", "thresholds", "flip")
+
+    def __post_init__(self) -> None:
+        self._init_epilogue()
+        self._prepared = kernels.prepare_conv_weights(np.ascontiguousarray(self.weight_bits), self.c_in)
+        if self.output == "bits":
+            self._no_flip = np.zeros(self.out_channels, bool)
+            self._flip_words = kernels.pack_signs(np.where(self.flip, 1, -1).astype(np.int8))
+
+    def params(self):
+        return {"c_in": self.c_in, "output": self.output, "stride": self.stride, "padding": self.padding,
+                "pool_kernel": self.pool_kernel, "pool_stride": self.pool_stride}
+
+    @property
+    def out_channels(self) -> int:
+        return self.weight_bits.shape[0]
+
+    def _float_conv(self, x: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` real input -> float32 ``(N, Ho, Wo, C_out)``."""
+        co, kh, kw, _ = self.weight_bits.shape
+        cols = _im2col(x, kh, kw, self.stride, self.padding)
+        out = np.empty(cols.shape[:3] + (co,), np.float32)
+        rows = max(1, _WEIGHT_CHUNK // max(1, kh * kw * self.c_in))
+        for start in range(0, co, rows):
+            signs = _unpack_float(self.weight_bits[start : start + rows], self.c_in)  # (rows, kh, kw, C_in)
+            out[..., start : start + rows] = cols @ signs.reshape(signs.shape[0], -1).T
+        return out
+
+    def __call__(self, x):
+        pooled = self.pool_kernel > 0
+        if isinstance(x, Bits):
+            if x.k != self.c_in or x.words.ndim != 4:
+                raise ValueError(f"binary_conv2d expects packed NHWC maps of {self.c_in} channels, got {x.k} "
+                                 f"in words of shape {x.words.shape}")
             if self.output == "bits":
-                return Bits(kernels.threshold_bits(dot, self.thresholds, self.flip), self.out_features)
-        return (dot * self.scale + self.shift).astype(np.float32)
+                flip = self._no_flip if pooled else self.flip
+                bits = kernels.binary_conv2d_threshold(x.words, self.c_in, self._prepared, self._int_thresholds,
+                                                       flip, self.padding, self.stride)
+                if pooled:
+                    bits = kernels.binary_maxpool2d(bits, self.pool_kernel, self.pool_stride) ^ self._flip_words
+                return Bits(bits, self.out_channels)
+            dot = kernels.binary_conv2d(x.words, self.c_in, self._prepared, self.padding, self.stride)
+        else:
+            if x.ndim != 4 or x.shape[1] != self.c_in:
+                raise ValueError(f"binary_conv2d expects (N, {self.c_in}, H, W) input, got {x.shape}")
+            dot = self._float_conv(np.ascontiguousarray(x, np.float32))
+        if pooled:
+            dot = _max_pool(dot, self.pool_kernel, self.pool_stride, axes=(1, 2))
+        out = self._epilogue(dot, self.out_channels)
+        return out if isinstance(out, Bits) else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 OPS: dict[str, type[Op]] = {
-    cls.kind: cls for cls in (Flatten, Affine, ReLU, HardSigmoid, Step, MaxPool2d, Linear, Conv2d, PackSigns, BinaryDense)
+    cls.kind: cls
+    for cls in (Flatten, Affine, ReLU, HardSigmoid, Step, Sign, MaxPool2d, Linear, Conv2d, PackSigns, UnpackSigns,
+                BinaryDense, BinaryConv2d)
 }
 
 
