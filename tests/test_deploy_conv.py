@@ -1,0 +1,235 @@
+"""Packed conversion of convolutional models: Omniglot encoders, CIFAR VGG-small, errors."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from onebit import models
+from onebit.data.mnist import MEAN, STD, load_mnist
+from onebit.deploy import UnsupportedModelError, convert, load
+from onebit.models.matching_net import ConvEncoder
+from onebit.nn import BinaryConv2d, BinaryLinear
+from onebit.quantizers import SignSTE
+from onebit.training import ClassificationTask, TrainConfig, Trainer
+
+
+def randomize_batchnorm(model: nn.Module, images: torch.Tensor, seed: int = 0) -> nn.Module:
+    """Running statistics measured on ``images`` (so every layer stays informative), then
+    perturbed, and random affine parameters with zero and negative gammas (an untrained
+    model's identity batch norms would hide folding mistakes)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.momentum = 1.0  # running statistics = the statistics of the next batch
+    model.train()
+    with torch.no_grad():
+        model(images)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in norms:
+            c = m.num_features
+            m.running_mean.add_(torch.randn(c, generator=g) * m.running_var.sqrt() * 0.3)
+            m.weight.copy_(torch.randn(c, generator=g))  # about half negative
+            m.weight[: max(1, c // 8)] = 0.0  # constant channels
+            m.bias.copy_(torch.randn(c, generator=g) * 0.5)
+            m.bias[: max(1, c // 16)] = 0.0  # zero gamma and beta: BN output 0, sign +1
+    return model.eval()
+
+
+def roundtrip(packed, tmp_path):
+    packed.save(tmp_path / "m.onebit")
+    return load(tmp_path / "m.onebit")
+
+
+def assert_same_signs(got: np.ndarray, expected: np.ndarray) -> None:
+    """±1 embeddings agree exactly, row by row, except for rare threshold ties.
+
+    The first block sees real pixels: torch and the packed runtime sum the float convolution
+    in different orders, and a pre-activation within float32 rounding of its batch-norm
+    threshold can take the other sign (and propagate). Later blocks are exact integer
+    arithmetic. So at least 99.9% of the rows must be identical.
+    """
+    assert set(np.unique(got)) <= {-1.0, 1.0}
+    same = (got == expected).all(axis=1)
+    assert same.mean() >= 0.999, np.flatnonzero(~same)
+    assert len(np.unique(expected, axis=0)) > len(expected) // 2  # informative, not constant
+
+
+def assert_close_logits(got: np.ndarray, expected: np.ndarray) -> None:
+    """Same predictions; logits to float precision except for rare threshold ties (see
+    :func:`assert_same_signs`) in at most 0.1% of the rows."""
+    assert np.array_equal(got.argmax(1), expected.argmax(1))
+    close = np.isclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()).all(axis=1)
+    assert close.mean() >= 0.999, np.flatnonzero(~close)
+    assert len(np.unique(expected.argmax(1))) > 1  # not a constant prediction
+
+
+def omniglot_like(n: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, 1, 28, 28, generator=torch.Generator().manual_seed(seed))
+
+
+def test_omniglot_binary_encoder_matches_pytorch(tmp_path):
+    torch.manual_seed(0)
+    model = models.build("matching_net", binary_blocks=[1, 2, 3, 4], quantizer="sign", weight_quantizer="sign",
+                         distance="hamming")
+    images = omniglot_like(1000)
+    randomize_batchnorm(model, images)
+    with torch.no_grad():
+        expected = model(images).numpy()  # images alone: embeddings
+    packed = roundtrip(convert(model.encoder, images[:2]), tmp_path)
+    kinds = [op.kind for op in packed.ops]
+    # every block: conv with BN + sign folded into thresholds (bits out), then OR pooling on bits
+    assert kinds == ["binary_conv2d", "maxpool2d"] * 4 + ["flatten", "unpack_signs"]
+    assert all(op.output == "bits" for op in packed.ops if op.kind == "binary_conv2d")
+    assert all(a.dtype != np.float32 or a.size <= 64 for op in packed.ops for a in op.arrays().values())
+    got = packed(images.numpy())
+    assert got.shape == (1000, 64)
+    assert_same_signs(got, expected)
+    # the MatchingNetwork itself converts to the same embedding path
+    whole = convert(model, images[:2])
+    assert [op.kind for op in whole.ops] == kinds
+    assert np.array_equal(whole(images.numpy()), got)
+    # Hamming logits of an episode from the packed embeddings equal the model's
+    support, labels, query = images[:25], torch.arange(5).repeat_interleave(5), images[25:125]
+    with torch.no_grad():
+        logits = model(support, labels, query)
+        from_packed = model.classify(torch.from_numpy(packed(support.numpy())), labels,
+                                     torch.from_numpy(packed(query.numpy())))
+    if np.array_equal(got[:125], expected[:125]):  # no threshold tie in these rows (the usual case)
+        assert torch.allclose(from_packed, logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(binary_blocks=[1]),  # float convolutions, a BinaryNeuron (Step op) in block 1
+    dict(binary_blocks=[1], weight_quantizer="sign"),  # binary convolutions on real / {0, 1} inputs
+    dict(binary_blocks=[1, 4], quantizer="sign"),  # float convolutions, sign activations
+], ids=["float-neuron", "binweights-neuron", "float-sign"])
+def test_omniglot_float_activation_encoders_match_pytorch(kwargs, tmp_path):
+    torch.manual_seed(0)
+    images = omniglot_like(500, seed=1)
+    model = randomize_batchnorm(models.build("matching_net", hidden=32, **kwargs), images)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    packed = roundtrip(convert(model, images[:2]), tmp_path)
+    kinds = [op.kind for op in packed.ops]
+    assert ("sign" if kwargs.get("quantizer") == "sign" else "step") in kinds
+    got = packed(images.numpy())
+    close = np.isclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()).all(axis=1)
+    assert close.mean() >= 0.999, np.flatnonzero(~close)
+
+
+@pytest.mark.parametrize("recipe", ["bnn", "xnor", "binaryconnect"])
+def test_vgg_small_matches_pytorch(recipe, tmp_path):
+    torch.manual_seed(0)
+    images = torch.randn(300, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    model = randomize_batchnorm(models.build("vgg_small", recipe=recipe, width=0.125), images)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    packed = roundtrip(convert(model, images[:2]), tmp_path)
+    convs = [op for op in packed.ops if op.kind == "binary_conv2d"]
+    assert len(convs) == 6 and [op.pool_kernel for op in convs] == [0, 2] * 3
+    if recipe != "binaryconnect":  # every conv's BN + the next layer's sign become thresholds
+        assert all(op.output == "bits" for op in convs)
+        assert [op.kind for op in packed.ops][6:] == ["flatten", "binary_dense", "binary_dense", "binary_dense"]
+    assert_close_logits(packed(images.numpy()), expected)
+
+
+def test_pool_before_batchnorm_with_flipped_channels_is_exact():
+    """``conv -> MaxPool -> BN -> sign`` with negative / zero BN scales, a channel count that
+    leaves tail bits (70), odd maps (floor pooling), stride 2, bias and XNOR scaling."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        BinaryConv2d(3, 70, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(70),
+        BinaryConv2d(70, 70, 3, padding=1, input_quantizer="sign"), nn.MaxPool2d(3, 2), nn.BatchNorm2d(70),
+        BinaryConv2d(70, 20, 3, stride=2, padding=1, input_quantizer="sign", scaling="xnor"), nn.BatchNorm2d(20),
+        SignSTE(), nn.Flatten(),
+    )
+    images = torch.randn(200, 3, 19, 19, generator=torch.Generator().manual_seed(4))
+    randomize_batchnorm(model, images, seed=3)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    packed = convert(model, images[:2])
+    assert [op.output for op in packed.ops if op.kind == "binary_conv2d"] == ["bits"] * 3
+    assert (packed.ops[0].flip & (packed.ops[0].thresholds > -np.inf)).any()  # flipped, non-constant channels
+    assert_same_signs(packed(images.numpy()), expected)
+
+
+@pytest.fixture(scope="module")
+def mnist_small():
+    import os
+    from pathlib import Path
+
+    env = os.environ.get("ONEBIT_DATA")
+    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+    if not path.is_dir():
+        pytest.skip(f"local dataset copies not found at {path}")
+    train = load_mnist("train", str(path))
+    test = load_mnist("test", str(path))
+    train, val = train.subset(range(1500)).split(300, seed=0)
+    return ClassificationTask({"train": train, "val": val, "test": test.subset(range(2000))}, 32, MEAN, STD)
+
+
+def _bnn_cnn() -> nn.Module:
+    return nn.Sequential(
+        BinaryConv2d(1, 32, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32),
+        BinaryConv2d(32, 64, 3, padding=1, bias=False, input_quantizer="sign"), nn.MaxPool2d(2), nn.BatchNorm2d(64),
+        nn.Flatten(), BinaryLinear(64 * 7 * 7, 10, bias=False, input_quantizer="sign"), nn.BatchNorm1d(10),
+    )
+
+
+def _sign_encoder_classifier() -> nn.Module:
+    encoder = ConvEncoder("all", "sign", weight_quantizer="sign", hidden=32)
+    return nn.Sequential(encoder, BinaryLinear(32, 10, bias=False), nn.BatchNorm1d(10))
+
+
+@pytest.mark.parametrize("build", [_bnn_cnn, _sign_encoder_classifier], ids=["bnn-cnn", "sign-encoder"])
+def test_trained_conv_models_match_pytorch(build, mnist_small, tmp_path):
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=1, lr=3e-3, device="cpu", progress=False)
+    trainer = Trainer(build(), mnist_small, config, tmp_path / "run")
+    trainer.fit()
+    model = trainer.model.eval()
+    images = torch.cat([x for x, _ in mnist_small.eval_batches("test")])
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert (expected.argmax(1) == mnist_small.splits["test"].labels.numpy()).mean() > 0.3  # really trained
+    assert_close_logits(roundtrip(convert(model, images[:2]), tmp_path)(images.numpy()), expected)
+
+
+def test_bireal_resnet_is_rejected_naming_the_shortcut():
+    model = models.build("bireal_resnet", width=0.125, blocks=(1, 1, 1, 1))
+    with pytest.raises(UnsupportedModelError, match=r"blocks\.0\.shortcut: .*not a chain.*shortcut addition"):
+        convert(model, torch.zeros(2, 3, 32, 32))
+
+
+def test_forward_computation_between_modules_is_rejected():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = BinaryConv2d(1, 4, 3)
+
+        def forward(self, x):
+            return self.conv(2 * x)  # silently dropping the "2 *" would be wrong
+
+    with pytest.raises(UnsupportedModelError, match="conv: reads a tensor other than the model's input"):
+        convert(Scaled(), torch.zeros(2, 1, 5, 5))
+
+
+def test_conv_runtime_never_imports_torch(tmp_path):
+    model = randomize_batchnorm(models.build("matching_net", binary_blocks="all", quantizer="sign",
+                                             weight_quantizer="sign", distance="hamming", hidden=16),
+                                omniglot_like(50))
+    path = tmp_path / "enc.onebit"
+    convert(model, omniglot_like(2)).save(path)
+    code = (
+        "import sys, numpy as np\n"
+        "import onebit.deploy as deploy\n"
+        f"out = deploy.load({str(path)!r})(np.zeros((3, 1, 28, 28), np.float32))\n"
+        "assert out.shape == (3, 16) and set(np.unique(out)) <= {-1.0, 1.0}, out\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
