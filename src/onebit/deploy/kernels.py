@@ -47,6 +47,13 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "AVAILABLE_BACKENDS", "DEFAULT_BACKEND", "PANEL", "Backend", "PreparedConvWeights", "PreparedWeights",
+    "binary_conv2d", "binary_conv2d_threshold", "binary_matmul", "binary_matmul_prepared",
+    "binary_matmul_threshold", "binary_maxpool2d", "pack_signs", "prepare_conv_weights", "prepare_weights",
+    "threshold_bits", "unpack_signs",
+]  # fmt: skip
+
 Backend = Literal["avx512", "numba", "numpy"]
 
 if os.environ.get("ONEBIT_NO_NUMBA", "") in ("", "0"):
