@@ -199,23 +199,57 @@ def test_trained_conv_models_match_pytorch(build, mnist_small, tmp_path):
     assert_close_logits(roundtrip(convert(model, images[:2]), tmp_path)(images.numpy()), expected)
 
 
-def test_bireal_resnet_is_rejected_naming_the_shortcut():
-    model = models.build("bireal_resnet", width=0.125, blocks=(1, 1, 1, 1))
-    with pytest.raises(UnsupportedModelError, match=r"blocks\.0\.shortcut: .*not a chain.*shortcut addition"):
-        convert(model, torch.zeros(2, 3, 32, 32))
+@pytest.mark.parametrize("recipe", ["xnor", "bnn", "float"])
+def test_bireal_resnet_matches_pytorch(recipe, tmp_path):
+    """Residual blocks ``bn(conv(sign(x))) + shortcut(x)`` become ``residual_begin -> main
+    branch -> residual_branch -> shortcut branch -> residual_add``; the real-valued residual
+    stream is packed again before every binary convolution."""
+    torch.manual_seed(0)
+    images = torch.randn(300, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    model = randomize_batchnorm(models.build("bireal_resnet", recipe=recipe, width=0.125, blocks=(1, 2, 1, 1)), images)
+    features = {}
+    handle = model.pool.register_forward_hook(lambda module, inputs, output: features.setdefault("f", output))
+    with torch.no_grad():
+        model(images)
+        handle.remove()
+        f = features["f"].flatten(1)  # standardize what the classifier sees: varied predictions
+        model.fc.weight.div_(f.std(0).clamp_min(1e-3))
+        model.fc.bias.sub_(model.fc.weight @ f.mean(0))
+        expected = model(images).numpy()
+    packed = roundtrip(convert(model, images[:2]), tmp_path)
+    kinds = [op.kind for op in packed.ops]
+    assert kinds.count("residual_begin") == kinds.count("residual_branch") == kinds.count("residual_add") == 5
+    if recipe != "float":
+        assert kinds.count("pack_signs") == kinds.count("binary_conv2d") == 5
+    assert_close_logits(packed(images.numpy()), expected)
 
 
-def test_forward_computation_between_modules_is_rejected():
-    class Scaled(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = BinaryConv2d(1, 4, 3)
+class _Difference(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = BinaryConv2d(2, 2, 3, padding=1)
+        self.shortcut = nn.Identity()
 
-        def forward(self, x):
-            return self.conv(2 * x)  # silently dropping the "2 *" would be wrong
+    def forward(self, x):
+        return self.conv(x) - self.shortcut(x)
 
-    with pytest.raises(UnsupportedModelError, match="conv: reads a tensor other than the model's input"):
-        convert(Scaled(), torch.zeros(2, 1, 5, 5))
+
+class _Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = BinaryConv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(2 * x)  # silently dropping the "2 *" would be wrong
+
+
+@pytest.mark.parametrize("model, message", [
+    (nn.Sequential(nn.Conv2d(2, 2, 1), _Difference()), r"1\.shortcut: reads a tensor other than the output of 1\.conv"),
+    (_Scaled(), r"conv: reads a tensor other than the input of _Scaled"),
+], ids=["difference", "computation"])
+def test_non_chains_are_rejected_naming_the_module(model, message):
+    with pytest.raises(UnsupportedModelError, match=message + ".*not a chain"):
+        convert(model, torch.zeros(2, 2, 5, 5))
 
 
 def test_conv_runtime_never_imports_torch(tmp_path):

@@ -59,60 +59,122 @@ def _bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndar
 
 
 class _Call(NamedTuple):
-    """One call of a leaf module (or :class:`~onebit.nn.QuantizedLayer`) during tracing."""
+    """One step of the chain the converter walks: a call of a leaf module (or
+    :class:`~onebit.nn.QuantizedLayer`), a flatten done by ``forward`` (``module`` is an
+    ``nn.Flatten``), or a residual block (``module`` is the block; ``branches`` holds the two
+    chains whose outputs it adds)."""
 
     name: str
     module: nn.Module
-    inputs: tuple
-    output: Any
+    input: torch.Tensor
+    output: torch.Tensor
+    branches: tuple[list["_Call"], list["_Call"]] | None = None
 
 
-def _trace(model: nn.Module, example_input: torch.Tensor) -> tuple[list[_Call], Any]:
-    """Leaf modules in the order the forward pass calls them, with their inputs and output,
-    and the model's output."""
-    calls = []
+class _Node:
+    """A module call recorded by :func:`_trace`; containers have the calls they made as children."""
 
-    def hook(name):
-        def record(module, inputs, output):
-            calls.append(_Call(name, module, inputs, output))
+    def __init__(self, name: str, module: nn.Module, leaf: bool) -> None:
+        self.name, self.module, self.leaf = name, module, leaf
+        self.children: list[_Node] = []
+        self.inputs: tuple = ()
+        self.output: Any = None
 
-        return record
 
-    handles = [m.register_forward_hook(hook(name or type(m).__name__)) for name, m in layers(model)]
+def _hooked_modules(module: nn.Module, prefix: str = ""):
+    """``(name, module, is_leaf)`` for the layers of :func:`~onebit.nn.layers.layers` and every
+    container above them."""
+    leaf = isinstance(module, QuantizedLayer) or not any(True for _ in module.children())
+    yield prefix or type(module).__name__, module, leaf
+    if not leaf:
+        for name, child in module.named_children():
+            yield from _hooked_modules(child, f"{prefix}.{name}" if prefix else name)
+
+
+def _trace(model: nn.Module, example_input: torch.Tensor) -> _Node:
+    """Run ``model`` once on ``example_input``; return the tree of its module calls (in call
+    order, with inputs and outputs)."""
+    stack = [_Node("", model, False)]
+
+    def enter(name, leaf):
+        def hook(module, inputs):
+            node = _Node(name, module, leaf)
+            stack[-1].children.append(node)
+            stack.append(node)
+
+        return hook
+
+    def leave(module, inputs, output):
+        node = stack.pop()
+        node.inputs, node.output = inputs, output
+
+    handles = []
     try:
+        for name, module, leaf in _hooked_modules(model):
+            handles += [module.register_forward_pre_hook(enter(name, leaf)), module.register_forward_hook(leave)]
         with torch.no_grad():
-            result = model(example_input)
+            model(example_input)
     finally:
         for h in handles:
             h.remove()
-    return calls, result
+    return stack[0].children[0]
 
 
-def _follows(x: Any, previous: torch.Tensor, what: str, name: str) -> bool:
-    """Whether ``x`` is ``previous`` (False) or ``previous`` flattened to ``(N, F)`` (True);
-    anything else means the model is not a chain of modules."""
+_NOT_A_CHAIN = ("so the model is not a chain of modules (a residual addition other than branch(x) + branch(x) "
+                "inside one module, a concatenation or other computation in forward() between modules)")
+
+
+def _follows(x: Any, previous: torch.Tensor, error: str) -> list[_Call]:
+    """``[]`` if ``x`` is ``previous``, a flatten step if it is ``previous`` flattened to
+    ``(N, F)`` (a view, as ``forward``'s ``x.flatten(1)``); else raise ``error``."""
     if x is previous:
-        return False
+        return []
     if isinstance(x, torch.Tensor) and x.dim() == 2 and previous.dim() > 2 and \
             x.shape == (previous.shape[0], previous[0].numel()) and x.data_ptr() == previous.data_ptr():
-        return True
-    raise UnsupportedModelError(
-        f"{name}: reads a tensor other than {what}, so the model is not a chain of modules (a residual or "
-        "shortcut addition, a concatenation or other computation in forward() between modules); only chains convert")
+        return [_Call("flatten in forward()", nn.Flatten(), previous, x)]
+    raise UnsupportedModelError(f"{error}, {_NOT_A_CHAIN}")
 
 
-def _flattens(calls: list[_Call], example_input: torch.Tensor, result: Any) -> tuple[list[bool], bool]:
-    """Check the traced calls form a chain; return where the model's ``forward`` flattens
-    (before each call, and after the last one)."""
-    before, previous, what = [], example_input, "the model's input"
-    for call in calls:
-        if len(call.inputs) != 1 or not isinstance(call.output, torch.Tensor):
-            raise UnsupportedModelError(f"{call.name}: only modules with one tensor input and output convert")
-        before.append(_follows(call.inputs[0], previous, what, call.name))
-        previous, what = call.output, f"the output of {call.name}"
-    if not calls:
-        raise UnsupportedModelError(f"{type(result).__name__}: no layers to convert")
-    return before, _follows(result, previous, what, "the model's output")
+def _chain(nodes: list[_Node], x: torch.Tensor, what: str) -> tuple[list[_Call], torch.Tensor, str]:
+    """The calls of ``nodes`` run one after another from ``x`` (described by ``what``), each
+    reading the previous output (possibly flattened); returns the calls, the last output and
+    its description."""
+    calls, previous = [], x
+    for node in nodes:
+        calls += _follows(node.inputs[0] if node.inputs else None, previous,
+                          f"{node.name}: reads a tensor other than {what}")
+        calls += _structure(node)
+        previous, what = node.output, f"the output of {node.name}"
+    return calls, previous, what
+
+
+def _structure(node: _Node) -> list[_Call]:
+    """Flatten the call tree into the chain of :class:`_Call` the converter walks.
+
+    A container whose children form a chain (from its input to its output) is inlined. A
+    container that returns ``a + b``, where ``a`` and ``b`` are the ends of two chains of its
+    children that both start from its input (either may be empty, i.e. the input itself),
+    becomes one residual step; the sum is checked on the traced values.
+    """
+    if len(node.inputs) != 1 or not isinstance(node.inputs[0], torch.Tensor) or \
+            not isinstance(node.output, torch.Tensor):
+        raise UnsupportedModelError(f"{node.name}: only modules with one tensor input and one tensor output convert")
+    x = node.inputs[0]
+    if node.leaf:
+        return [_Call(node.name, node.module, x, node.output)]
+    try:
+        calls, last, what = _chain(node.children, x, f"the input of {node.name}")
+        return calls + _follows(node.output, last, f"{node.name}: returns a tensor other than {what}")
+    except UnsupportedModelError as not_a_chain:
+        for k in range(len(node.children) + 1):
+            try:
+                main, a, _ = _chain(node.children[:k], x, f"the input of {node.name}")
+                shortcut, b, _ = _chain(node.children[k:], x, f"the input of {node.name}")
+            except UnsupportedModelError:
+                continue
+            if a.shape == b.shape == node.output.shape and torch.equal(a + b, node.output):
+                return [_Call(node.name, node.module, x, node.output, (main, shortcut))]
+        raise not_a_chain from None
 
 
 def _quantizer_kind(q: nn.Module | None) -> str:
@@ -128,7 +190,9 @@ def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedMode
 
     The model runs once (eval mode) on ``example_input`` (a batch shaped like real inputs) to
     find the order of its layers; it must be a chain of supported modules (each reads the
-    previous one's output, possibly flattened by ``forward``; residual additions are rejected):
+    previous one's output, possibly flattened by ``forward``), where a module may also be a
+    residual block returning ``branch_a(x) + branch_b(x)`` of two such chains of its children
+    (e.g. :class:`~onebit.models.BiRealBlock`; see :func:`_structure`). Supported modules:
 
     - :class:`~onebit.nn.BinaryLinear` and :class:`~onebit.nn.BinaryConv2d` (sign weights, real
       or sign inputs, optional XNOR scaling, square stride / zero padding), with a directly
@@ -143,6 +207,7 @@ def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedMode
       end), :class:`~onebit.nn.HardSigmoid`, sign modules (``SignSTE``, ``StochasticSign``,
       ``ApproxSign`` at eval) and deterministic / thresholding
       :class:`~onebit.quantizers.BinaryNeuron` (eval mode);
+    - ``AvgPool2d`` and global ``AdaptiveAvgPool2d(1)`` on float maps;
     - ``Dropout`` and ``Identity`` (dropped).
 
     Few-shot models (:class:`~onebit.models.MatchingNetwork`, ...) called with images alone
@@ -155,22 +220,22 @@ def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedMode
     was_training = model.training
     model.eval()
     try:
-        calls, result = _trace(model, example_input)
+        tree = _trace(model, example_input)
     finally:
         model.train(was_training)
-    flatten_before, flatten_after = _flattens(calls, example_input, result)
+    calls = _structure(tree)
     ops: list[runtime.Op] = []
-    i = 0
-    while i < len(calls):
-        if flatten_before[i]:
-            _append(ops, runtime.Flatten())  # the model's forward flattened between modules
-        i += _convert_one(ops, calls, i)
-    if flatten_after:
-        _append(ops, runtime.Flatten())
+    _convert_chain(ops, calls)
     if _carries_bits(ops):
         ops.append(runtime.UnpackSigns())
     meta = {"input_shape": list(example_input.shape[1:]), "source": type(model).__name__}
     return runtime.PackedModel(ops, meta)
+
+
+def _convert_chain(ops: list[runtime.Op], calls: list[_Call]) -> None:
+    i = 0
+    while i < len(calls):
+        i += _convert_one(ops, calls, i)
 
 
 def _carries_bits(ops: list[runtime.Op]) -> bool:
@@ -207,6 +272,14 @@ def _convert_one(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
     """Append the op(s) for ``calls[i]`` (and modules fused into it); return how many calls
     were consumed."""
     name, module = calls[i].name, calls[i].module
+    if calls[i].branches is not None:
+        main, shortcut = calls[i].branches
+        _append(ops, runtime.ResidualBegin())
+        _convert_chain(ops, main)
+        _append(ops, runtime.ResidualBranch())
+        _convert_chain(ops, shortcut)
+        _append(ops, runtime.ResidualAdd())
+        return 1
     if isinstance(module, _SKIPPED):
         return 1
     if isinstance(module, (BinaryLinear, BinaryConv2d)):
@@ -226,6 +299,17 @@ def _convert_one(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
         op = runtime.Affine(scale.astype(np.float32), shift.astype(np.float32))
     elif isinstance(module, nn.MaxPool2d):
         op = runtime.MaxPool2d(*_pool_geometry(name, module))
+    elif isinstance(module, nn.AvgPool2d):
+        k, st = module.kernel_size, module.stride
+        if module.padding not in (0, (0, 0)) or module.ceil_mode or module.divisor_override is not None or \
+                not isinstance(k, int) or not isinstance(st, int):
+            raise UnsupportedModelError(f"{name}: only unpadded square average pooling converts")
+        op = runtime.AvgPool2d(k, st)
+    elif isinstance(module, nn.AdaptiveAvgPool2d):
+        h, w = calls[i].input.shape[2:]
+        if module.output_size not in (1, (1, 1)) or h != w:
+            raise UnsupportedModelError(f"{name}: only global average pooling of square maps converts")
+        op = runtime.AvgPool2d(h, h)
     elif isinstance(module, nn.ReLU):
         op = runtime.ReLU()
     elif isinstance(module, nn.Flatten):

@@ -50,8 +50,8 @@ def _unpack_float(words: np.ndarray, k: int) -> np.ndarray:
     return signs[..., :k]
 
 
-def _max_pool(x: np.ndarray, kernel: int, stride: int, axes: tuple[int, int]) -> np.ndarray:
-    """Unpadded max pooling of ``x`` over the two spatial ``axes``."""
+def _pool(x: np.ndarray, kernel: int, stride: int, axes: tuple[int, int], mean: bool = False) -> np.ndarray:
+    """Unpadded max (or ``mean``) pooling of ``x`` over the two spatial ``axes``."""
     ya, xa = axes
     ho, wo = (x.shape[ya] - kernel) // stride + 1, (x.shape[xa] - kernel) // stride + 1
     out = None
@@ -61,8 +61,11 @@ def _max_pool(x: np.ndarray, kernel: int, stride: int, axes: tuple[int, int]) ->
             index[ya] = slice(dy, dy + stride * (ho - 1) + 1, stride)
             index[xa] = slice(dx, dx + stride * (wo - 1) + 1, stride)
             tap = x[tuple(index)]
-            out = tap.copy() if out is None else np.maximum(out, tap, out=out)
-    return out
+            if out is None:
+                out = tap.copy()
+            else:
+                (np.add if mean else np.maximum)(out, tap, out=out)
+    return out / np.float32(kernel * kernel) if mean else out
 
 
 def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
@@ -83,6 +86,8 @@ class Op:
     array_names: ClassVar[tuple[str, ...]] = ()
     #: the op takes :class:`Bits` as well as float arrays
     accepts_bits: ClassVar[bool] = False
+    #: ``__call__(x, stack)``: the op also reads / writes the model's value stack (residual blocks)
+    uses_stack: ClassVar[bool] = False
 
     def emits_bits(self, bits_in: bool) -> bool:
         """Whether the output is :class:`Bits`, given whether the input is."""
@@ -194,7 +199,60 @@ class MaxPool2d(Op):
     def __call__(self, x):
         if isinstance(x, Bits):
             return Bits(kernels.binary_maxpool2d(x.words, self.kernel, self.stride), x.k)
-        return _max_pool(x, self.kernel, self.stride, axes=(2, 3))
+        return _pool(x, self.kernel, self.stride, axes=(2, 3))
+
+
+@dataclass
+class AvgPool2d(Op):
+    """Unpadded average pooling of float NCHW maps (global pooling: ``kernel`` = map size)."""
+
+    kernel: int
+    stride: int
+    kind = "avgpool2d"
+
+    def params(self):
+        return {"kernel": self.kernel, "stride": self.stride}
+
+    def __call__(self, x):
+        return _pool(_float(x, self.kind), self.kernel, self.stride, axes=(2, 3), mean=True)
+
+
+@dataclass
+class ResidualBegin(Op):
+    """Start of a residual block ``y = main(x) + shortcut(x)``: keep ``x`` on the stack and
+    continue with the main branch."""
+
+    kind = "residual_begin"
+    uses_stack = True
+
+    def __call__(self, x, stack):
+        stack.append(_float(x, self.kind))
+        return x
+
+
+@dataclass
+class ResidualBranch(Op):
+    """End of the main branch: keep ``main(x)`` on the stack, continue with ``x`` (the shortcut)."""
+
+    kind = "residual_branch"
+    uses_stack = True
+
+    def __call__(self, x, stack):
+        main = _float(x, self.kind)
+        x = stack.pop()
+        stack.append(main)
+        return x
+
+
+@dataclass
+class ResidualAdd(Op):
+    """End of the shortcut branch: ``main(x) + shortcut(x)``."""
+
+    kind = "residual_add"
+    uses_stack = True
+
+    def __call__(self, x, stack):
+        return stack.pop() + _float(x, self.kind)
 
 
 @dataclass
@@ -434,15 +492,15 @@ class BinaryConv2d(_BinaryLayer):
                 raise ValueError(f"binary_conv2d expects (N, {self.c_in}, H, W) input, got {x.shape}")
             dot = self._float_conv(np.ascontiguousarray(x, np.float32))
         if pooled:
-            dot = _max_pool(dot, self.pool_kernel, self.pool_stride, axes=(1, 2))
+            dot = _pool(dot, self.pool_kernel, self.pool_stride, axes=(1, 2))
         out = self._epilogue(dot, self.out_channels)
         return out if isinstance(out, Bits) else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
 
 OPS: dict[str, type[Op]] = {
     cls.kind: cls
-    for cls in (Flatten, Affine, ReLU, HardSigmoid, Step, Sign, MaxPool2d, Linear, Conv2d, PackSigns, UnpackSigns,
-                BinaryDense, BinaryConv2d)
+    for cls in (Flatten, Affine, ReLU, HardSigmoid, Step, Sign, MaxPool2d, AvgPool2d, ResidualBegin, ResidualBranch,
+                ResidualAdd, Linear, Conv2d, PackSigns, UnpackSigns, BinaryDense, BinaryConv2d)
 }
 
 
@@ -468,8 +526,9 @@ class PackedModel:
         x = np.asarray(x, dtype=np.float32)
         if expected is not None and tuple(x.shape[1:]) != tuple(expected):
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+        stack: list[np.ndarray] = []
         for op in self.ops:
-            x = op(x)
+            x = op(x, stack) if op.uses_stack else op(x)
         if isinstance(x, Bits):
             raise TypeError("the model ends in packed bits; it should end in a float layer")
         return x
