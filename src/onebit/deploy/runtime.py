@@ -358,7 +358,10 @@ class _BinaryLayer(Op):
         """``dot (..., C_out)`` (int or float) -> :class:`Bits` or float32, channels last."""
         if self.output == "bits":
             return Bits(kernels.threshold_bits(dot, self.thresholds, self.flip), channels)
-        return (dot * self.scale + self.shift).astype(np.float32)
+        out = dot.astype(np.float32, copy=False)  # int32 dots are exact in float32 (|d| < 2**24)
+        out *= self.scale
+        out += self.shift
+        return out
 
 
 @dataclass
