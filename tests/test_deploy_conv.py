@@ -137,23 +137,31 @@ def test_vgg_small_matches_pytorch(recipe, tmp_path):
     assert_close_logits(packed(images.numpy()), expected)
 
 
-def test_pool_before_batchnorm_with_flipped_channels_is_exact():
-    """``conv -> MaxPool -> BN -> sign`` with negative / zero BN scales, a channel count that
-    leaves tail bits (70), odd maps (floor pooling), stride 2, bias and XNOR scaling."""
+def test_pooling_around_batchnorm_with_flipped_channels_is_exact():
+    """``conv -> MaxPool -> BN -> sign`` (pool fused before the thresholds, on real and on
+    packed input) and ``conv -> BN -> MaxPool -> sign`` (OR pooling of the bits), with
+    negative / zero BN scales, a channel count that leaves tail bits (70), overlapping and
+    floor pooling, stride 2, bias and XNOR scaling."""
     torch.manual_seed(0)
     model = nn.Sequential(
         BinaryConv2d(3, 70, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(70),
         BinaryConv2d(70, 70, 3, padding=1, input_quantizer="sign"), nn.MaxPool2d(3, 2), nn.BatchNorm2d(70),
-        BinaryConv2d(70, 20, 3, stride=2, padding=1, input_quantizer="sign", scaling="xnor"), nn.BatchNorm2d(20),
+        BinaryConv2d(70, 40, 3, padding=1, input_quantizer="sign"), nn.BatchNorm2d(40), nn.MaxPool2d(2),
+        BinaryConv2d(40, 20, 3, stride=2, padding=1, input_quantizer="sign", scaling="xnor"), nn.BatchNorm2d(20),
         SignSTE(), nn.Flatten(),
     )
-    images = torch.randn(200, 3, 19, 19, generator=torch.Generator().manual_seed(4))
+    images = torch.randn(300, 3, 27, 27, generator=torch.Generator().manual_seed(4))
     randomize_batchnorm(model, images, seed=3)
     with torch.no_grad():
         expected = model(images).numpy()
     packed = convert(model, images[:2])
-    assert [op.output for op in packed.ops if op.kind == "binary_conv2d"] == ["bits"] * 3
-    assert (packed.ops[0].flip & (packed.ops[0].thresholds > -np.inf)).any()  # flipped, non-constant channels
+    kinds = [op.kind for op in packed.ops]
+    assert kinds == ["binary_conv2d"] * 3 + ["maxpool2d", "binary_conv2d", "flatten", "unpack_signs"]
+    convs = [op for op in packed.ops if op.kind == "binary_conv2d"]
+    assert [op.output for op in convs] == ["bits"] * 4
+    assert [op.pool_kernel for op in convs] == [2, 3, 0, 0]
+    for op in convs[:2]:
+        assert (op.flip & (op.thresholds > -np.inf)).any()  # flipped, non-constant channels
     assert_same_signs(packed(images.numpy()), expected)
 
 
