@@ -8,7 +8,9 @@ Feature vectors always keep PyTorch's feature order (a flattened map is ordered 
 
 Each op says whether it takes :class:`Bits` (``accepts_bits``) and whether it emits them
 (:meth:`Op.emits_bits`); the converter inserts :class:`PackSigns` / :class:`UnpackSigns`
-where the two representations meet.
+where the two representations meet. A residual block ``y = main(x) + shortcut(x)`` is the
+sequence ``residual_begin, main ops, residual_branch, shortcut ops, residual_add``: those three
+ops also get the model's value stack (:attr:`Op.uses_stack`).
 """
 
 from __future__ import annotations
