@@ -1,9 +1,11 @@
-"""Packed model vs PyTorch float eval of the same model, end to end (see onebit.deploy.benchmark).
+"""Packed model vs PyTorch float eval of the same model, end to end, and file size.
 
     python benchmarks/bench_end_to_end.py [--run-dir runs/mnist-mlp/bnn] [--quick]
+
+See onebit.deploy.benchmark for how the ratios are measured.
 """
 
-from onebit.deploy.benchmark import main
+from onebit.deploy.benchmark import end_to_end_main
 
 if __name__ == "__main__":
-    main()
+    end_to_end_main()

@@ -86,18 +86,20 @@ def test_binary_matmul_matches_float(backend, m, k, n):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_binary_matmul_threaded_path(backend):
-    """Large enough to take the multi-threaded path, with M and N tails."""
+def test_binary_matmul_threaded_path(backend, monkeypatch):
+    """The multi-threaded path (threshold lowered), with M and N tails."""
+    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
     a, b = signs(67, 1000), signs(131, 1000)
     prepared = K.prepare_weights(K.pack_signs(b))
     out = K.binary_matmul_prepared(K.pack_signs(a), prepared, 1000, backend=backend)
     np.testing.assert_array_equal(out, a.astype(np.float64) @ b.T)
 
 
-def test_concurrent_callers_share_the_thread_pool_safely():
+def test_concurrent_callers_share_the_thread_pool_safely(monkeypatch):
     """Parallel launches from several Python threads at once must not abort (workqueue)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
     a, b = signs(64, 1000), signs(256, 1000)
     ap, prepared = K.pack_signs(a), K.prepare_weights(K.pack_signs(b))
     expected = a.astype(np.float64) @ b.T

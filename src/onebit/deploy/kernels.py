@@ -74,7 +74,8 @@ AVAILABLE_BACKENDS: tuple[Backend, ...] = (
 DEFAULT_BACKEND: Backend = AVAILABLE_BACKENDS[0]
 
 PANEL = 32  # output columns per prepared weight panel (see PreparedWeights)
-_PARALLEL_MIN_WORDS = 1 << 18  # word-ops below which threading costs more than it saves
+_PARALLEL_MIN_WORDS = 1 << 24  # word-ops below which threading costs more than it saves (a parallel
+# launch costs 0.25-0.4 ms on the 2-core VMs measured; 2 threads only win from ~16M word-ops)
 _PACK_PARALLEL_MIN = 1 << 18  # elements below which packing stays on one thread
 _NUMPY_CHUNK_WORDS = 1 << 20  # XOR temporaries of the numpy GEMM, in words
 _PACK_DTYPES = (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64)
@@ -96,9 +97,10 @@ def _words(k: int) -> int:
     return -(-k // 64)
 
 
-def _threads_for(work: int, minimum: int = _PARALLEL_MIN_WORDS) -> int:
-    """Threads for a numba kernel doing ``work`` units; 1 keeps it on the calling thread."""
-    return _nb.num_threads() if work >= minimum else 1
+def _threads_for(work: int, minimum: int | None = None) -> int:
+    """Threads for a numba kernel doing ``work`` units (threshold: ``minimum``, default
+    :data:`_PARALLEL_MIN_WORDS`, read at call time); 1 keeps it on the calling thread."""
+    return _nb.num_threads() if work >= (_PARALLEL_MIN_WORDS if minimum is None else minimum) else 1
 
 
 # --------------------------------------------------------------------------------------
