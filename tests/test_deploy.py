@@ -45,23 +45,11 @@ def test_fold_sign_threshold_matches_batchnorm_sign():
 
 
 @pytest.fixture(scope="module")
-def mnist_small(shared_datasets_module):
-    train = load_mnist("train", shared_datasets_module)
-    test = load_mnist("test", shared_datasets_module)
+def mnist_small(shared_datasets_dir):
+    train = load_mnist("train", shared_datasets_dir)
+    test = load_mnist("test", shared_datasets_dir)
     train, val = train.subset(range(1500)).split(300, seed=0)
     return ClassificationTask({"train": train, "val": val, "test": test.subset(range(2000))}, 32, MEAN, STD)
-
-
-@pytest.fixture(scope="module")
-def shared_datasets_module():
-    import os
-    from pathlib import Path
-
-    env = os.environ.get("ONEBIT_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    if not path.is_dir():
-        pytest.skip(f"local dataset copies not found at {path}")
-    return str(path)
 
 
 def trained(model, task, tmp_path_factory):

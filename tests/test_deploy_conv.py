@@ -166,16 +166,9 @@ def test_pooling_around_batchnorm_with_flipped_channels_is_exact():
 
 
 @pytest.fixture(scope="module")
-def mnist_small():
-    import os
-    from pathlib import Path
-
-    env = os.environ.get("ONEBIT_DATA")
-    path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
-    if not path.is_dir():
-        pytest.skip(f"local dataset copies not found at {path}")
-    train = load_mnist("train", str(path))
-    test = load_mnist("test", str(path))
+def mnist_small(shared_datasets_dir):
+    train = load_mnist("train", shared_datasets_dir)
+    test = load_mnist("test", shared_datasets_dir)
     train, val = train.subset(range(1500)).split(300, seed=0)
     return ClassificationTask({"train": train, "val": val, "test": test.subset(range(2000))}, 32, MEAN, STD)
 
