@@ -109,3 +109,49 @@ def test_moving_average_baseline_uses_past_batches_only():
     assert b(torch.tensor([2.0, 4.0])) == 0.0
     assert b(torch.tensor([10.0])) == 3.0
     assert b.value == pytest.approx(6.5)
+
+
+def test_self_critical_baseline_is_unbiased_and_lowers_variance():
+    """Inputs differ and so do their losses (an input-dependent offset): a per-sample
+    baseline tracks that, a moving average cannot."""
+    torch.manual_seed(0)
+    model = Toy("stochastic")
+    with torch.no_grad():
+        model.linear.weight.mul_(0.5)
+    xs = torch.randn(2000, 3)
+
+    def loss_of(bits):
+        return per_sample_loss(bits) + 4.0 * xs[:, 0] ** 2
+
+    exact = torch.cat([g.flatten() for g in exact_gradient(model, xs)])
+
+    def estimates(baseline_kind):
+        rows = []
+        ma = reinforce.MovingAverageBaseline()
+        for _ in range(40):
+            model.zero_grad()
+            loss = loss_of(model(xs))
+            if baseline_kind == "self-critical":
+                with torch.no_grad(), reinforce.thresholded(model):
+                    baseline = loss_of(model(xs))
+            else:
+                baseline = ma
+            reinforce.surrogate_loss(model, loss, baseline).backward()
+            rows.append(torch.cat([model.linear.weight.grad.flatten(), model.linear.bias.grad]))
+        return torch.stack(rows)
+
+    critical, moving = estimates("self-critical"), estimates("moving-average")
+    sem = critical.std(0) / len(critical) ** 0.5
+    assert torch.all((critical.mean(0) - exact).abs() <= 5 * sem + 1e-4)
+    assert critical.var(0).sum() < 0.5 * moving.var(0).sum()
+
+
+def test_thresholded_restores_sampling_and_batchnorm():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), BinaryNeuron("stochastic", "reinforce"))
+    x = torch.randn(64, 3)
+    before = model[1].running_mean.clone()
+    with torch.no_grad(), reinforce.thresholded(model):
+        out = model(x)
+        assert torch.equal(out, (model[1](model[0](x)) >= 0).float())
+    assert torch.equal(model[1].running_mean, before)
+    assert model[1].momentum == 0.1 and not model[2].thresholding

@@ -282,6 +282,7 @@ class BinaryNeuron(_Quantizer):
         self.sample_at_eval = sample_at_eval
         self.eps = eps
         self.recorded_log_probs: list[Tensor] = []
+        self.thresholding = False  # set by onebit.reinforce.thresholded(): most likely bits even in training
 
     @property
     def slope(self) -> float:
@@ -294,6 +295,8 @@ class BinaryNeuron(_Quantizer):
         self._slope = float(value)
 
     def _samples(self) -> bool:
+        if self.thresholding:
+            return False
         if self.training:
             return self.mode == "stochastic" or self.estimator == "reinforce"
         return self.mode == "stochastic" and self.sample_at_eval

@@ -27,13 +27,19 @@ Typical use::
 from __future__ import annotations
 
 import weakref
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
 from torch import Tensor, nn
 
 from .quantizers import BinaryNeuron
 
-__all__ = ["MovingAverageBaseline", "reinforce_neurons", "has_reinforce_neurons", "surrogate_loss", "clear"]
+__all__ = ["MovingAverageBaseline", "reinforce_neurons", "has_reinforce_neurons", "surrogate_loss", "clear",
+           "thresholded", "BASELINES"]
+
+#: Baselines the trainer offers (``TrainConfig.reinforce_baseline``).
+BASELINES = ("moving-average", "self-critical")
 
 
 class MovingAverageBaseline:
@@ -69,6 +75,37 @@ class MovingAverageBaseline:
 
 
 _default_baselines: "weakref.WeakKeyDictionary[nn.Module, MovingAverageBaseline]" = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def thresholded(model: nn.Module) -> Iterator[None]:
+    r"""Within the block, every :class:`BinaryNeuron` of ``model`` outputs its most likely bits
+    :math:`\mathbb{1}_{p \ge 1/2}` even in training mode, and batch-norm layers leave their
+    running statistics untouched.
+
+    This is the forward pass of a *self-critical* baseline (Rennie et al. 2017): the loss
+    :math:`L(x_i, \hat b_i)` of the thresholded bits depends on the input and the parameters but
+    not on the sampled bits, so subtracting it keeps the score-function estimate unbiased, and
+    it tracks each sample's own loss far more closely than a moving average::
+
+        with torch.no_grad(), onebit.reinforce.thresholded(model):
+            baseline = F.cross_entropy(model(x), y, reduction="none")
+        surrogate = onebit.reinforce.surrogate_loss(model, per_sample_loss, baseline)
+    """
+    neurons = [m for m in model.modules() if isinstance(m, BinaryNeuron)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for neuron in neurons:
+        neuron.thresholding = True
+    for norm in norms:
+        norm.momentum = 0.0  # running = 1 * running + 0 * batch
+    try:
+        yield
+    finally:
+        for neuron in neurons:
+            neuron.thresholding = False
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
 
 
 def reinforce_neurons(model: nn.Module) -> list[BinaryNeuron]:

@@ -42,6 +42,9 @@ class TrainConfig:
         clip_latent: bound for latent binary weights after every step (``None``: no clipping).
         grad_clip: maximum gradient norm (``None``: no clipping).
         slope_schedule: hard-sigmoid slope annealing for binary neurons.
+        reinforce_baseline: ``"moving-average"`` of past batch losses, or ``"self-critical"``:
+            each sample's loss with the binary neurons thresholded (see
+            :func:`onebit.reinforce.thresholded`; one extra forward pass per step).
         reinforce_baseline_momentum: momentum of the REINFORCE moving-average baseline.
         seed: seeds the data order and every random draw of the run.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -59,6 +62,7 @@ class TrainConfig:
     clip_latent: float | None = 1.0
     grad_clip: float | None = None
     slope_schedule: str = "constant"
+    reinforce_baseline: str = "moving-average"
     reinforce_baseline_momentum: float = 0.9
     seed: int = 0
     device: str = "auto"
@@ -137,6 +141,9 @@ class Trainer:
         self.optimizer = _make_optimizer(config, self.model.parameters())
         self.baseline = reinforce.MovingAverageBaseline(config.reinforce_baseline_momentum)
         self.uses_reinforce = reinforce.has_reinforce_neurons(model)
+        if config.reinforce_baseline not in reinforce.BASELINES:
+            raise ValueError(f"unknown reinforce_baseline {config.reinforce_baseline!r}; choose one of "
+                             f"{', '.join(reinforce.BASELINES)}")
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world_size > 1 else 0
         self.is_main = self.rank == 0
@@ -232,7 +239,8 @@ class Trainer:
         bar = tqdm(batches, total=self.task.num_train_batches(self.world_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    leave=False, disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         for step, batch in enumerate(bar):
-            result = self.task.step(net, _to(batch, self.device))
+            batch = _to(batch, self.device)
+            result = self.task.step(net, batch)
             loss = result.per_sample_loss.mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -240,7 +248,7 @@ class Trainer:
                     "rate or enable gradient clipping (grad_clip)"
                 )
             if self.uses_reinforce:
-                loss = loss + reinforce.surrogate_loss(self.model, result.per_sample_loss, self.baseline)
+                loss = loss + reinforce.surrogate_loss(self.model, result.per_sample_loss, self._baseline(net, batch))
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -258,6 +266,12 @@ class Trainer:
         self.state.train_seconds += seconds
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
+
+    def _baseline(self, net: nn.Module, batch) -> reinforce.MovingAverageBaseline | torch.Tensor:
+        if self.config.reinforce_baseline == "moving-average":
+            return self.baseline
+        with torch.no_grad(), reinforce.thresholded(self.model):
+            return self.task.step(net, batch).per_sample_loss
 
     def _all_reduce(self, *values: float) -> list[float]:
         if self.world_size == 1:
