@@ -20,3 +20,31 @@ def shared_datasets(shared_datasets_dir: Path, monkeypatch: pytest.MonkeyPatch) 
     """:func:`shared_datasets_dir`, also set as ONEBIT_DATA for the test."""
     monkeypatch.setenv("ONEBIT_DATA", str(shared_datasets_dir))
     return shared_datasets_dir
+
+
+@pytest.fixture(scope="session")
+def mnist_small(shared_datasets_dir: Path):
+    """A small MNIST classification task: 1,200 train / 300 val / 2,000 test images, batch 32."""
+    from onebit.data.mnist import MEAN, STD, load_mnist
+    from onebit.training import ClassificationTask
+
+    train, val = load_mnist("train", shared_datasets_dir).subset(range(1500)).split(300, seed=0)
+    test = load_mnist("test", shared_datasets_dir).subset(range(2000))
+    return ClassificationTask({"train": train, "val": val, "test": test}, 32, MEAN, STD)
+
+
+@pytest.fixture
+def train_briefly(tmp_path_factory):
+    """``train(model, task) -> model``: one seeded epoch of Adam, returned in eval mode."""
+    import torch
+
+    from onebit.training import TrainConfig, Trainer
+
+    def train(model, task):
+        torch.manual_seed(0)
+        config = TrainConfig(epochs=1, lr=3e-3, device="cpu", progress=False)
+        trainer = Trainer(model, task, config, tmp_path_factory.mktemp("run"))
+        trainer.fit()
+        return trainer.model.eval()
+
+    return train

@@ -6,12 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from onebit.data.mnist import MEAN, STD, load_mnist
 from onebit.deploy import InvalidModelFile, UnsupportedModelError, convert, kernels, load
 from onebit.deploy.converter import fold_sign_threshold
 from onebit.models import MLP, SmallCNN
 from onebit.nn import BinaryConv2d, BinaryLinear
-from onebit.training import ClassificationTask, TrainConfig, Trainer
 
 
 def test_fold_sign_threshold_matches_batchnorm_sign():
@@ -44,22 +42,6 @@ def test_fold_sign_threshold_matches_batchnorm_sign():
     assert np.array_equal(got, want)
 
 
-@pytest.fixture(scope="module")
-def mnist_small(shared_datasets_dir):
-    train = load_mnist("train", shared_datasets_dir)
-    test = load_mnist("test", shared_datasets_dir)
-    train, val = train.subset(range(1500)).split(300, seed=0)
-    return ClassificationTask({"train": train, "val": val, "test": test.subset(range(2000))}, 32, MEAN, STD)
-
-
-def trained(model, task, tmp_path_factory):
-    torch.manual_seed(0)
-    config = TrainConfig(epochs=1, lr=3e-3, device="cpu", progress=False)
-    trainer = Trainer(model, task, config, tmp_path_factory.mktemp("run"))
-    trainer.fit()
-    return trainer.model.eval()
-
-
 @pytest.mark.parametrize("build", [
     lambda: MLP(hidden=(256, 256), recipe="bnn"),
     lambda: MLP(hidden=(256, 256), recipe="xnor"),
@@ -67,9 +49,9 @@ def trained(model, task, tmp_path_factory):
     lambda: SmallCNN("both"),
     lambda: SmallCNN("first", mode="stochastic"),
 ], ids=["bnn", "xnor", "binaryconnect", "cnn-both", "cnn-first"])
-def test_packed_model_equals_pytorch_on_mnist(build, mnist_small, tmp_path_factory, tmp_path):
+def test_packed_model_equals_pytorch_on_mnist(build, mnist_small, train_briefly, tmp_path):
     torch.manual_seed(0)
-    model = trained(build(), mnist_small, tmp_path_factory)
+    model = train_briefly(build(), mnist_small)
     images = torch.cat([x for x, _ in mnist_small.eval_batches("test")])
     with torch.no_grad():
         expected = model(images).numpy()

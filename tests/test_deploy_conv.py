@@ -9,12 +9,10 @@ import torch
 from torch import nn
 
 from onebit import models
-from onebit.data.mnist import MEAN, STD, load_mnist
 from onebit.deploy import UnsupportedModelError, convert, load
 from onebit.models.matching_net import ConvEncoder
 from onebit.nn import BinaryConv2d, BinaryLinear
 from onebit.quantizers import SignSTE
-from onebit.training import ClassificationTask, TrainConfig, Trainer
 
 
 def randomize_batchnorm(model: nn.Module, images: torch.Tensor, seed: int = 0) -> nn.Module:
@@ -165,14 +163,6 @@ def test_pooling_around_batchnorm_with_flipped_channels_is_exact():
     assert_same_signs(packed(images.numpy()), expected)
 
 
-@pytest.fixture(scope="module")
-def mnist_small(shared_datasets_dir):
-    train = load_mnist("train", shared_datasets_dir)
-    test = load_mnist("test", shared_datasets_dir)
-    train, val = train.subset(range(1500)).split(300, seed=0)
-    return ClassificationTask({"train": train, "val": val, "test": test.subset(range(2000))}, 32, MEAN, STD)
-
-
 def _bnn_cnn() -> nn.Module:
     return nn.Sequential(
         BinaryConv2d(1, 32, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32),
@@ -187,12 +177,8 @@ def _sign_encoder_classifier() -> nn.Module:
 
 
 @pytest.mark.parametrize("build", [_bnn_cnn, _sign_encoder_classifier], ids=["bnn-cnn", "sign-encoder"])
-def test_trained_conv_models_match_pytorch(build, mnist_small, tmp_path):
-    torch.manual_seed(0)
-    config = TrainConfig(epochs=1, lr=3e-3, device="cpu", progress=False)
-    trainer = Trainer(build(), mnist_small, config, tmp_path / "run")
-    trainer.fit()
-    model = trainer.model.eval()
+def test_trained_conv_models_match_pytorch(build, mnist_small, train_briefly, tmp_path):
+    model = train_briefly(build(), mnist_small)
     images = torch.cat([x for x, _ in mnist_small.eval_batches("test")])
     with torch.no_grad():
         expected = model(images).numpy()
