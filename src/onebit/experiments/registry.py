@@ -40,6 +40,8 @@ class Experiment:
         notes: paragraphs for the report (how the setting differs from the studies).
         quick_model: model constructor overrides for ``--quick`` runs (e.g. a narrow ``width``),
             so that smoke runs of large models stay fast.
+        targets: row name -> test accuracy (fraction) the row should reach; the report says
+            whether it did.
         dataset: name of the test set a packed model of this experiment is evaluated on
             (see :mod:`onebit.experiments.datasets`).
     """
@@ -54,6 +56,7 @@ class Experiment:
     notes: tuple[str, ...] = ()
     quick_model: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
+    targets: dict[str, float] = field(default_factory=dict)
 
     def row(self, name: str) -> Row:
         for row in self.rows:

@@ -80,7 +80,7 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
         out.update(epochs=config["train"]["epochs"], quick=config["quick"],
                    binary_params=stats.binary_params, float_params=stats.float_params,
                    packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
-                   published=experiment.published.get(row.name))
+                   published=experiment.published.get(row.name), target=experiment.targets.get(row.name))
         evaluations = aggregate_evaluations([f for _, f, _ in runs])
         if evaluations:
             out.update(evaluations)
@@ -101,13 +101,13 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
         "mean +- std over seeds; time is training wall time per run on this machine "
         f"({platform.processor() or platform.machine()}, {_threads(rows)} torch threads per run).",
         "",
-        "| row | test acc (%) | test loss | seeds | epochs | binary / float params | packed size | "
+        "| row | test acc (%) | target | test loss | seeds | epochs | binary / float params | packed size | "
         "train time / run | published |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | "
+            f"| {r['name']} | {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
             f"{r['test_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
             f"{r['train_seconds_mean']:.0f} s | {r['published'] or ''} |"
@@ -142,6 +142,13 @@ def _evaluations_table(rows: list[dict]) -> list[str]:
             cells.append(cell + (f" [{100 * e['acc_std']:.2f}]" if len(e["acc"]) > 1 else ""))
         lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _target(row: dict) -> str:
+    if row.get("target") is None:
+        return ""
+    met = row["test_acc_mean"] >= row["target"]
+    return f">= {100 * row['target']:.1f}: {'met' if met else '**not met**'}"
 
 
 def _threads(rows: list[dict]) -> str:
