@@ -70,3 +70,13 @@ def test_two_process_gloo_run(shared_datasets, tmp_path):
     final = json.loads((out / "mnist-cnn" / "deterministic-st-first" / "seed0" / "final.json").read_text())
     assert 0 < final["test_acc"] <= 1
     assert (out / "mnist-cnn" / "results.md").exists()
+
+
+def test_set_overrides_training_options(shared_datasets, tmp_path):
+    out = tmp_path / "runs"
+    assert main(["run", "mnist-cnn", "--quick", "--rows", "stochastic-reinforce-first", "--out", str(out),
+                 "--no-progress", "--set", "reinforce_baseline=self-critical", "--set", "lr=0.002"]) == 0
+    config = json.loads((out / "mnist-cnn" / "stochastic-reinforce-first" / "seed0" / "config.json").read_text())
+    assert config["train"]["reinforce_baseline"] == "self-critical" and config["train"]["lr"] == 0.002
+    assert main(["run", "mnist-cnn", "--quick", "--set", "learning_rate=1", "--out", str(out)]) == 2
+    assert main(["run", "mnist-cnn", "--quick", "--set", "lr", "--out", str(out)]) == 2

@@ -15,10 +15,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
     exp_dir = run_experiment(
         args.experiment, out=args.out, data=args.data, quick=args.quick, epochs=args.epochs, seeds=args.seeds,
         rows=args.rows, jobs=args.jobs, resume=args.resume, device=args.device, progress=not args.no_progress,
-        command="onebit " + shlex.join(sys.argv[1:]),
+        command="onebit " + shlex.join(sys.argv[1:]), overrides=_parse_overrides(args.set),
     )
     print(f"results: {exp_dir / 'results.md'}")
     return 0
+
+
+def _parse_overrides(pairs: list[str] | None) -> dict:
+    """``["lr=0.01", "reinforce_baseline=self-critical"]`` -> ``{"lr": 0.01, ...}`` (JSON values, else strings)."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -137,6 +151,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    run.add_argument("--set", action="append", metavar="KEY=VALUE",
+                     help="override a training option for every row, e.g. --set lr=0.01 "
+                          "--set reinforce_baseline=self-critical (use another --out)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 

@@ -28,13 +28,16 @@ def run_configs(
     seeds: int = 3,
     rows: Iterable[str] | None = None,
     device: str = "auto",
+    overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The JSON config of every run of ``experiment`` (what ``config.json`` holds)."""
+    """The JSON config of every run of ``experiment`` (what ``config.json`` holds).
+    ``overrides`` replace training options of every row (``onebit run --set KEY=VALUE``)."""
     selected = [experiment.row(r) for r in rows] if rows else list(experiment.rows)
     configs = []
     for row in selected:
         for seed in range(seeds):
-            train = TrainConfig.from_dict({**experiment.train, **row.train, "seed": seed, "device": device})
+            options = {**experiment.train, **row.train, **(overrides or {}), "seed": seed, "device": device}
+            train = TrainConfig.from_dict(options)
             if epochs is not None:
                 train.epochs = epochs
             if quick:
@@ -104,6 +107,7 @@ def run_experiment(
     device: str = "auto",
     progress: bool = True,
     command: str | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Path:
     """Train every (row, seed) of experiment ``name`` that has not finished, then write the
     report. Finished runs (``final.json`` present, same config) are reused.
@@ -121,6 +125,8 @@ def run_experiment(
         device: ``cpu``, ``cuda`` or ``auto``.
         progress: show progress bars.
         command: the command line, recorded in the report.
+        overrides: training options replacing the experiment's for every row, e.g.
+            ``{"reinforce_baseline": "self-critical"}``; use a separate ``out`` directory.
 
     Returns:
         The experiment directory ``out/<experiment>``.
@@ -133,7 +139,8 @@ def run_experiment(
     if seeds < 1 or jobs < 1:
         raise ValueError("--seeds and --jobs must be at least 1")
     exp_dir = Path(out) / name
-    configs = run_configs(experiment, quick=quick, epochs=epochs, seeds=seeds, rows=rows, device=device)
+    configs = run_configs(experiment, quick=quick, epochs=epochs, seeds=seeds, rows=rows, device=device,
+                          overrides=overrides)
     distributed = _init_distributed(device)
     main_process = not distributed or torch.distributed.get_rank() == 0
     todo = None
