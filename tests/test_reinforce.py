@@ -111,7 +111,7 @@ def test_moving_average_baseline_uses_past_batches_only():
     assert b.value == pytest.approx(6.5)
 
 
-def test_self_critical_baseline_is_unbiased_and_lowers_variance():
+def test_per_sample_baselines_are_unbiased_and_lower_variance():
     """Inputs differ and so do their losses (an input-dependent offset): a per-sample
     baseline tracks that, a moving average cannot."""
     torch.manual_seed(0)
@@ -140,10 +140,23 @@ def test_self_critical_baseline_is_unbiased_and_lowers_variance():
             rows.append(torch.cat([model.linear.weight.grad.flatten(), model.linear.bias.grad]))
         return torch.stack(rows)
 
-    critical, moving = estimates("self-critical"), estimates("moving-average")
-    sem = critical.std(0) / len(critical) ** 0.5
-    assert torch.all((critical.mean(0) - exact).abs() <= 5 * sem + 1e-4)
-    assert critical.var(0).sum() < 0.5 * moving.var(0).sum()
+    def leave_one_out():
+        rows = []
+        for _ in range(40):
+            model.zero_grad()
+            repeated = xs[:1000].repeat_interleave(2, dim=0)  # 2 samples of half the inputs: same 2000 rows
+            loss = per_sample_loss(model(repeated)) + 4.0 * repeated[:, 0] ** 2
+            baseline = reinforce.leave_one_out_baseline(loss, 2)
+            reinforce.surrogate_loss(model, loss, baseline).backward()
+            rows.append(torch.cat([model.linear.weight.grad.flatten(), model.linear.bias.grad]))
+        return torch.stack(rows)
+
+    critical, moving, loo = estimates("self-critical"), estimates("moving-average"), leave_one_out()
+    exact_half = torch.cat([g.flatten() for g in exact_gradient(model, xs[:1000])])
+    for est, target in ((critical, exact), (loo, exact_half)):
+        sem = est.std(0) / len(est) ** 0.5
+        assert torch.all((est.mean(0) - target).abs() <= 5 * sem + 1e-4)
+        assert est.var(0).sum() < 0.5 * moving.var(0).sum()
 
 
 def test_thresholded_restores_sampling_and_batchnorm():
@@ -155,3 +168,10 @@ def test_thresholded_restores_sampling_and_batchnorm():
         assert torch.equal(out, (model[1](model[0](x)) >= 0).float())
     assert torch.equal(model[1].running_mean, before)
     assert model[1].momentum == 0.1 and not model[2].thresholding
+
+
+def test_leave_one_out_baseline_values_and_errors():
+    losses = torch.tensor([1.0, 3.0, 5.0, 10.0, 20.0, 30.0])
+    assert reinforce.leave_one_out_baseline(losses, 3).tolist() == [4.0, 3.0, 2.0, 25.0, 20.0, 15.0]
+    with pytest.raises(ValueError, match="multiple"):
+        reinforce.leave_one_out_baseline(losses, 4)

@@ -115,3 +115,14 @@ def test_grad_clip_and_unknown_options(tmp_path):
         TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
     with pytest.raises(ValueError, match="optimizer"):
         Trainer(tiny_model(), synthetic_task(), TrainConfig(optimizer="lbfgs", device="cpu"), tmp_path / "x")
+
+
+def test_several_bit_samples_with_leave_one_out_baseline(tmp_path):
+    _, final = fit(tmp_path, "loo", epochs=2, reinforce=True, reinforce_baseline="leave-one-out",
+                   reinforce_samples=3)
+    assert final["test_acc"] > 0.4
+    with pytest.raises(ValueError, match="leave-one-out"):
+        Trainer(tiny_model(True), synthetic_task(), TrainConfig(reinforce_samples=3, device="cpu"), tmp_path / "x")
+    with pytest.raises(ValueError, match="reinforce_baseline"):
+        Trainer(tiny_model(True), synthetic_task(), TrainConfig(reinforce_baseline="median", device="cpu"),
+                tmp_path / "y")

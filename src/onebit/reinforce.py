@@ -36,10 +36,10 @@ from torch import Tensor, nn
 from .quantizers import BinaryNeuron
 
 __all__ = ["MovingAverageBaseline", "reinforce_neurons", "has_reinforce_neurons", "surrogate_loss", "clear",
-           "thresholded", "BASELINES"]
+           "thresholded", "leave_one_out_baseline", "BASELINES"]
 
 #: Baselines the trainer offers (``TrainConfig.reinforce_baseline``).
-BASELINES = ("moving-average", "self-critical")
+BASELINES = ("moving-average", "self-critical", "leave-one-out")
 
 
 class MovingAverageBaseline:
@@ -106,6 +106,22 @@ def thresholded(model: nn.Module) -> Iterator[None]:
             neuron.thresholding = False
         for norm, momentum in zip(norms, momenta):
             norm.momentum = momentum
+
+
+def leave_one_out_baseline(per_sample_loss: Tensor, samples: int) -> Tensor:
+    r"""Baseline for ``samples`` consecutive bit samples of each input (Kool et al. 2019):
+    :math:`\beta_{i,s} = \frac{1}{S-1}\sum_{t \ne s} L_{i,t}`. Independent of sample
+    :math:`s` itself, so the estimate stays unbiased.
+
+    Args:
+        per_sample_loss: ``(N * S,)``, the ``S`` samples of each input next to each other.
+        samples: ``S >= 2``.
+    """
+    if samples < 2 or per_sample_loss.shape[0] % samples:
+        raise ValueError(f"leave-one-out needs >= 2 samples per input and a batch that is a multiple of them; "
+                         f"got {per_sample_loss.shape[0]} losses for {samples} samples")
+    losses = per_sample_loss.detach().view(-1, samples)
+    return ((losses.sum(1, keepdim=True) - losses) / (samples - 1)).flatten()
 
 
 def reinforce_neurons(model: nn.Module) -> list[BinaryNeuron]:

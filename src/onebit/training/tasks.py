@@ -101,6 +101,11 @@ class ClassificationTask:
             stop = start + self.eval_batch_size
             yield self._normalize(data.images[start:stop]), data.labels[start:stop]
 
+    @staticmethod
+    def repeat(batch, times: int):
+        """Each sample ``times`` times in a row (several bit samples per input for REINFORCE)."""
+        return tuple(t.repeat_interleave(times, dim=0) for t in batch)
+
     def step(self, model: nn.Module, batch) -> BatchResult:
         x, y = batch
         logits = model(x)

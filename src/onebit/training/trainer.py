@@ -42,9 +42,13 @@ class TrainConfig:
         clip_latent: bound for latent binary weights after every step (``None``: no clipping).
         grad_clip: maximum gradient norm (``None``: no clipping).
         slope_schedule: hard-sigmoid slope annealing for binary neurons.
-        reinforce_baseline: ``"moving-average"`` of past batch losses, or ``"self-critical"``:
+        reinforce_baseline: ``"moving-average"`` of past batch losses; ``"self-critical"``:
             each sample's loss with the binary neurons thresholded (see
-            :func:`onebit.reinforce.thresholded`; one extra forward pass per step).
+            :func:`onebit.reinforce.thresholded`; one extra forward pass per step); or
+            ``"leave-one-out"``: the mean loss of the other ``reinforce_samples - 1`` samples of
+            the same input (Kool et al. 2019; needs ``reinforce_samples >= 2``).
+        reinforce_samples: bit samples drawn per input in each step (the batch is repeated;
+            the task must provide ``repeat(batch, times)``).
         reinforce_baseline_momentum: momentum of the REINFORCE moving-average baseline.
         seed: seeds the data order and every random draw of the run.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
@@ -63,6 +67,7 @@ class TrainConfig:
     grad_clip: float | None = None
     slope_schedule: str = "constant"
     reinforce_baseline: str = "moving-average"
+    reinforce_samples: int = 1
     reinforce_baseline_momentum: float = 0.9
     seed: int = 0
     device: str = "auto"
@@ -144,6 +149,9 @@ class Trainer:
         if config.reinforce_baseline not in reinforce.BASELINES:
             raise ValueError(f"unknown reinforce_baseline {config.reinforce_baseline!r}; choose one of "
                              f"{', '.join(reinforce.BASELINES)}")
+        if config.reinforce_samples < 1 or (config.reinforce_baseline == "leave-one-out") != (
+                config.reinforce_samples > 1):
+            raise ValueError("reinforce_samples >= 2 goes with reinforce_baseline='leave-one-out' (and only with it)")
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world_size > 1 else 0
         self.is_main = self.rank == 0
@@ -240,6 +248,8 @@ class Trainer:
                    leave=False, disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         for step, batch in enumerate(bar):
             batch = _to(batch, self.device)
+            if self.uses_reinforce and cfg.reinforce_samples > 1:
+                batch = self.task.repeat(batch, cfg.reinforce_samples)
             result = self.task.step(net, batch)
             loss = result.per_sample_loss.mean()
             if not torch.isfinite(loss):
@@ -248,7 +258,8 @@ class Trainer:
                     "rate or enable gradient clipping (grad_clip)"
                 )
             if self.uses_reinforce:
-                loss = loss + reinforce.surrogate_loss(self.model, result.per_sample_loss, self._baseline(net, batch))
+                baseline = self._baseline(net, batch, result.per_sample_loss)
+                loss = loss + reinforce.surrogate_loss(self.model, result.per_sample_loss, baseline)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
@@ -267,9 +278,12 @@ class Trainer:
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
 
-    def _baseline(self, net: nn.Module, batch) -> reinforce.MovingAverageBaseline | torch.Tensor:
-        if self.config.reinforce_baseline == "moving-average":
+    def _baseline(self, net: nn.Module, batch, per_sample_loss: torch.Tensor):
+        kind = self.config.reinforce_baseline
+        if kind == "moving-average":
             return self.baseline
+        if kind == "leave-one-out":
+            return reinforce.leave_one_out_baseline(per_sample_loss, self.config.reinforce_samples)
         with torch.no_grad(), reinforce.thresholded(self.model):
             return self.task.step(net, batch).per_sample_loss
 
