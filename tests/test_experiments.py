@@ -80,3 +80,36 @@ def test_set_overrides_training_options(shared_datasets, tmp_path):
     assert config["train"]["reinforce_baseline"] == "self-critical" and config["train"]["lr"] == 0.002
     assert main(["run", "mnist-cnn", "--quick", "--set", "learning_rate=1", "--out", str(out)]) == 2
     assert main(["run", "mnist-cnn", "--quick", "--set", "lr", "--out", str(out)]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,shape", [("mnist", (10000, 1, 28, 28)), ("cifar10", (10000, 3, 32, 32))])
+def test_test_arrays_match_the_training_normalization(shared_datasets, name, shape):
+    """`onebit infer` feeds packed models the test set normalized exactly as training did."""
+    import numpy as np
+
+    from onebit.experiments import get
+    from onebit.experiments.datasets import test_arrays
+
+    images, labels = test_arrays(name)
+    assert images.shape == shape and images.dtype == np.float32 and labels.shape == (shape[0],)
+    experiment = {"mnist": "mnist-cnn", "cifar10": "cifar10"}[name]
+    task = get(experiment).make_task(None, False, 64)
+    first, first_labels = next(task.eval_batches("test"))
+    np.testing.assert_allclose(images[: len(first)], first.numpy(), rtol=1e-6, atol=1e-6)
+    assert np.array_equal(labels[: len(first)], first_labels.numpy())
+
+
+@pytest.mark.slow
+def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
+    out = tmp_path / "runs"
+    assert main(["run", "mnist-mlp", "--quick", "--rows", "bnn", "--out", str(out), "--no-progress"]) == 0
+    final = json.loads((out / "mnist-mlp" / "bnn" / "seed0" / "final.json").read_text())
+    packed = tmp_path / "bnn.onebit"
+    assert main(["export", str(out / "mnist-mlp" / "bnn"), "-o", str(packed)]) == 0
+    capsys.readouterr()
+    assert main(["infer", str(packed)]) == 0  # the dataset comes from the file's metadata
+    printed = capsys.readouterr().out
+    assert "on mnist test (10,000 images)" in printed
+    accuracy = float(printed.split("accuracy ")[1].split()[0])
+    assert accuracy > 0.5 and abs(accuracy - final["test_acc"]) < 0.05  # quick runs test on 1,000 images

@@ -120,7 +120,10 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from .experiments.datasets import test_arrays
 
     model = load(args.file)
-    images, labels = test_arrays(args.dataset, args.data)
+    dataset = args.dataset or model.meta.get("dataset")
+    if not dataset:
+        raise ValueError(f"{args.file} does not say which dataset it was trained on; pass --dataset")
+    images, labels = test_arrays(dataset, args.data)
     start = time.perf_counter()
     predictions = model.predict(images, args.batch_size)
     seconds = time.perf_counter() - start
@@ -130,7 +133,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     for _ in range(20):
         model(single)
     latency = (time.perf_counter() - t0) / 20
-    print(f"{args.file} on {args.dataset} test ({len(labels):,} images): accuracy {(predictions == labels).mean():.4f}")
+    print(f"{args.file} on {dataset} test ({len(labels):,} images): accuracy {(predictions == labels).mean():.4f}")
     print(f"throughput {len(labels) / seconds:,.0f} images/s at batch {args.batch_size}; "
           f"latency {1000 * latency:.3f} ms at batch 1")
     return 0
@@ -174,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = sub.add_parser("infer", help="accuracy and speed of a packed model on a test set (no torch in the model)")
     infer.add_argument("file")
-    infer.add_argument("--dataset", default="mnist", help="test set (default: mnist)")
+    infer.add_argument("--dataset", help="test set: mnist or cifar10 (default: the one the model was trained on)")
     infer.add_argument("--data", help="dataset root")
     infer.add_argument("--batch-size", type=int, default=256)
     infer.set_defaults(func=_cmd_infer)

@@ -122,6 +122,7 @@ register(
         train={"batch_size": 128, "lr_schedule": "cosine"},
         make_task=cifar10_task,
         input_size=(3, 32, 32),
+        dataset="cifar10",
         quick_model={"width": QUICK_WIDTH},
         published={
             "float": "76.03 (study A's float baseline)",

@@ -6,7 +6,7 @@ import numpy as np
 
 __all__ = ["test_arrays", "NAMES"]
 
-NAMES = ("mnist",)
+NAMES = ("mnist", "cifar10")
 
 
 def test_arrays(name: str, root: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -19,6 +19,10 @@ def test_arrays(name: str, root: str | None = None) -> tuple[np.ndarray, np.ndar
         from ..data.mnist import MEAN, STD, load_mnist
 
         data = load_mnist("test", root)
+    elif name == "cifar10":
+        from ..data.cifar10 import MEAN, STD, load_cifar10
+
+        data = load_cifar10("test", root)
     else:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(NAMES)}")
     mean = np.asarray(MEAN, np.float32).reshape(1, -1, 1, 1)
