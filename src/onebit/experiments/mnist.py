@@ -89,6 +89,9 @@ register(
             "Training: Adam, learning rate 1e-3 with cosine decay, batch 64, 10 epochs. Study B used "
             "SGD with learning rate 0.1 and momentum 0.9, which trained worse than Adam in our one-epoch "
             "trials with this network's non-negative hard-sigmoid features.",
+            "deterministic-reinforce-* rows equal stochastic-reinforce-* rows run for run: a "
+            "deterministic neuron has no distribution to score, so with REINFORCE it samples while "
+            "training and thresholds at eval, exactly like the stochastic one (see BinaryNeuron).",
             "Annealed rows use the slope schedule of Chung et al. (2016), min(5, 1 + 0.04 epoch); "
             "study B's code used 1.005^(epoch-1), nearly constant over 10 epochs.",
         ),
