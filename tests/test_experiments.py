@@ -82,6 +82,21 @@ def test_set_overrides_training_options(shared_datasets, tmp_path):
     assert main(["run", "mnist-cnn", "--quick", "--set", "lr", "--out", str(out)]) == 2
 
 
+def test_runs_stored_before_a_new_training_option_stay_resumable(shared_datasets, tmp_path, capsys):
+    out = tmp_path / "runs"
+    args = ["run", "mnist-cnn", "--quick", "--rows", "none", "--seeds", "1", "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    config_path = out / "mnist-cnn" / "none" / "seed0" / "config.json"
+    config = json.loads(config_path.read_text())
+    del config["train"]["reinforce_samples"]  # as written by a onebit without that option
+    config_path.write_text(json.dumps(config))
+    assert main(args) == 0  # recognised as the same, finished run
+    config["train"]["lr"] = 0.5
+    config_path.write_text(json.dumps(config))
+    assert main(args) == 2
+    assert "different configuration" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,shape", [("mnist", (10000, 1, 28, 28)), ("cifar10", (10000, 3, 32, 32))])
 def test_test_arrays_match_the_training_normalization(shared_datasets, name, shape):

@@ -42,12 +42,27 @@ def run_configs(
                 train.epochs = epochs
             if quick:
                 train.epochs = 1
-            train_dict = asdict(train)
-            del train_dict["progress"]  # display only: not part of what a run is
             model = {**row.model, **experiment.quick_model} if quick else dict(row.model)
             configs.append({"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
-                            "model": model, "train": train_dict})
+                            "model": model, "train": _train_dict(train)})
     return configs
+
+
+def _train_dict(train: TrainConfig) -> dict[str, Any]:
+    options = asdict(train)
+    del options["progress"]  # display only: not part of what a run is
+    return options
+
+
+def _same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a stored ``config.json`` describes the run ``config`` describes. Training options
+    added to :class:`TrainConfig` after the run was stored take their defaults, so runs made by
+    an older onebit stay resumable."""
+    try:
+        train = _train_dict(TrainConfig.from_dict(stored.get("train", {})))
+    except (TypeError, ValueError):
+        return False
+    return {**stored, "train": train} == config
 
 
 def build_model(config: dict[str, Any]) -> torch.nn.Module:
@@ -78,7 +93,7 @@ def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
     """Check the run directory against ``config``; return True if the run still has to train."""
     config_path = run_dir / "config.json"
     if config_path.exists():
-        if json.loads(config_path.read_text()) != config:
+        if not _same_run(json.loads(config_path.read_text()), config):
             raise ValueError(
                 f"{run_dir} holds a run with a different configuration; choose another --out "
                 f"directory or delete {run_dir} to train this one"
