@@ -126,3 +126,27 @@ def test_several_bit_samples_with_leave_one_out_baseline(tmp_path):
     with pytest.raises(ValueError, match="reinforce_baseline"):
         Trainer(tiny_model(True), synthetic_task(), TrainConfig(reinforce_baseline="median", device="cpu"),
                 tmp_path / "y")
+
+
+def test_bf16_precision_trains_in_bfloat16_and_evaluates_in_fp32(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_model()
+    seen = []
+    model[1].register_forward_hook(lambda module, inputs, output: seen.append((module.training, output.dtype)))
+    config = TrainConfig(epochs=2, lr=0.01, device="cpu", progress=False, precision="bf16")
+    final = Trainer(model, synthetic_task(), config, tmp_path / "run").fit()
+    assert {dtype for training, dtype in seen if training} == {torch.bfloat16}
+    assert {dtype for training, dtype in seen if not training} == {torch.float32}
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert final["test_acc"] > 0.5
+    with pytest.raises(ValueError, match="precision"):
+        Trainer(tiny_model(), synthetic_task(), TrainConfig(precision="fp8", device="cpu"), tmp_path / "x")
+
+
+@pytest.mark.slow
+def test_compiled_training_learns_and_is_reproducible(tmp_path):
+    _, a = fit(tmp_path, "a", compile=True, precision="bf16")
+    _, b = fit(tmp_path, "b", compile=True, precision="bf16")
+    strip = lambda f: {k: v for k, v in f.items() if k != "train_seconds"}  # noqa: E731
+    assert strip(a) == strip(b)
+    assert a["test_acc"] > 0.5

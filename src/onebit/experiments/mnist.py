@@ -31,7 +31,8 @@ register(
         description="Study A: 784-2048-2048-2048-10 MLP, float vs binarized recipes",
         rows=tuple(Row(r, {"name": "mlp", "recipe": r}) for r in MLP_RECIPES),
         train={"epochs": 15, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
-               "lr_final_ratio": 0.01, "batch_size": 100},
+               "lr_final_ratio": 0.01, "batch_size": 100,
+               "precision": "bf16", "compile": True},
         make_task=mnist_task,
         input_size=(1, 28, 28),
         dataset="mnist",
@@ -43,6 +44,8 @@ register(
             "Study A trained with plain SGD at an effective learning rate of about 4e-6 and never "
             "updated its output layer, which explains its low figures; onebit uses Adam with "
             "exponential learning-rate decay and batch norm, as the BNN paper does.",
+            "Trained with bfloat16 autocast and torch.compile (4x faster per step on this CPU); "
+            "validation and test accuracy are those of the fp32 model.",
         ),
     )
 )

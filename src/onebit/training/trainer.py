@@ -50,6 +50,16 @@ class TrainConfig:
         reinforce_samples: bit samples drawn per input in each step (the batch is repeated;
             the task must provide ``repeat(batch, times)``).
         reinforce_baseline_momentum: momentum of the REINFORCE moving-average baseline.
+        precision: ``"fp32"``, or ``"bf16"`` to run the training forward and backward passes
+            under :func:`torch.autocast` with bfloat16 (matrix products and convolutions in
+            bfloat16: several times faster on CPUs with AMX or AVX512-BF16, and on GPUs).
+            Latent weights, optimizer state and losses stay fp32, and validation and test
+            always run in fp32: the reported accuracy is that of the exact model
+            :mod:`onebit.deploy` converts.
+        compile: train through :func:`torch.compile` (fuses the element-wise work of
+            quantizers, batch norm and the optimizer; 2-3x faster on CPU for binary MLPs).
+            The first epoch pays the compilation, about a minute on CPU; needs a C++ compiler
+            on CPU.
         seed: seeds the data order and every random draw of the run.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         progress: show tqdm progress bars.
@@ -69,6 +79,8 @@ class TrainConfig:
     reinforce_baseline: str = "moving-average"
     reinforce_samples: int = 1
     reinforce_baseline_momentum: float = 0.9
+    precision: str = "fp32"
+    compile: bool = False
     seed: int = 0
     device: str = "auto"
     progress: bool = True
@@ -92,9 +104,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
 def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
-        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        # fused: one kernel per step for all parameters instead of a dozen passes over them
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or sgd")
@@ -149,6 +165,8 @@ class Trainer:
         if config.reinforce_baseline not in reinforce.BASELINES:
             raise ValueError(f"unknown reinforce_baseline {config.reinforce_baseline!r}; choose one of "
                              f"{', '.join(reinforce.BASELINES)}")
+        if config.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if config.reinforce_samples < 1 or (config.reinforce_baseline == "leave-one-out") != (
                 config.reinforce_samples > 1):
             raise ValueError("reinforce_samples >= 2 goes with reinforce_baseline='leave-one-out' (and only with it)")
@@ -198,6 +216,8 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = self._tensorboard() if self.is_main else None
         net = self._distributed(self.model)
+        if cfg.compile:
+            net = torch.compile(net)
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 record = self._train_epoch(net, epoch)
@@ -250,7 +270,9 @@ class Trainer:
             batch = _to(batch, self.device)
             if self.uses_reinforce and cfg.reinforce_samples > 1:
                 batch = self.task.repeat(batch, cfg.reinforce_samples)
-            result = self.task.step(net, batch)
+            with self._autocast():
+                result = self.task.step(net, batch)
+            result.per_sample_loss = result.per_sample_loss.float()
             loss = result.per_sample_loss.mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
@@ -284,8 +306,12 @@ class Trainer:
             return self.baseline
         if kind == "leave-one-out":
             return reinforce.leave_one_out_baseline(per_sample_loss, self.config.reinforce_samples)
-        with torch.no_grad(), reinforce.thresholded(self.model):
-            return self.task.step(net, batch).per_sample_loss
+        with torch.no_grad(), reinforce.thresholded(self.model), self._autocast():
+            return self.task.step(net, batch).per_sample_loss.float()
+
+    def _autocast(self):
+        dtype = PRECISIONS[self.config.precision]
+        return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _all_reduce(self, *values: float) -> list[float]:
         if self.world_size == 1:
