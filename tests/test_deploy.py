@@ -43,7 +43,7 @@ def test_fold_sign_threshold_matches_batchnorm_sign():
 
 
 @pytest.mark.parametrize("build", [
-    lambda: MLP(hidden=(256, 256), recipe="bnn"),
+    lambda: MLP(hidden=(256, 256), recipe="bnn", input_dropout=0.2),
     lambda: MLP(hidden=(256, 256), recipe="xnor"),
     lambda: MLP(hidden=(256, 256), recipe="binaryconnect"),
     lambda: SmallCNN("both"),

@@ -81,7 +81,7 @@ _VGG = "vgg_small"
 _BIREAL = "bireal_resnet"
 _BINARY_TRAIN = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "clip_latent": 1.0}
 _FLOAT_TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "clip_latent": None}
-_VGG_EPOCHS, _BIREAL_EPOCHS = 20, 16
+_VGG_EPOCHS, _BIREAL_EPOCHS = 40, 30
 
 ROWS = (
     Row("float", {"name": _VGG, "recipe": "float", "width": VGG_WIDTH}, {**_FLOAT_TRAIN, "epochs": _VGG_EPOCHS}),
@@ -119,7 +119,7 @@ register(
         name="cifar10",
         description="CIFAR-10: BinaryNet's VGG-small (float, BinaryConnect, BNN, XNOR) and Bi-Real ResNet-18",
         rows=ROWS,
-        train={"batch_size": 128, "lr_schedule": "cosine"},
+        train={"batch_size": 128, "lr_schedule": "cosine", "precision": "bf16", "compile": True},
         make_task=cifar10_task,
         input_size=(3, 32, 32),
         dataset="cifar10",
@@ -138,7 +138,8 @@ register(
             "epochs.",
             _budget_note(),
             "Training: batch 128, random crop (4-pixel zero padding) and horizontal flip, cosine learning "
-            "rate decay per epoch. Binary rows: Adam at 1e-3, no weight decay, latent weights clipped to "
+            "rate decay per epoch, bfloat16 autocast through torch.compile (about 4x faster per step than "
+            "fp32 eager on this CPU; validation and test run in fp32). Binary rows: Adam at 1e-3, no weight decay, latent weights clipped to "
             "[-1, 1]. Float rows: SGD at 0.05 with momentum 0.9 and weight decay 5e-4.",
             "Bi-Real row: binary weights scaled by the per-filter mean |W| (the `xnor` recipe), sign "
             "activations with Bi-Real's piecewise-polynomial gradient (`approx-sign`).",

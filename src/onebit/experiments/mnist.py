@@ -29,8 +29,9 @@ register(
     Experiment(
         name="mnist-mlp",
         description="Study A: 784-2048-2048-2048-10 MLP, float vs binarized recipes",
-        rows=tuple(Row(r, {"name": "mlp", "recipe": r}) for r in MLP_RECIPES),
-        train={"epochs": 15, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
+        rows=tuple(Row(r, {"name": "mlp", "recipe": r, **({} if r == "float" else {"input_dropout": 0.2})})
+                   for r in MLP_RECIPES),
+        train={"epochs": 25, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
                "lr_final_ratio": 0.01, "batch_size": 100,
                "precision": "bf16", "compile": True},
         make_task=mnist_task,
@@ -46,6 +47,8 @@ register(
             "exponential learning-rate decay and batch norm, as the BNN paper does.",
             "Trained with bfloat16 autocast and torch.compile (4x faster per step on this CPU); "
             "validation and test accuracy are those of the fp32 model.",
+            "Binary recipes drop 20% of the input pixels in training (a 15-epoch bnn run without it reached "
+            "99.9% train but 98.34% test accuracy); the float recipe has dropout 0.2 after every hidden block.",
         ),
     )
 )

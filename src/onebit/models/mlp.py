@@ -28,7 +28,10 @@ class MLP(nn.Module):
         num_classes: output size.
         hidden: widths of the hidden layers.
         recipe: a name from :func:`onebit.recipes.names`.
-        dropout: dropout probability after each hidden block (float recipe only by default).
+        dropout: dropout probability after each hidden block (float recipe only by default:
+            in the binary recipes a hidden block ends in batch norm, whose zeroed outputs the
+            next layer's sign would turn into +1).
+        input_dropout: dropout probability on the (real) input pixels.
         batch_norm: use batch norm after every linear layer.
 
     Shape:
@@ -44,6 +47,7 @@ class MLP(nn.Module):
         recipe: str = "float",
         *,
         dropout: float | None = None,
+        input_dropout: float = 0.0,
         batch_norm: bool = True,
     ) -> None:
         super().__init__()
@@ -52,6 +56,8 @@ class MLP(nn.Module):
             dropout = 0.2 if not self.recipe.binary_weights else 0.0
         widths = [in_features, *hidden, num_classes]
         layers: list[nn.Module] = [nn.Flatten()]
+        if input_dropout:
+            layers.append(nn.Dropout(input_dropout))
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2
             norm = batch_norm and (not last or self.recipe.binary_activations)
