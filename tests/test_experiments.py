@@ -128,3 +128,13 @@ def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
     assert "on mnist test (10,000 images)" in printed
     accuracy = float(printed.split("accuracy ")[1].split()[0])
     assert accuracy > 0.5 and abs(accuracy - final["test_acc"]) < 0.05  # quick runs test on 1,000 images
+
+
+def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datasets):
+    script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_training.py")
+    result = subprocess.run([sys.executable, script, "mnist-cnn", "none", "--steps", "2"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith("none "))
+    eager_ms, configured_ms = (float(v) for v in row.split()[1:5:2])
+    assert eager_ms > 0 and configured_ms > 0 and "precision=fp32 compile=False" in row

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .. import reinforce, schedules
 from ..nn import clip_latent_weights
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
-from .tasks import Task
+from .tasks import BatchResult, Task
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "resolve_device"]
 
@@ -215,9 +215,7 @@ class Trainer:
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = self._tensorboard() if self.is_main else None
-        net = self._distributed(self.model)
-        if cfg.compile:
-            net = torch.compile(net)
+        net = self.training_module()
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 record = self._train_epoch(net, epoch)
@@ -246,12 +244,16 @@ class Trainer:
 
         return SummaryWriter(str(self.run_dir / "tensorboard"))
 
-    def _distributed(self, model: nn.Module) -> nn.Module:
-        if self.world_size == 1:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
+    def training_module(self) -> nn.Module:
+        """The module training steps run: the model, wrapped in DistributedDataParallel under
+        ``torchrun`` and in :func:`torch.compile` with ``config.compile``. It shares the
+        model's parameters; checkpoints and evaluation use the plain model."""
+        net = self.model
+        if self.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(model, device_ids=[self.device] if self.device.type == "cuda" else None)
+            net = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
+        return torch.compile(net) if self.config.compile else net
 
     def _train_epoch(self, net: nn.Module, epoch: int) -> dict[str, Any]:
         cfg = self.config
@@ -267,30 +269,13 @@ class Trainer:
         bar = tqdm(batches, total=self.task.num_train_batches(self.world_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    leave=False, disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
         for step, batch in enumerate(bar):
-            batch = _to(batch, self.device)
-            if self.uses_reinforce and cfg.reinforce_samples > 1:
-                batch = self.task.repeat(batch, cfg.reinforce_samples)
-            with self._autocast():
-                result = self.task.step(net, batch)
-            result.per_sample_loss = result.per_sample_loss.float()
-            loss = result.per_sample_loss.mean()
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; lower the learning "
-                    "rate or enable gradient clipping (grad_clip)"
-                )
-            if self.uses_reinforce:
-                baseline = self._baseline(net, batch, result.per_sample_loss)
-                loss = loss + reinforce.surrogate_loss(self.model, result.per_sample_loss, baseline)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip is not None:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.optimizer.step()
-            if cfg.clip_latent is not None:
-                clip_latent_weights(self.model, cfg.clip_latent)
+            try:
+                result = self.train_step(net, batch)
+            except TrainingDiverged as err:
+                raise TrainingDiverged(f"{err} at epoch {epoch + 1}, step {step + 1}; lower the learning rate "
+                                       "or enable gradient clipping (grad_clip)") from None
             n = result.per_sample_loss.shape[0]
-            total_loss += float(result.per_sample_loss.detach().sum())
+            total_loss += float(result.per_sample_loss.sum())
             correct += result.correct
             count += n
             bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
@@ -299,6 +284,37 @@ class Trainer:
         self.state.train_seconds += seconds
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
+
+    def train_step(self, net: nn.Module, batch) -> BatchResult:
+        """One optimizer step on ``batch`` with ``net`` (see :meth:`training_module`): forward
+        (under autocast with ``precision="bf16"``), the REINFORCE surrogate if the model has
+        REINFORCE neurons, backward, gradient clipping, the optimizer step and latent-weight
+        clipping. Returns the batch's per-sample losses (fp32, detached) and correct count.
+
+        Raises:
+            TrainingDiverged: the loss is NaN or infinite (nothing is updated).
+        """
+        cfg = self.config
+        batch = _to(batch, self.device)
+        if self.uses_reinforce and cfg.reinforce_samples > 1:
+            batch = self.task.repeat(batch, cfg.reinforce_samples)
+        with self._autocast():
+            result = self.task.step(net, batch)
+        per_sample_loss = result.per_sample_loss.float()
+        loss = per_sample_loss.mean()
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss.item()}")
+        if self.uses_reinforce:
+            baseline = self._baseline(net, batch, per_sample_loss)
+            loss = loss + reinforce.surrogate_loss(self.model, per_sample_loss, baseline)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        if cfg.clip_latent is not None:
+            clip_latent_weights(self.model, cfg.clip_latent)
+        return BatchResult(per_sample_loss.detach(), result.correct)
 
     def _baseline(self, net: nn.Module, batch, per_sample_loss: torch.Tensor):
         kind = self.config.reinforce_baseline
