@@ -42,6 +42,7 @@ def run_configs(
                 train.epochs = epochs
             if quick:
                 train.epochs = 1
+                train.compile = False  # compiling takes longer than a smoke run trains
             model = {**row.model, **experiment.quick_model} if quick else dict(row.model)
             configs.append({"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
                             "model": model, "train": _train_dict(train)})
