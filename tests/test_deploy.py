@@ -66,6 +66,36 @@ def test_packed_model_equals_pytorch_on_mnist(build, mnist_small, train_briefly,
     close = np.isclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()).all(axis=1)
     assert close.mean() >= 0.999, np.flatnonzero(~close)
 
+    # The same model fed raw uint8 images (its first binary layer then runs on bit planes).
+    from onebit.data.mnist import MEAN, STD
+
+    pixels = convert(model, images[:2], input_normalization=(MEAN, STD))
+    pixels.save(tmp_path / "p.onebit")
+    codes = mnist_small.splits["test"].images.numpy()
+    from_codes = load(tmp_path / "p.onebit")(codes)
+    assert (from_codes.argmax(1) != expected.argmax(1)).mean() <= 0.001
+    close = np.isclose(from_codes, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()).all(axis=1)
+    assert close.mean() >= 0.999, np.flatnonzero(~close)
+
+
+def test_uint8_input_needs_the_input_normalization():
+    model = MLP(hidden=(64,), recipe="bnn").eval()
+    codes = np.random.default_rng(0).integers(0, 256, (3, 1, 28, 28)).astype(np.uint8)
+    with pytest.raises(ValueError, match="input_normalization"):
+        convert(model, torch.zeros(2, 1, 28, 28))(codes)
+    with pytest.raises(ValueError, match="channels"):
+        convert(model, torch.zeros(2, 1, 28, 28), input_normalization=([0.1, 0.2], [0.3, 0.3]))
+    with pytest.raises(ValueError, match="positive"):
+        convert(model, torch.zeros(2, 1, 28, 28), input_normalization=(0.1, 0.0))
+    # per-channel normalization that differs between channels: dequantized, same as float input
+    cnn = SmallCNN("both").eval()
+    cnn.features[0] = nn.Conv2d(3, 16, 5, padding=2, bias=False)
+    rgb = np.random.default_rng(1).integers(0, 256, (2, 3, 28, 28)).astype(np.uint8)
+    mean, std = np.array([0.4, 0.5, 0.6]), np.array([0.2, 0.25, 0.3])
+    packed = convert(cnn, torch.zeros(2, 3, 28, 28), input_normalization=(mean, std))
+    normalized = ((rgb / 255 - mean[:, None, None]) / std[:, None, None]).astype(np.float32)
+    np.testing.assert_allclose(packed(rgb), packed(normalized), rtol=1e-4, atol=1e-4)
+
 
 def test_binary_mlp_file_is_much_smaller(tmp_path):
     model = MLP(hidden=(1024, 1024), recipe="bnn").eval()

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from onebit.cli import main
@@ -125,9 +126,16 @@ def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
     capsys.readouterr()
     assert main(["infer", str(packed)]) == 0  # the dataset comes from the file's metadata
     printed = capsys.readouterr().out
-    assert "on mnist test (10,000 images)" in printed
+    assert "on mnist test (10,000 images, uint8 input)" in printed  # exported with the input normalization
     accuracy = float(printed.split("accuracy ")[1].split()[0])
     assert accuracy > 0.5 and abs(accuracy - final["test_acc"]) < 0.05  # quick runs test on 1,000 images
+    from onebit.deploy import load
+    from onebit.experiments.datasets import test_arrays
+
+    model = load(packed)
+    (normalized, labels), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
+    assert codes.dtype == np.uint8 and normalized.dtype == np.float32
+    assert (model.predict(codes) == model.predict(normalized)).mean() >= 0.999
 
 
 def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datasets):

@@ -86,6 +86,28 @@ def test_binary_matmul_matches_float(backend, m, k, n):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 784, 33), (7, 130, 64), (2, 64, 5)])
+def test_pixel_matmul_is_exact(backend, m, k, n):
+    codes = np.random.default_rng(k).integers(0, 256, (m, k)).astype(np.uint8)
+    codes[0, :] = 255  # the largest products
+    w = K.pack_signs(signs(n, k))
+    np.testing.assert_array_equal(K.sign_sums(w, k), K.unpack_signs(w, k).sum(axis=1))
+    out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, k), backend=backend)
+    assert out.dtype == np.int32
+    np.testing.assert_array_equal(out, codes.astype(np.int64) @ K.unpack_signs(w, k).T.astype(np.int64))
+    with pytest.raises(ValueError, match="uint8"):
+        K.pixel_matmul_prepared(codes.astype(np.int16), K.prepare_pixel_weights(w, k))
+
+
+def test_pixel_matmul_threaded_path(monkeypatch):
+    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 1)
+    codes = np.random.default_rng(0).integers(0, 256, (150, 300)).astype(np.uint8)
+    w = K.pack_signs(signs(70, 300))
+    out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, 300))
+    np.testing.assert_array_equal(out, codes.astype(np.int64) @ K.unpack_signs(w, 300).T.astype(np.int64))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_binary_matmul_threaded_path(backend, monkeypatch):
     """The multi-threaded path (threshold lowered), with M and N tails."""
     monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)

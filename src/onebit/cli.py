@@ -82,7 +82,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     import torch
 
     from .deploy import convert
-    from .experiments import get
+    from .experiments import datasets, get
     from .experiments.runner import build_model
     from .training import load_checkpoint
 
@@ -95,7 +95,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = build_model(config)
     model.load_state_dict(state["best_model"] or state["model"])
     experiment = get(config["experiment"])
-    packed = convert(model, torch.zeros(2, *experiment.input_size))
+    normalization = datasets.normalization(experiment.dataset) if experiment.dataset in datasets.NAMES else None
+    packed = convert(model, torch.zeros(2, *experiment.input_size), input_normalization=normalization)
     packed.meta.update(experiment=config["experiment"], row=config["row"], seed=config["seed"],
                        dataset=experiment.dataset)
     packed.save(args.output)
@@ -123,7 +124,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     dataset = args.dataset or model.meta.get("dataset")
     if not dataset:
         raise ValueError(f"{args.file} does not say which dataset it was trained on; pass --dataset")
-    images, labels = test_arrays(dataset, args.data)
+    # raw uint8 pixels where the model takes them (its first binary layer then runs on bit planes)
+    images, labels = test_arrays(dataset, args.data, raw="input_quantization" in model.meta)
     start = time.perf_counter()
     predictions = model.predict(images, args.batch_size)
     seconds = time.perf_counter() - start
@@ -133,7 +135,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     for _ in range(20):
         model(single)
     latency = (time.perf_counter() - t0) / 20
-    print(f"{args.file} on {dataset} test ({len(labels):,} images): accuracy {(predictions == labels).mean():.4f}")
+    print(f"{args.file} on {dataset} test ({len(labels):,} images, {images.dtype} input): "
+          f"accuracy {(predictions == labels).mean():.4f}")
     print(f"throughput {len(labels) / seconds:,.0f} images/s at batch {args.batch_size}; "
           f"latency {1000 * latency:.3f} ms at batch 1")
     return 0

@@ -60,10 +60,25 @@ _I1, _I8, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(
 _V8I64 = ir.VectorType(_I64, _LANES)
 _V8I32 = ir.VectorType(_I32, _LANES)
 _V8I1 = ir.VectorType(_I1, _LANES)
+_V16I32 = ir.VectorType(_I32, 16)
 
 _BLOCK_BYTES = 256 * 1024  # gathered activation rows per work item, kept hot in L2
 _JIT = dict(cache=True, nogil=True)
 _PACK_ITEM_ELEMENTS = 1 << 15  # input elements per work item of the parallel packer
+
+
+def _host_features() -> dict:
+    """The host CPU's features, or none when numba compiles for another CPU (``NUMBA_CPU_NAME``
+    other than ``host``, e.g. ``generic`` for portable caches)."""
+    if numba.config.CPU_NAME not in (None, "host"):
+        return {}
+    return binding.get_host_cpu_features()
+
+
+def has_avx512_vnni() -> bool:
+    """True when the CPU numba compiles for has AVX512-VNNI (``vpdpbusd``)."""
+    features = _host_features()
+    return bool(features.get("avx512f") and features.get("avx512vnni"))
 
 
 def has_avx512_popcount() -> bool:
@@ -72,9 +87,7 @@ def has_avx512_popcount() -> bool:
     A ``NUMBA_CPU_NAME`` other than ``host`` (e.g. ``generic`` for portable caches) means
     the host's features are not the target's: report False so the portable kernel runs.
     """
-    if numba.config.CPU_NAME not in (None, "host"):
-        return False
-    features = binding.get_host_cpu_features()
+    features = _host_features()
     return bool(features.get("avx512f") and features.get("avx512vpopcntdq"))
 
 
@@ -397,6 +410,97 @@ def gemm(
         nthreads > 1 and nitems > 1,
         lambda: _gemm_parallel(min(nthreads, nitems), nitems, *args),
         lambda: _gemm_items(0, nitems, *args),
+    )
+
+
+# --------------------------------------------------------------------------------------
+# 8-bit x ±1 GEMM (first layers on raw pixels), AVX512-VNNI
+# --------------------------------------------------------------------------------------
+
+PIXEL_ROW_BLOCK = 64  # rows of codes per work item (64 x k bytes stay in L1/L2 while panels stream)
+
+
+@intrinsic
+def _tile_u8s8(typingctx, a, row0, panels, jb, out):
+    """``out[row0 + r, 32 jb + c] = sum_g dot4(a[row0 + r, g], panels[jb, g, c])`` for ``r < 4``,
+    ``c < 32``: ``a`` is int32 ``(M4, G)`` holding 4 uint8 codes each, ``panels`` int32
+    ``(NB, G, 32)`` holding 4 int8 weights each (VNNI layout). One ``vpdpbusd`` per row, group
+    and 16 columns: 64 multiply-adds per instruction, 8 accumulators in registers."""
+    sig = types.void(a, row0, panels, jb, out)
+
+    def codegen(context, builder, sig, args):
+        ac = _Args(context, builder, sig, args)
+        groups, ldo = ac.shape(0, 1), ac.shape(4, 1)
+        row0, jb = ac.int64(1), ac.int64(3)
+        vpdpbusd = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(_V16I32, [_V16I32] * 3), "llvm.x86.avx512.vpdpbusd.512")
+        panel = builder.gep(ac.data(2), [builder.mul(builder.mul(jb, groups), ir.Constant(_I64, PANEL))])
+        rows = [builder.gep(ac.data(0), [builder.mul(builder.add(row0, ir.Constant(_I64, r)), groups)])
+                for r in range(TILE_ROWS)]
+        fn, entry = builder.function, builder.block
+        head, body, tail = (fn.append_basic_block(f"u8s8.{name}") for name in ("head", "body", "tail"))
+        builder.branch(head)
+
+        builder.position_at_end(head)
+        g = builder.phi(_I64)
+        g.add_incoming(ir.Constant(_I64, 0), entry)
+        acc = [[builder.phi(_V16I32) for _ in range(2)] for _ in range(TILE_ROWS)]
+        for phi in (p for row in acc for p in row):
+            phi.add_incoming(ir.Constant(_V16I32, [0] * 16), entry)
+        builder.cbranch(builder.icmp_signed("<", g, groups), body, tail)
+
+        builder.position_at_end(body)
+        wrow = builder.gep(panel, [builder.mul(g, ir.Constant(_I64, PANEL))])
+        w = [builder.load(_vec_ptr(builder, wrow, 16 * v, _V16I32), align=4) for v in range(2)]
+        for r in range(TILE_ROWS):
+            codes = _splat(builder, builder.load(builder.gep(rows[r], [g])), _V16I32)
+            for v in range(2):
+                acc[r][v].add_incoming(builder.call(vpdpbusd, [acc[r][v], codes, w[v]]), body)
+        g.add_incoming(builder.add(g, ir.Constant(_I64, 1)), body)
+        builder.branch(head)
+
+        builder.position_at_end(tail)
+        col0 = builder.mul(jb, ir.Constant(_I64, PANEL))
+        for r in range(TILE_ROWS):
+            out_row = builder.add(builder.mul(builder.add(row0, ir.Constant(_I64, r)), ldo), col0)
+            for v in range(2):
+                ptr = _vec_ptr(builder, ac.data(4), builder.add(out_row, ir.Constant(_I64, 16 * v)), _V16I32)
+                builder.store(acc[r][v], ptr, align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(**_JIT)
+def _u8s8_items(start, stop, a, panels, out):
+    """Work items ``start .. stop - 1``; item = (block of PIXEL_ROW_BLOCK rows, panel)."""
+    n_panels = panels.shape[0]
+    for item in range(start, stop):
+        first = (item // n_panels) * PIXEL_ROW_BLOCK
+        jb = item % n_panels
+        for row0 in range(first, min(a.shape[0], first + PIXEL_ROW_BLOCK), TILE_ROWS):
+            _tile_u8s8(a, row0, panels, jb, out)
+
+
+@njit(parallel=True, **_JIT)
+def _u8s8_parallel(nthreads, nitems, a, panels, out):
+    next_item = np.zeros(1, np.int64)
+    for _ in prange(nthreads):
+        item = _fetch_add(next_item, 1)
+        while item < nitems:
+            _u8s8_items(item, item + 1, a, panels, out)
+            item = _fetch_add(next_item, 1)
+
+
+def u8s8_gemm(nthreads: int, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> None:
+    """``out = codes @ weights.T`` with ``a`` the int32 view ``(M4, G)`` of zero-padded uint8
+    codes (``M4`` a multiple of 4), ``panels`` int32 ``(NB, G, 32)`` and ``out`` int32
+    ``(M4, 32 NB)``."""
+    nitems = -(-a.shape[0] // PIXEL_ROW_BLOCK) * panels.shape[0]
+    _run(
+        nthreads > 1 and nitems > 1,
+        lambda: _u8s8_parallel(min(nthreads, nitems), nitems, a, panels, out),
+        lambda: _u8s8_items(0, nitems, a, panels, out),
     )
 
 

@@ -158,7 +158,8 @@ def kernels_main(argv: list[str] | None = None) -> None:
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
-def _model_from_run(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...], str]:
+def _model_from_run(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...], str, str]:
+    """A trained run's model (best-validation weights), input size, name and dataset."""
     import json
 
     from ..experiments import get
@@ -173,37 +174,45 @@ def _model_from_run(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...], st
     model = build_model(config)
     state = load_checkpoint(config_path.parent / "checkpoint.pt")
     model.load_state_dict(state["best_model"] or state["model"])
-    return model, get(config["experiment"]).input_size, f"{config['experiment']}/{config['row']}"
+    experiment = get(config["experiment"])
+    return model, experiment.input_size, f"{config['experiment']}/{config['row']}", experiment.dataset
 
 
 def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=(1, 256), repeats: int = 5,
-               min_seconds: float = 0.2) -> list[dict]:
-    """Time ``model`` (PyTorch, eval) and its packed conversion on random inputs of each batch size;
+               min_seconds: float = 0.2, input_normalization=None) -> list[dict]:
+    """Time ``model`` (PyTorch, eval, on normalized float inputs) and its packed conversion on
+    random inputs of each batch size: fed the same float inputs, and, with
+    ``input_normalization``, raw uint8 images (``packed_u8_ms``, the deployment input format);
     also compare the float32 state dict with the packed file. Returns one dict per batch size."""
     import tempfile
 
     from . import convert
 
     model = model.eval()
-    packed = convert(model, torch.zeros(2, *input_size))
+    packed = convert(model, torch.zeros(2, *input_size), input_normalization=input_normalization)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     with tempfile.TemporaryDirectory() as tmp:
         packed.save(Path(tmp) / "m.onebit")
         packed_bytes = (Path(tmp) / "m.onebit").stat().st_size
+    rng = np.random.default_rng(0)
     rows = []
     for batch in batch_sizes:
         x = torch.randn(batch, *input_size)
         xn = x.numpy()
+        codes = rng.integers(0, 256, (batch, *input_size)).astype(np.uint8)
 
         def run_torch():
             with torch.no_grad():
                 model(x)
 
-        t_torch, t_packed = compare([run_torch, lambda: packed(xn)], repeats, min_seconds)
+        fns = [run_torch, lambda: packed(xn)] + ([lambda: packed(codes)] if input_normalization else [])
+        t_torch, t_packed, *t_u8 = compare(fns, repeats, min_seconds)
         rows.append({"batch": batch, "torch_ms": 1e3 * t_torch, "packed_ms": 1e3 * t_packed,
                      "speedup": t_torch / t_packed, "state_dict_bytes": buffer.tell(),
                      "packed_bytes": packed_bytes, "size_ratio": buffer.tell() / packed_bytes})
+        if t_u8:
+            rows[-1].update(packed_u8_ms=1e3 * t_u8[0], speedup_u8=t_torch / t_u8[0])
     return rows
 
 
@@ -213,19 +222,26 @@ def end_to_end_main(argv: list[str] | None = None) -> None:
                         "same speed and size)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
     args = parser.parse_args(argv)
+    from ..experiments.datasets import NAMES, normalization
+
     if args.run_dir:
-        model, input_size, name = _model_from_run(args.run_dir)
+        model, input_size, name, dataset = _model_from_run(args.run_dir)
     else:
         from ..models import MLP
 
         torch.manual_seed(0)
         model, input_size, name = MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn"
+        dataset = "mnist"
     repeats, min_seconds = (3, 0.05) if args.quick else (7, 0.3)
     print(f"end to end: {name}; torch {torch.__version__} with {torch.get_num_threads()} threads")
-    print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'state dict':>12} {'packed file':>12} "
-          f"{'smaller':>8}")
-    for r in end_to_end(model, input_size, repeats=repeats, min_seconds=min_seconds):
-        print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x "
+    print("torch and 'packed' get normalized float32 inputs; 'packed u8' gets the raw uint8 images")
+    print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
+          f"{'state dict':>12} {'packed file':>12} {'smaller':>8}")
+    rows = end_to_end(model, input_size, repeats=repeats, min_seconds=min_seconds,
+                      input_normalization=normalization(dataset) if dataset in NAMES else None)
+    for r in rows:
+        u8 = f"{r['packed_u8_ms']:>10.3f} {r['speedup_u8']:>8.1f}x" if "packed_u8_ms" in r else f"{'-':>10} {'-':>9}"
+        print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x {u8} "
               f"{r['state_dict_bytes']:>12,} {r['packed_bytes']:>12,} {r['size_ratio']:>7.1f}x")
 
 

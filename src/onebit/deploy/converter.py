@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -185,7 +185,12 @@ def _quantizer_kind(q: nn.Module | None) -> str:
     raise UnsupportedModelError(f"quantizer {type(q).__name__} has no packed equivalent")
 
 
-def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedModel:
+def convert(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    input_normalization: tuple[Sequence[float], Sequence[float]] | None = None,
+) -> runtime.PackedModel:
     """Convert a trained model into a bit-packed :class:`~onebit.deploy.runtime.PackedModel`.
 
     The model runs once (eval mode) on ``example_input`` (a batch shaped like real inputs) to
@@ -214,8 +219,16 @@ def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedMode
     return embeddings, so ``convert(model, images)`` converts their encoder; the result
     maps images to embeddings (±1 values for a sign-terminated encoder).
 
+    ``input_normalization=(mean, std)``, per channel in [0, 1] pixel units (what the model's
+    inputs were normalized with: ``x = (pixel / 255 - mean) / std``), lets the packed model also
+    take raw uint8 images; a binary first dense layer then computes its product exactly from
+    the 8 bit planes of the pixels instead of in float (see
+    :class:`~onebit.deploy.runtime.BinaryDense`). It is stored as ``meta["input_quantization"]``.
+
     Raises:
         UnsupportedModelError: naming the first module that cannot be converted and why.
+        ValueError: ``input_normalization`` does not match the input's channels or has a
+            non-positive std.
     """
     was_training = model.training
     model.eval()
@@ -229,7 +242,19 @@ def convert(model: nn.Module, example_input: torch.Tensor) -> runtime.PackedMode
     if _carries_bits(ops):
         ops.append(runtime.UnpackSigns())
     meta = {"input_shape": list(example_input.shape[1:]), "source": type(model).__name__}
+    if input_normalization is not None:
+        meta["input_quantization"] = _input_quantization(input_normalization, example_input.shape[1])
     return runtime.PackedModel(ops, meta)
+
+
+def _input_quantization(normalization, channels: int) -> dict[str, list[float]]:
+    """``x = (p / 255 - mean) / std = p * scale + offset`` per channel."""
+    mean, std = (np.asarray(v, np.float64).reshape(-1) for v in normalization)
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(f"input_normalization has {len(mean)} means and {len(std)} stds for {channels} channels")
+    if not np.all(std > 0):
+        raise ValueError(f"input_normalization std must be positive, got {std.tolist()}")
+    return {"scale": (1.0 / (255.0 * std)).tolist(), "offset": (-mean / std).tolist()}
 
 
 def _convert_chain(ops: list[runtime.Op], calls: list[_Call]) -> None:

@@ -50,8 +50,8 @@ import numpy.typing as npt
 __all__ = [
     "AVAILABLE_BACKENDS", "DEFAULT_BACKEND", "PANEL", "Backend", "PreparedConvWeights", "PreparedWeights",
     "binary_conv2d", "binary_conv2d_threshold", "binary_matmul", "binary_matmul_prepared",
-    "binary_matmul_threshold", "binary_maxpool2d", "pack_signs", "prepare_conv_weights", "prepare_weights",
-    "threshold_bits", "unpack_signs",
+    "binary_matmul_threshold", "binary_maxpool2d", "pack_signs", "pixel_matmul_prepared", "PreparedPixelWeights",
+    "prepare_conv_weights", "prepare_pixel_weights", "prepare_weights", "sign_sums", "threshold_bits", "unpack_signs",
 ]  # fmt: skip
 
 Backend = Literal["avx512", "numba", "numpy"]
@@ -341,6 +341,73 @@ def binary_matmul(
     when the same weights are used again.
     """
     return binary_matmul_prepared(a_packed, prepare_weights(b_packed), k, backend=backend)
+
+
+def sign_sums(b_packed: np.ndarray, k: int) -> np.ndarray:
+    """Sum of the ``k`` ±1 values of each row of packed ``(N, Kw)`` signs: int64 ``(N,)``."""
+    b = _check_packed(b_packed, "b_packed", k)
+    return 2 * np.bitwise_count(b).sum(axis=1, dtype=np.int64) - k
+
+
+class PreparedPixelWeights(NamedTuple):
+    """±1 weights prepared for :func:`pixel_matmul_prepared`: the packed bits ``(N, Kw)``, and
+    on CPUs with AVX512-VNNI also int8 panels (4 consecutive weights of one output column per
+    int32, 32 columns per panel: ``(ceil(N / 32), ceil(k / 4), 32)`` int32; ``None`` otherwise).
+    The panels take one byte per weight in memory; files keep one bit."""
+
+    bits: np.ndarray
+    panels: np.ndarray | None
+    n: int
+    k: int
+
+
+def prepare_pixel_weights(b_packed: np.ndarray, k: int) -> PreparedPixelWeights:
+    """Prepare packed ``(N, ceil(k / 64))`` ±1 weights for :func:`pixel_matmul_prepared`."""
+    bits = _check_packed(b_packed, "b_packed", k)
+    n = bits.shape[0]
+    panels = None
+    if _nb is not None and _nb.has_avx512_vnni():
+        groups, n_panels = -(-k // 4), -(-n // PANEL)
+        signs = np.zeros((n_panels * PANEL, 4 * groups), np.int8)
+        signs[:n, :k] = unpack_signs(bits, k, dtype=np.int8)
+        panels = np.ascontiguousarray(signs.reshape(n_panels, PANEL, groups, 4).transpose(0, 2, 1, 3))
+        panels = panels.view(np.int32).reshape(n_panels, groups, PANEL)
+    return PreparedPixelWeights(bits, panels, n, k)
+
+
+def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
+                          backend: Backend | None = None) -> np.ndarray:
+    r"""``codes @ w.T`` for uint8 ``codes (M, k)`` and ±1 weights ``w``, exact: int32 ``(M, N)``.
+
+    The first layer of a binary network sees real inputs; when those are 8-bit pixels
+    ``x = s c + o`` its product is :math:`s\,(c\,w^\top) + o \sum_k w_k`, and
+    :math:`c\,w^\top` is an integer product computed here exactly. The ``avx512`` back end on a
+    CPU with AVX512-VNNI runs ``vpdpbusd`` (64 uint8 x int8 multiply-adds per instruction) on
+    a 4 x 32 register tile; elsewhere the product is a float GEMM of the codes with ±1 weights
+    unpacked block by block, exact because every partial sum is an integer below
+    :math:`2^{24}` (float32; float64 when :math:`255 k \ge 2^{24}`).
+    """
+    codes = np.asarray(codes)
+    k = prepared.k
+    if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != k:
+        raise ValueError(f"codes must be uint8 of shape (M, {k}), got {codes.dtype} {codes.shape}")
+    m = codes.shape[0]
+    if _backend(backend) == "avx512" and prepared.panels is not None:
+        groups = prepared.panels.shape[1]
+        padded = np.zeros((-(-m // 4) * 4, 4 * groups), np.uint8)
+        padded[:m, :k] = codes
+        out = np.empty((padded.shape[0], prepared.panels.shape[0] * PANEL), np.int32)
+        work = m * prepared.n * groups // 8  # vpdpbusd count x 2: about the cost of as many popcount word-ops
+        _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, out)
+        return out[:m, : prepared.n]
+    dtype = np.float32 if 255 * k < 2**24 else np.float64
+    values = codes.astype(dtype)
+    out = np.empty((m, prepared.n), np.int32)
+    rows = max(1, _NUMPY_CHUNK_WORDS // max(1, k))
+    for start in range(0, prepared.n, rows):
+        signs = unpack_signs(prepared.bits[start : start + rows], k, dtype=dtype)
+        out[:, start : start + rows] = values @ signs.T
+    return out
 
 
 def binary_matmul_threshold(

@@ -5,6 +5,10 @@ layout PyTorch uses (``(N, C, H, W)`` or ``(N, F)``) or :class:`Bits`: ±1 activ
 64 per uint64 word along the feature axis (bit 1 = +1, see :mod:`onebit.deploy.kernels`):
 ``(N, Fw)`` for feature vectors, ``(N, H, W, Cw)`` (NHWC, channels packed) for feature maps.
 Feature vectors always keep PyTorch's feature order (a flattened map is ordered ``c, y, x``).
+A model converted with its input normalization also takes raw 8-bit images; they flow as
+:class:`Pixels` into the first ops that take them (``accepts_pixels``: flatten, and a binary
+dense layer, which computes its product exactly in integers: uint8 x ±1, AVX512-VNNI) and are
+dequantized before any other op.
 
 Each op says whether it takes :class:`Bits` (``accepts_bits``) and whether it emits them
 (:meth:`Op.emits_bits`); the converter inserts :class:`PackSigns` / :class:`UnpackSigns`
@@ -24,7 +28,7 @@ import numpy as np
 
 from . import fileformat, kernels
 
-__all__ = ["Bits", "PackedModel", "load", "OPS"]
+__all__ = ["Bits", "Pixels", "PackedModel", "load", "OPS"]
 
 _WEIGHT_CHUNK = 1 << 22  # weight elements unpacked to float32 at a time (16 MiB)
 # byte -> its 8 bits as -1.0/+1.0, least significant bit first (the packing's bit order)
@@ -37,6 +41,18 @@ class Bits(NamedTuple):
 
     words: np.ndarray
     k: int
+
+
+class Pixels(NamedTuple):
+    """8-bit input codes whose real value is ``codes * scale + offset`` (one scale and offset
+    for all elements): uint8, in the model's input layout or flattened to ``(N, F)``."""
+
+    codes: np.ndarray
+    scale: float
+    offset: float
+
+    def dequantize(self) -> np.ndarray:
+        return self.codes.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
 
 
 def _float(x, op: str) -> np.ndarray:
@@ -88,6 +104,8 @@ class Op:
     array_names: ClassVar[tuple[str, ...]] = ()
     #: the op takes :class:`Bits` as well as float arrays
     accepts_bits: ClassVar[bool] = False
+    #: the op takes :class:`Pixels` (else the model dequantizes them to float32 first)
+    accepts_pixels: ClassVar[bool] = False
     #: ``__call__(x, stack)``: the op also reads / writes the model's value stack (residual blocks)
     uses_stack: ClassVar[bool] = False
 
@@ -117,7 +135,11 @@ class Flatten(Op):
     def emits_bits(self, bits_in):
         return bits_in
 
+    accepts_pixels = True
+
     def __call__(self, x):
+        if isinstance(x, Pixels):
+            return x._replace(codes=x.codes.reshape(x.codes.shape[0], -1))
         if isinstance(x, Bits):
             if x.words.ndim == 2:
                 return x
@@ -369,7 +391,12 @@ class _BinaryLayer(Op):
 @dataclass
 class BinaryDense(_BinaryLayer):
     r"""Fully connected layer with 1-bit weights ``S`` (stored packed, ``(N, ceil(K/64))``):
-    :math:`d = x S^\top`, then the epilogue of :class:`_BinaryLayer`."""
+    :math:`d = x S^\top`, then the epilogue of :class:`_BinaryLayer`. Real inputs given as
+    :class:`Pixels` ``x = s c + o`` give :math:`d = s\,(c S^\top) + o\,\Sigma S` with the
+    integer product :math:`c S^\top` computed exactly by
+    :func:`~onebit.deploy.kernels.pixel_matmul_prepared` (weights prepared for it on first use)."""
+
+    accepts_pixels = True
 
     weight_bits: np.ndarray
     k: int
@@ -384,6 +411,8 @@ class BinaryDense(_BinaryLayer):
     def __post_init__(self) -> None:
         self._init_epilogue()
         self._prepared = kernels.prepare_weights(np.ascontiguousarray(self.weight_bits))
+        self._weight_sums = kernels.sign_sums(self.weight_bits, self.k)
+        self._pixel_weights: kernels.PreparedPixelWeights | None = None
 
     def params(self):
         return {"k": self.k, "output": self.output}
@@ -408,6 +437,13 @@ class BinaryDense(_BinaryLayer):
                 bits = kernels.binary_matmul_threshold(x.words, self._prepared, self.k, self._int_thresholds, self.flip)
                 return Bits(bits, self.out_features)
             dot = kernels.binary_matmul_prepared(x.words, self._prepared, self.k)
+        elif isinstance(x, Pixels):
+            if x.codes.ndim != 2 or x.codes.shape[1] != self.k:
+                raise ValueError(f"binary_dense expects {self.k} input features, got codes of shape {x.codes.shape}")
+            if self._pixel_weights is None:
+                self._pixel_weights = kernels.prepare_pixel_weights(self.weight_bits, self.k)
+            exact = kernels.pixel_matmul_prepared(x.codes, self._pixel_weights)
+            dot = exact * x.scale + x.offset * self._weight_sums.astype(np.float64)
         else:
             if x.shape[1] != self.k:
                 raise ValueError(f"binary_dense expects {self.k} input features, got {x.shape[1]}")
@@ -527,16 +563,38 @@ class PackedModel:
         self.meta = dict(meta or {})
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        """Logits (or embeddings) of the batch ``x``: float32 normalized like the training data,
+        or raw uint8 images when the model records ``meta["input_quantization"]``."""
         expected = self.meta.get("input_shape")
-        x = np.asarray(x, dtype=np.float32)
+        x = np.asarray(x)
         if expected is not None and tuple(x.shape[1:]) != tuple(expected):
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+        x = self._pixels(x) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
         stack: list[np.ndarray] = []
         for op in self.ops:
+            if isinstance(x, Pixels) and not op.accepts_pixels:
+                x = x.dequantize()
             x = op(x, stack) if op.uses_stack else op(x)
         if isinstance(x, Bits):
             raise TypeError("the model ends in packed bits; it should end in a float layer")
         return x
+
+    def _pixels(self, codes: np.ndarray):
+        """uint8 images -> :class:`Pixels` (one scale for all channels) or float32 (per channel)."""
+        quantization = self.meta.get("input_quantization")
+        if quantization is None:
+            raise ValueError("this model takes float32 inputs normalized like its training data; uint8 images "
+                             "need a model converted with input_normalization=(mean, std) (onebit export does "
+                             "that for the experiments' datasets)")
+        scale = np.asarray(quantization["scale"], np.float64)
+        offset = np.asarray(quantization["offset"], np.float64)
+        if np.all(scale == scale[0]) and np.all(offset == offset[0]):
+            return Pixels(codes, float(scale[0]), float(offset[0]))
+        if codes.ndim < 2 or codes.shape[1] != len(scale):
+            raise ValueError(f"input has {codes.shape[1] if codes.ndim > 1 else 0} channels (axis 1), "
+                             f"the input normalization {len(scale)}")
+        shape = (1, -1) + (1,) * (codes.ndim - 2)
+        return (codes * scale.reshape(shape).astype(np.float32) + offset.reshape(shape).astype(np.float32))
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Predicted class of each input, computed in batches."""
