@@ -41,6 +41,10 @@ def fit(tmp_path, name, epochs=3, reinforce=False, **overrides):
     return trainer, trainer.fit()
 
 
+def without_timing(final):
+    return {k: v for k, v in final.items() if k not in ("train_seconds", "train_cpu_seconds")}
+
+
 def test_training_learns_and_writes_run_files(tmp_path):
     trainer, final = fit(tmp_path, "run", epochs=4)
     run = tmp_path / "run"
@@ -50,14 +54,14 @@ def test_training_learns_and_writes_run_files(tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
     assert history[-1]["slope"] == pytest.approx(1.12)  # linear annealing, epoch index 3
     assert final["test_acc"] > 0.5  # chance is 0.25
+    assert 0 < final["train_cpu_seconds"] and 0 < final["train_seconds"]
     assert json.loads((run / "final.json").read_text()) == final
 
 
 def test_same_seed_same_metrics(tmp_path):
     _, a = fit(tmp_path, "a", reinforce=True)
     _, b = fit(tmp_path, "b", reinforce=True)
-    strip = lambda f: {k: v for k, v in f.items() if k != "train_seconds"}  # noqa: E731
-    assert strip(a) == strip(b)
+    assert without_timing(a) == without_timing(b)
     assert (tmp_path / "a" / "metrics.jsonl").read_text().count("val_acc") == 3
 
 
@@ -147,6 +151,5 @@ def test_bf16_precision_trains_in_bfloat16_and_evaluates_in_fp32(tmp_path):
 def test_compiled_training_learns_and_is_reproducible(tmp_path):
     _, a = fit(tmp_path, "a", compile=True, precision="bf16")
     _, b = fit(tmp_path, "b", compile=True, precision="bf16")
-    strip = lambda f: {k: v for k, v in f.items() if k != "train_seconds"}  # noqa: E731
-    assert strip(a) == strip(b)
+    assert without_timing(a) == without_timing(b)
     assert a["test_acc"] > 0.5

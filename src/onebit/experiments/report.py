@@ -77,6 +77,8 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
             out[key] = values
             out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
         out["threads"] = [f["threads"] for _, f, _ in runs if "threads" in f]  # older runs lack it
+        cpu = [f["train_cpu_seconds"] for _, f, _ in runs if "train_cpu_seconds" in f]  # runs before session 2 lack it
+        out["train_cpu_seconds_mean"] = statistics.fmean(cpu) if len(cpu) == len(runs) else None
         out.update(epochs=config["train"]["epochs"], quick=config["quick"],
                    binary_params=stats.binary_params, float_params=stats.float_params,
                    packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
@@ -93,12 +95,19 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
     return experiment, rows
 
 
+def _train_time(row: dict) -> str:
+    wall = f"{row['train_seconds_mean']:.0f} s"
+    cpu = row.get("train_cpu_seconds_mean")
+    return wall if cpu is None else f"{wall} ({cpu / 60:.1f} CPU-min)"
+
+
 def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], heatmaps: list[str]) -> str:
     lines = [
         f"# {experiment.name}: {experiment.description}",
         "",
         f"Produced by `{command}`, then `onebit report`. Test accuracy of the best-validation epoch, "
-        "mean +- std over seeds; time is training wall time per run on this machine "
+        "mean +- std over seeds; time is training wall time per run (and its CPU time, where the run "
+        "recorded it) on this machine "
         f"({platform.processor() or platform.machine()}, {_threads(rows)} torch threads per run).",
         "",
         "| row | test acc (%) | target | test loss | seeds | epochs | binary / float params | packed size | "
@@ -110,7 +119,7 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
             f"| {r['name']} | {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
             f"{r['test_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
-            f"{r['train_seconds_mean']:.0f} s | {r['published'] or ''} |"
+            f"{_train_time(r)} | {r['published'] or ''} |"
         )
     lines += _evaluations_table(rows)
     if any(r["quick"] for r in rows):

@@ -128,6 +128,7 @@ class _State:
     best_val_acc: float = -1.0
     best_epoch: int = -1
     train_seconds: float = 0.0
+    train_cpu_seconds: float = 0.0  # CPU time of this process (all its threads) while training
     history: list[dict] = field(default_factory=list)
 
 
@@ -137,7 +138,7 @@ class Trainer:
     - ``metrics.jsonl``: one JSON line per epoch (train/val loss and accuracy, lr, slope, time);
     - ``checkpoint.pt``: model, optimizer, RNG and loop state, written atomically every epoch,
       plus the best-validation model (``best_model``);
-    - ``final.json``: test metrics of the best-validation model, wall time;
+    - ``final.json``: test metrics of the best-validation model, training wall and CPU time;
     - TensorBoard events under ``tensorboard/``.
 
     The test split is evaluated once, at the end, with the weights of the epoch of best
@@ -264,7 +265,7 @@ class Trainer:
         generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
         net.train()
         total_loss, correct, count = 0.0, 0, 0
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         batches = self.task.train_batches(generator, self.rank, self.world_size)
         bar = tqdm(batches, total=self.task.num_train_batches(self.world_size), desc=f"epoch {epoch + 1}/{cfg.epochs}",
                    leave=False, disable=not (cfg.progress and self.is_main), dynamic_ncols=True)
@@ -282,6 +283,7 @@ class Trainer:
         total_loss, correct, count = self._all_reduce(total_loss, correct, count)
         seconds = time.perf_counter() - start
         self.state.train_seconds += seconds
+        self.state.train_cpu_seconds += time.process_time() - cpu_start
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
 
@@ -364,6 +366,7 @@ class Trainer:
             "best_val_acc": self.state.best_val_acc,
             "epochs": self.state.epoch,
             "train_seconds": self.state.train_seconds,
+            "train_cpu_seconds": self.state.train_cpu_seconds,
             "threads": torch.get_num_threads(),
         }
         if not all(math.isfinite(v) for v in final.values()):
