@@ -45,7 +45,8 @@ register(
             "Study A trained with plain SGD at an effective learning rate of about 4e-6 and never "
             "updated its output layer, which explains its low figures; onebit uses Adam with "
             "exponential learning-rate decay and batch norm, as the BNN paper does.",
-            "Trained with bfloat16 autocast and torch.compile (4x faster per step on this CPU); "
+            "Trained with bfloat16 autocast and torch.compile (bnn: 2.7x less CPU per step on this CPU, "
+            "`benchmarks/bench_training.py`); "
             "validation and test accuracy are those of the fp32 model.",
             "Binary recipes drop 20% of the input pixels in training (a 15-epoch bnn run without it reached "
             "99.9% train but 98.34% test accuracy); the float recipe has dropout 0.2 after every hidden block.",

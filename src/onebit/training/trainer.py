@@ -57,7 +57,8 @@ class TrainConfig:
             always run in fp32: the reported accuracy is that of the exact model
             :mod:`onebit.deploy` converts.
         compile: train through :func:`torch.compile` (fuses the element-wise work of
-            quantizers, batch norm and the optimizer; 2-3x faster on CPU for binary MLPs).
+            quantizers, batch norm and the optimizer; with ``precision="bf16"`` 2.7-4x less CPU
+            per step for this project's binary networks, see ``benchmarks/bench_training.py``).
             The first epoch pays the compilation, about a minute on CPU; needs a C++ compiler
             on CPU.
         seed: seeds the data order and every random draw of the run.
