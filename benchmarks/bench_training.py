@@ -6,6 +6,7 @@ process on the same real batches, and the CPU minutes per epoch of the configure
     ONEBIT_DATA=../shared/datasets python benchmarks/bench_training.py mnist-mlp bnn
     ONEBIT_DATA=../shared/datasets python benchmarks/bench_training.py cifar10        # every row
     python benchmarks/bench_training.py mnist-cnn none --steps 50 --threads 2
+    python benchmarks/bench_training.py omniglot float --set precision=bf16 --set compile=true
 
 Times are CPU time of this process (``time.process_time``), so other processes on the machine
 inflate them less than wall time; the first steps of each mode (compilation) are not timed.
@@ -18,6 +19,7 @@ import time
 
 import torch
 
+from onebit.cli import _parse_overrides
 from onebit.experiments import registry, runner
 from onebit.training import TrainConfig, Trainer
 
@@ -51,13 +53,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (experiments train with 1 per run)")
     parser.add_argument("--data", default=None, help="dataset root (default: $ONEBIT_DATA or the cache)")
+    parser.add_argument("--set", action="append", metavar="KEY=VALUE",
+                        help="training option of the configured mode, as in `onebit run --set`")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     experiment = registry.get(args.experiment)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} timed steps per mode")
     print(f"{'row':28s} {'fp32 eager':>12s} {'configured':>12s} {'speed-up':>9s} {'CPU-min/epoch':>14s}  configured mode")
     for row in args.rows or [r.name for r in experiment.rows]:
-        configured = _trainer(experiment, row, {}, args.data)
+        configured = _trainer(experiment, row, _parse_overrides(args.set), args.data)
         mode = f"precision={configured.config.precision} compile={configured.config.compile}"
         eager = _trainer(experiment, row, {"precision": "fp32", "compile": False}, args.data)
         eager_step = _cpu_seconds_per_step(eager, args.steps)
