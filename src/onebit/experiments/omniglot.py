@@ -17,7 +17,7 @@ from .registry import Experiment, Row, register
 
 #: Training episodes: way, shot, queries per class, episodes per epoch (full mode).
 TRAIN_EPISODES = {"way": 20, "shot": 1, "queries": 5, "episodes_per_epoch": 500}
-EPOCHS = 16
+EPOCHS = 32
 #: Validation (model selection, every epoch) on the held-out background alphabets.
 VAL = EpisodeSetting(5, 1, 15, 1000, seed=1)
 #: Final evaluation protocols on the evaluation alphabets; the first is also ``test_acc``.
@@ -92,7 +92,8 @@ register(
         description="Study B: Matching Networks on Omniglot with binary activations per conv block; "
                     "Prototypical Networks and a fully binary Hamming encoder",
         rows=tuple(ROWS),
-        train={"epochs": EPOCHS, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 1},
+        train={"epochs": EPOCHS, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 1,
+               "precision": "bf16", "compile": True},
         make_task=omniglot_task,
         input_size=(1, 28, 28),
         quick_model=QUICK_MODEL,
@@ -113,11 +114,12 @@ register(
             f"{VAL.episodes} {VAL.key} episodes of the 5 held-out alphabets; test on the 20 evaluation "
             "alphabets (659 characters, not rotated), touched once. Study B trained on only 100 episodes "
             "and scored 50 episodes with 1 query each (about +-2.5%).",
-            "CPU budget (measured, one thread of this 2-core Xeon): a 20-way training episode costs 0.155 s "
-            "(float) to 0.244 s (binary-all; binary neurons on 64x28x28 maps are the expensive part); a row "
-            "is 8,000 episodes + 16 validations + the final evaluation, about 22 (float) to 35 (binary-all) "
-            "CPU-minutes. The grid of 10 rows is about 5 CPU-hours: `OMP_NUM_THREADS=1 onebit run omniglot "
-            "--seeds 1 --jobs 2 --resume` takes about 2.5 hours on an idle 2-core machine.",
+            "CPU budget (one thread of this 2-core Xeon, bfloat16 + torch.compile; fp32 validation and test): "
+            "an epoch of 500 training episodes plus its 1,000 validation episodes costs 0.88 (float), 0.87 "
+            "(binary-all-hamming) to 1.00 (binary-all) CPU-minutes (`python benchmarks/bench_training.py "
+            "omniglot`; 1.8-2.4x less than fp32 eager), so a row is about 28-32 CPU-minutes plus the final "
+            "evaluation. The grid of 10 rows is about 5.5 CPU-hours: `OMP_NUM_THREADS=1 onebit run omniglot "
+            "--seeds 1 --jobs 2 --resume` takes about 3 hours on an idle 2-core machine.",
             "With 1-shot training a Prototypical Network computes the same function as a Matching Network "
             "(one support image per class), so the protonet-* rows train like their Matching Network "
             "counterparts (up to float rounding) and differ at 5-shot evaluation: class means versus "

@@ -221,7 +221,7 @@ class EpisodicTask:
         """Per-query losses ``(Q,)`` (training episode) or ``(E * Q,)`` (evaluation batch)."""
         if len(batch) == 4:
             support, support_labels, query, query_labels = batch
-            logits = model(support, support_labels, query)
+            logits = model(support, support_labels, query, way=self.way)  # known way: no .item() in the graph
         elif len(batch) == 5:
             images, support_index, support_labels, query_index, query_labels = batch
             net = _unwrap(model)
