@@ -19,7 +19,6 @@ import time
 
 import torch
 
-from onebit.cli import _parse_overrides
 from onebit.experiments import registry, runner
 from onebit.training import TrainConfig, Trainer
 
@@ -60,10 +59,11 @@ def main(argv: list[str] | None = None) -> None:
     experiment = registry.get(args.experiment)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} timed steps per mode")
     print(f"{'row':28s} {'fp32 eager':>12s} {'configured':>12s} {'speed-up':>9s} {'CPU-min/epoch':>14s}  configured mode")
+    overrides = runner.parse_overrides(args.set)
     for row in args.rows or [r.name for r in experiment.rows]:
-        configured = _trainer(experiment, row, _parse_overrides(args.set), args.data)
+        configured = _trainer(experiment, row, overrides, args.data)
         mode = f"precision={configured.config.precision} compile={configured.config.compile}"
-        eager = _trainer(experiment, row, {"precision": "fp32", "compile": False}, args.data)
+        eager = _trainer(experiment, row, {**overrides, "precision": "fp32", "compile": False}, args.data)
         eager_step = _cpu_seconds_per_step(eager, args.steps)
         step = _cpu_seconds_per_step(configured, args.steps)
         start = time.process_time()

@@ -138,6 +138,7 @@ def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
     assert (model.predict(codes) == model.predict(normalized)).mean() >= 0.999
 
 
+@pytest.mark.slow
 def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datasets):
     script = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "bench_training.py")
     result = subprocess.run([sys.executable, script, "mnist-cnn", "none", "--steps", "2"],

@@ -99,12 +99,21 @@ def test_pixel_matmul_is_exact(backend, m, k, n):
         K.pixel_matmul_prepared(codes.astype(np.int16), K.prepare_pixel_weights(w, k))
 
 
-def test_pixel_matmul_threaded_path(monkeypatch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pixel_matmul_threaded_path(backend, monkeypatch):
     monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 1)
     codes = np.random.default_rng(0).integers(0, 256, (150, 300)).astype(np.uint8)
     w = K.pack_signs(signs(70, 300))
-    out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, 300))
+    out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, 300), backend=backend)
     np.testing.assert_array_equal(out, codes.astype(np.int64) @ K.unpack_signs(w, 300).T.astype(np.int64))
+
+
+def test_pixel_matmul_float64_fallback_for_long_rows():
+    k = 70_000  # 255 k >= 2**24: float32 partial sums would no longer be exact
+    codes = np.full((1, k), 255, np.uint8)
+    w = K.pack_signs(signs(2, k))
+    out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, k), backend="numpy")
+    np.testing.assert_array_equal(out, codes.astype(np.int64) @ K.unpack_signs(w, k).T.astype(np.int64))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

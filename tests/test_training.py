@@ -147,6 +147,12 @@ def test_bf16_precision_trains_in_bfloat16_and_evaluates_in_fp32(tmp_path):
         Trainer(tiny_model(), synthetic_task(), TrainConfig(precision="fp8", device="cpu"), tmp_path / "x")
 
 
+def test_bf16_with_reinforce_neurons_keeps_parameters_finite(tmp_path):
+    trainer, final = fit(tmp_path, "run", epochs=2, reinforce=True, precision="bf16")
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    assert final["test_acc"] > 0.5
+
+
 @pytest.mark.slow
 def test_compiled_training_learns_and_is_reproducible(tmp_path):
     _, a = fit(tmp_path, "a", compile=True, precision="bf16")

@@ -10,29 +10,15 @@ from pathlib import Path
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .experiments import run_experiment
+    from .experiments import run_experiment, runner
 
     exp_dir = run_experiment(
         args.experiment, out=args.out, data=args.data, quick=args.quick, epochs=args.epochs, seeds=args.seeds,
         rows=args.rows, jobs=args.jobs, resume=args.resume, device=args.device, progress=not args.no_progress,
-        command="onebit " + shlex.join(sys.argv[1:]), overrides=_parse_overrides(args.set),
+        command="onebit " + shlex.join(sys.argv[1:]), overrides=runner.parse_overrides(args.set),
     )
     print(f"results: {exp_dir / 'results.md'}")
     return 0
-
-
-def _parse_overrides(pairs: list[str] | None) -> dict:
-    """``["lr=0.01", "reinforce_baseline=self-critical"]`` -> ``{"lr": 0.01, ...}`` (JSON values, else strings)."""
-    overrides = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
-    return overrides
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -95,8 +81,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = build_model(config)
     model.load_state_dict(state["best_model"] or state["model"])
     experiment = get(config["experiment"])
-    normalization = datasets.normalization(experiment.dataset) if experiment.dataset in datasets.NAMES else None
-    packed = convert(model, torch.zeros(2, *experiment.input_size), input_normalization=normalization)
+    packed = convert(model, torch.zeros(2, *experiment.input_size),
+                     input_normalization=datasets.normalization(experiment.dataset, missing_ok=True))
     packed.meta.update(experiment=config["experiment"], row=config["row"], seed=config["seed"],
                        dataset=experiment.dataset)
     packed.save(args.output)

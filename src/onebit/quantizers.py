@@ -302,17 +302,19 @@ class BinaryNeuron(_Quantizer):
         return self.mode == "stochastic" and self.sample_at_eval
 
     def forward(self, x: Tensor) -> Tensor:
-        p = hard_sigmoid(self._slope * x)
+        # Probabilities, samples and log-probabilities in (at least) fp32: in bfloat16, 1 - eps
+        # rounds to 1 and log(1 - p) of a saturated unit becomes -inf.
+        p = hard_sigmoid(self._slope * x.float())
         if self._samples():
-            b = (torch.rand_like(p) < p.detach()).to(x.dtype)
+            b = (torch.rand_like(p) < p.detach()).to(p.dtype)
         else:
-            b = (p.detach() >= 0.5).to(x.dtype)
+            b = (p.detach() >= 0.5).to(p.dtype)
         if self.estimator == "reinforce":
             if self.training and torch.is_grad_enabled():
                 p = p.clamp(self.eps, 1.0 - self.eps)
                 log_p = b * torch.log(p) + (1.0 - b) * torch.log1p(-p)
                 self.recorded_log_probs.append(log_p.reshape(log_p.shape[0], -1).sum(dim=1))
-            return b
+            return b.to(x.dtype)
         ax = self._slope * x.detach()
         scale = (0.5 * self._slope) * (ax.abs() < 1.0).to(x.dtype)
         return _straight_through(x, b, scale)

@@ -222,7 +222,7 @@ def end_to_end_main(argv: list[str] | None = None) -> None:
                         "same speed and size)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
     args = parser.parse_args(argv)
-    from ..experiments.datasets import NAMES, normalization
+    from ..experiments.datasets import normalization
 
     if args.run_dir:
         model, input_size, name, dataset = _model_from_run(args.run_dir)
@@ -238,7 +238,7 @@ def end_to_end_main(argv: list[str] | None = None) -> None:
     print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
           f"{'state dict':>12} {'packed file':>12} {'smaller':>8}")
     rows = end_to_end(model, input_size, repeats=repeats, min_seconds=min_seconds,
-                      input_normalization=normalization(dataset) if dataset in NAMES else None)
+                      input_normalization=normalization(dataset, missing_ok=True))
     for r in rows:
         u8 = f"{r['packed_u8_ms']:>10.3f} {r['speedup_u8']:>8.1f}x" if "packed_u8_ms" in r else f"{'-':>10} {'-':>9}"
         print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x {u8} "

@@ -381,9 +381,9 @@ def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
 
     The first layer of a binary network sees real inputs; when those are 8-bit pixels
     ``x = s c + o`` its product is :math:`s\,(c\,w^\top) + o \sum_k w_k`, and
-    :math:`c\,w^\top` is an integer product computed here exactly. The ``avx512`` back end on a
+    :math:`c\,w^\top` is an integer product computed here exactly. A numba back end on a
     CPU with AVX512-VNNI runs ``vpdpbusd`` (64 uint8 x int8 multiply-adds per instruction) on
-    a 4 x 32 register tile; elsewhere the product is a float GEMM of the codes with ±1 weights
+    a 4 x 32 register tile; elsewhere (and with ``backend="numpy"``) the product is a float GEMM of the codes with ±1 weights
     unpacked block by block, exact because every partial sum is an integer below
     :math:`2^{24}` (float32; float64 when :math:`255 k \ge 2^{24}`).
     """
@@ -392,7 +392,7 @@ def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != k:
         raise ValueError(f"codes must be uint8 of shape (M, {k}), got {codes.dtype} {codes.shape}")
     m = codes.shape[0]
-    if _backend(backend) == "avx512" and prepared.panels is not None:
+    if _backend(backend) != "numpy" and prepared.panels is not None:  # panels exist only with AVX512-VNNI
         groups = prepared.panels.shape[1]
         padded = np.zeros((-(-m // 4) * 4, 4 * groups), np.uint8)
         padded[:m, :k] = codes

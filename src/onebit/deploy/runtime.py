@@ -44,15 +44,22 @@ class Bits(NamedTuple):
 
 
 class Pixels(NamedTuple):
-    """8-bit input codes whose real value is ``codes * scale + offset`` (one scale and offset
-    for all elements): uint8, in the model's input layout or flattened to ``(N, F)``."""
+    """8-bit input codes whose real value is ``codes * scale + offset``.
+
+    Shape:
+        - ``codes``: uint8, the model's input layout ``(N, C, H, W)`` or flattened ``(N, F)``
+        - ``scale``, ``offset``: floats (the form ops with ``accepts_pixels`` take), or arrays
+          broadcasting against ``codes`` (per channel, only ever dequantized)
+    """
 
     codes: np.ndarray
-    scale: float
-    offset: float
+    scale: float | np.ndarray
+    offset: float | np.ndarray
 
     def dequantize(self) -> np.ndarray:
-        return self.codes.astype(np.float32) * np.float32(self.scale) + np.float32(self.offset)
+        """float32 values, shaped like ``codes``."""
+        return (self.codes.astype(np.float32) * np.asarray(self.scale, np.float32)
+                + np.asarray(self.offset, np.float32))
 
 
 def _float(x, op: str) -> np.ndarray:
@@ -594,7 +601,7 @@ class PackedModel:
             raise ValueError(f"input has {codes.shape[1] if codes.ndim > 1 else 0} channels (axis 1), "
                              f"the input normalization {len(scale)}")
         shape = (1, -1) + (1,) * (codes.ndim - 2)
-        return (codes * scale.reshape(shape).astype(np.float32) + offset.reshape(shape).astype(np.float32))
+        return Pixels(codes, scale.reshape(shape), offset.reshape(shape)).dequantize()
 
     def predict(self, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
         """Predicted class of each input, computed in batches."""

@@ -111,8 +111,8 @@ def _budget_note() -> str:
     )
     return ("Budget: at most 3 CPU-hours per row on a 2-core Xeon (AVX-512), one seed, one thread per run "
             "(`--jobs 2` trains two rows side by side, one thread each), so a row's training time in the table "
-            "is its CPU time (it leaves out the validation passes, about 5-10% more, and includes the one-time "
-            "compilation, 1-2 minutes). Measured CPU time per "
+            "is close to its CPU time (the report also shows the CPU time the run recorded, which leaves out "
+            "inductor's compile workers). Measured CPU time per "
             f"epoch, validation included, and expected per row: {per_row}.")
 
 

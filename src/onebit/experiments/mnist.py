@@ -91,7 +91,7 @@ register(
             "layers with the score-function estimator and a moving-average baseline. Where a binary "
             "layer sits after conv 2 ('last', 'both'), all 1,568 binary units share one scalar reward "
             "per image and the estimate is too noisy for those rows to reach 97% in 10 epochs (they still "
-            "beat study B's 88.95 / 80.68 and its frozen-upstream rows). Lower-variance baselines help but do "
+            "beat study B's stochastic rows, 88.95 / 80.68). Lower-variance baselines help but do "
             "not close the gap within this budget: 3-epoch probes of stochastic-reinforce-last (one seed) "
             "reached 91.7% with the moving average, 92.6% with `--set reinforce_baseline=self-critical` and "
             "93.6% with `--set reinforce_baseline=leave-one-out --set reinforce_samples=4` (4x the compute); "

@@ -17,7 +17,7 @@ from .. import models
 from ..training import TrainConfig, Trainer, write_json
 from . import registry
 
-__all__ = ["run_configs", "run_experiment", "train_run", "build_model"]
+__all__ = ["run_configs", "run_experiment", "train_run", "build_model", "parse_overrides"]
 
 
 def run_configs(
@@ -64,6 +64,21 @@ def _same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
     except (TypeError, ValueError):
         return False
     return {**stored, "train": train} == config
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``["lr=0.01", "reinforce_baseline=self-critical"]`` -> ``{"lr": 0.01, ...}``: the values
+    of ``onebit run --set KEY=VALUE`` (JSON values, else strings)."""
+    overrides = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    return overrides
 
 
 def build_model(config: dict[str, Any]) -> torch.nn.Module:

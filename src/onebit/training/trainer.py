@@ -56,11 +56,11 @@ class TrainConfig:
             Latent weights, optimizer state and losses stay fp32, and validation and test
             always run in fp32: the reported accuracy is that of the exact model
             :mod:`onebit.deploy` converts.
-        compile: train through :func:`torch.compile` (fuses the element-wise work of
-            quantizers, batch norm and the optimizer; with ``precision="bf16"`` 2.7-4x less CPU
-            per step for this project's binary networks, see ``benchmarks/bench_training.py``).
-            The first epoch pays the compilation, about a minute on CPU; needs a C++ compiler
-            on CPU.
+        compile: train the model's forward and backward passes through
+            :func:`torch.compile` (fuses the element-wise work of quantizers and batch norm;
+            with ``precision="bf16"`` 1.8-4x less CPU per step for this project's binary
+            networks, see ``benchmarks/bench_training.py``). The first epoch pays the
+            compilation; on CPU it needs a C++ compiler.
         seed: seeds the data order and every random draw of the run.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
         progress: show tqdm progress bars.
@@ -129,7 +129,9 @@ class _State:
     best_val_acc: float = -1.0
     best_epoch: int = -1
     train_seconds: float = 0.0
-    train_cpu_seconds: float = 0.0  # CPU time of this process (all its threads) while training
+    # CPU time of this process (all its threads; not inductor's compile workers) while training;
+    # None for a run resumed from a checkpoint written before onebit recorded it
+    train_cpu_seconds: float | None = 0.0
     history: list[dict] = field(default_factory=list)
 
 
@@ -203,7 +205,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.baseline.load_state_dict(ckpt["baseline"])
-        self.state = _State(**ckpt["state"])
+        self.state = _State(**{"train_cpu_seconds": None, **ckpt["state"]})
 
     # -- loop --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -255,7 +257,12 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
 
             net = DistributedDataParallel(net, device_ids=[self.device] if self.device.type == "cuda" else None)
-        return torch.compile(net) if self.config.compile else net
+        if not self.config.compile:
+            return net
+        # A fresh cache per run: several runs in one process (the runner's workers) would
+        # otherwise exhaust dynamo's recompile limit and silently fall back to eager.
+        torch._dynamo.reset()
+        return torch.compile(net)
 
     def _train_epoch(self, net: nn.Module, epoch: int) -> dict[str, Any]:
         cfg = self.config
@@ -284,7 +291,8 @@ class Trainer:
         total_loss, correct, count = self._all_reduce(total_loss, correct, count)
         seconds = time.perf_counter() - start
         self.state.train_seconds += seconds
-        self.state.train_cpu_seconds += time.process_time() - cpu_start
+        if self.state.train_cpu_seconds is not None:
+            self.state.train_cpu_seconds += time.process_time() - cpu_start
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
 
@@ -305,11 +313,11 @@ class Trainer:
             result = self.task.step(net, batch)
         per_sample_loss = result.per_sample_loss.float()
         loss = per_sample_loss.mean()
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss.item()}")
         if self.uses_reinforce:
             baseline = self._baseline(net, batch, per_sample_loss)
             loss = loss + reinforce.surrogate_loss(self.model, per_sample_loss, baseline)
+        if not torch.isfinite(loss):  # the REINFORCE surrogate included
+            raise TrainingDiverged(f"loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip is not None:
@@ -370,6 +378,8 @@ class Trainer:
             "train_cpu_seconds": self.state.train_cpu_seconds,
             "threads": torch.get_num_threads(),
         }
+        if final["train_cpu_seconds"] is None:
+            del final["train_cpu_seconds"]
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingDiverged(f"final metrics are not finite: {final}")
         final_evaluation = getattr(self.task, "final_evaluation", None)
