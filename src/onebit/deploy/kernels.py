@@ -349,7 +349,8 @@ def sign_sums(b_packed: np.ndarray, k: int) -> np.ndarray:
     return 2 * np.bitwise_count(b).sum(axis=1, dtype=np.int64) - k
 
 
-class PreparedPixelWeights(NamedTuple):
+@dataclass(frozen=True)
+class PreparedPixelWeights:
     """±1 weights prepared for :func:`pixel_matmul_prepared`: the packed bits ``(N, Kw)``, and
     on CPUs with AVX512-VNNI also int8 panels (4 consecutive weights of one output column per
     int32, 32 columns per panel: ``(ceil(N / 32), ceil(k / 4), 32)`` int32; ``None`` otherwise).
