@@ -29,8 +29,7 @@ register(
     Experiment(
         name="mnist-mlp",
         description="Study A: 784-2048-2048-2048-10 MLP, float vs binarized recipes",
-        rows=tuple(Row(r, {"name": "mlp", "recipe": r, **({} if r == "float" else {"input_dropout": 0.2})})
-                   for r in MLP_RECIPES),
+        rows=tuple(Row(r, {"name": "mlp", "recipe": r, "input_dropout": 0.2}) for r in MLP_RECIPES),
         train={"epochs": 25, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
                "lr_final_ratio": 0.01, "batch_size": 100,
                "precision": "bf16", "compile": True},
@@ -48,8 +47,9 @@ register(
             "Trained with bfloat16 autocast and torch.compile (bnn: 2.7x less CPU per step on this CPU, "
             "`benchmarks/bench_training.py`); "
             "validation and test accuracy are those of the fp32 model.",
-            "Binary recipes drop 20% of the input pixels in training (a 15-epoch bnn run without it reached "
-            "99.9% train but 98.34% test accuracy); the float recipe has dropout 0.2 after every hidden block.",
+            "Every recipe drops 20% of the input pixels in training (a 15-epoch bnn run without it reached "
+            "99.9% train but 98.34% test accuracy; float runs without it: 98.64 / 98.70%); the float recipe "
+            "also has dropout 0.2 after every hidden block.",
         ),
     )
 )
