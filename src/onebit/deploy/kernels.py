@@ -51,7 +51,8 @@ __all__ = [
     "AVAILABLE_BACKENDS", "DEFAULT_BACKEND", "PANEL", "Backend", "PreparedConvWeights", "PreparedWeights",
     "binary_conv2d", "binary_conv2d_threshold", "binary_matmul", "binary_matmul_prepared",
     "binary_matmul_threshold", "binary_maxpool2d", "pack_signs", "pixel_matmul_prepared", "PreparedPixelWeights",
-    "prepare_conv_weights", "prepare_pixel_weights", "prepare_weights", "sign_sums", "threshold_bits", "unpack_signs",
+    "prepare_conv_weights", "prepare_pixel_weights", "prepare_weights", "sign_sums", "signs_matmul",
+    "threshold_bits", "unpack_signs",
 ]  # fmt: skip
 
 Backend = Literal["avx512", "numba", "numpy"]
@@ -78,6 +79,7 @@ _PARALLEL_MIN_WORDS = 1 << 24  # word-ops below which threading costs more than 
 # launch costs 0.25-0.4 ms on the 2-core VMs measured; 2 threads only win from ~16M word-ops)
 _PACK_PARALLEL_MIN = 1 << 18  # elements below which packing stays on one thread
 _NUMPY_CHUNK_WORDS = 1 << 20  # XOR temporaries of the numpy GEMM, in words
+_UNPACK_CHUNK = 1 << 22  # weights unpacked at a time by signs_matmul (16 MiB as float32)
 _PACK_DTYPES = (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64)
 
 _NO_I32_2D = np.empty((0, 0), np.int32)
@@ -402,12 +404,17 @@ def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
         _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, out)
         return out[:m, : prepared.n]
     dtype = np.float32 if 255 * k < 2**24 else np.float64
-    values = codes.astype(dtype)
-    out = np.empty((m, prepared.n), np.int32)
-    rows = max(1, _NUMPY_CHUNK_WORDS // max(1, k))
-    for start in range(0, prepared.n, rows):
-        signs = unpack_signs(prepared.bits[start : start + rows], k, dtype=dtype)
-        out[:, start : start + rows] = values @ signs.T
+    return signs_matmul(codes.astype(dtype), prepared.bits, k).astype(np.int32)
+
+
+def signs_matmul(x: np.ndarray, b_packed: np.ndarray, k: int) -> np.ndarray:
+    """``x @ w.T`` for real ``x (M, k)`` (float32 or float64) and packed ±1 weights ``(N, Kw)``,
+    in ``x``'s dtype. The weights are unpacked block by block (:data:`_UNPACK_CHUNK` elements
+    at a time), never all at once."""
+    out = np.empty((x.shape[0], b_packed.shape[0]), x.dtype)
+    rows = max(1, _UNPACK_CHUNK // max(1, k))
+    for start in range(0, b_packed.shape[0], rows):
+        out[:, start : start + rows] = x @ unpack_signs(b_packed[start : start + rows], k, dtype=x.dtype).T
     return out
 
 

@@ -428,13 +428,6 @@ class BinaryDense(_BinaryLayer):
     def out_features(self) -> int:
         return self.weight_bits.shape[0]
 
-    def _float_dot(self, x: np.ndarray) -> np.ndarray:
-        out = np.empty((x.shape[0], self.out_features), np.float32)
-        rows = max(1, _WEIGHT_CHUNK // max(1, self.k))
-        for start in range(0, self.out_features, rows):
-            out[:, start : start + rows] = x @ _unpack_float(self.weight_bits[start : start + rows], self.k).T
-        return out
-
     def __call__(self, x):
         if isinstance(x, Bits):
             if x.k != self.k or x.words.ndim != 2:
@@ -454,7 +447,7 @@ class BinaryDense(_BinaryLayer):
         else:
             if x.shape[1] != self.k:
                 raise ValueError(f"binary_dense expects {self.k} input features, got {x.shape[1]}")
-            dot = self._float_dot(np.ascontiguousarray(x, np.float32))
+            dot = kernels.signs_matmul(np.ascontiguousarray(x, np.float32), self.weight_bits, self.k)
         return self._epilogue(dot, self.out_features)
 
 
