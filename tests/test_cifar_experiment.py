@@ -77,6 +77,12 @@ def test_quick_run_end_to_end(shared_datasets, tmp_path, capsys, one_thread):
     markdown = (exp_dir / "results.md").read_text()
     assert "lossy JPEG re-encode" in markdown and "Quick (smoke) runs" in markdown
     assert any("bireal__" in p.name for p in (exp_dir / "heatmaps").glob("*.png"))
+    # every binary row converts; its packed model predicts what the PyTorch one does
+    assert {name for name, r in by_name.items() if "packed" in r} == {"binaryconnect", "bnn", "xnor", "bireal"}
+    for r in by_name.values():
+        if "packed" in r:
+            assert "error" not in r["packed"] and r["packed"]["agreement"] >= 0.99, r["packed"]
+    assert "Packed inference" in markdown
 
     assert main(argv) == 0  # finished runs are reused
     assert f"{len(rows)} already finished" in capsys.readouterr().out

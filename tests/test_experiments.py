@@ -33,6 +33,15 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     heatmaps = sorted((exp_dir / "heatmaps").glob("*.png"))
     assert heatmaps  # every row here but the float ones has binary activations
     assert "| row |" in (exp_dir / "results.md").read_text()
+    # rows with binary weights: the packed model of seed 0 evaluated beside PyTorch
+    packed = {r["name"]: r["packed"] for r in results["rows"] if "packed" in r}
+    assert set(packed) == ({"bnn"} if experiment == "mnist-mlp" else set())  # study B's CNN has float weights
+    for p in packed.values():
+        assert p["images"] == 500 and p["agreement"] >= 0.99
+        assert abs(p["packed_acc"] - p["torch_acc"]) <= 0.01
+        assert p["size_ratio"] > 20 and p["file_bytes"] > 0
+    if packed:
+        assert "Packed inference" in (exp_dir / "results.md").read_text()
 
     # a second run reuses the finished runs; report rewrites the outputs
     assert main(["run", experiment, "--quick", "--rows", *rows, "--out", str(out), "--no-progress"]) == 0

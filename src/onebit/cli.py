@@ -24,7 +24,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .experiments import write_report
 
-    print(f"wrote {write_report(args.run_dir, data=args.data, heatmaps=not args.no_heatmaps)}")
+    path = write_report(args.run_dir, data=args.data, heatmaps=not args.no_heatmaps, packed=not args.no_packed)
+    print(f"wrote {path}")
     return 0
 
 
@@ -65,28 +66,12 @@ def _first_run_config(path: Path) -> dict:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    import torch
-
-    from .deploy import convert
-    from .experiments import datasets, get
-    from .experiments.runner import build_model
-    from .training import load_checkpoint
+    from .experiments.packed import float32_state_bytes, pack_run
 
     run_dir = _first_run_dir(Path(args.run_dir))
-    config = json.loads((run_dir / "config.json").read_text())
-    checkpoint = run_dir / "checkpoint.pt"
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; train it first with `onebit run`")
-    state = load_checkpoint(checkpoint)
-    model = build_model(config)
-    model.load_state_dict(state["best_model"] or state["model"])
-    experiment = get(config["experiment"])
-    packed = convert(model, torch.zeros(2, *experiment.input_size),
-                     input_normalization=datasets.normalization(experiment.dataset, missing_ok=True))
-    packed.meta.update(experiment=config["experiment"], row=config["row"], seed=config["seed"],
-                       dataset=experiment.dataset)
+    model, packed = pack_run(run_dir)
     packed.save(args.output)
-    float_bytes = sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+    float_bytes = float32_state_bytes(model)
     size = Path(args.output).stat().st_size
     print(f"{run_dir} -> {args.output}: {size:,} bytes (float32 state dict {float_bytes:,} bytes, "
           f"{float_bytes / size:.1f}x smaller)")
@@ -151,8 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write results.md, results.json and plots for runs/<experiment>")
     report.add_argument("run_dir")
-    report.add_argument("--data", help="dataset root (for activation heatmaps)")
+    report.add_argument("--data", help="dataset root (for activation heatmaps and packed evaluation)")
     report.add_argument("--no-heatmaps", action="store_true")
+    report.add_argument("--no-packed", action="store_true",
+                        help="skip converting each binary row's seed-0 model and evaluating it beside PyTorch")
     report.set_defaults(func=_cmd_report)
 
     lst = sub.add_parser("list", help="experiments, their rows and finished runs")

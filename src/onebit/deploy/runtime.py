@@ -31,6 +31,7 @@ from . import fileformat, kernels
 __all__ = ["Bits", "Pixels", "PackedModel", "load", "OPS"]
 
 _WEIGHT_CHUNK = 1 << 22  # weight elements unpacked to float32 at a time (16 MiB)
+_IM2COL_BYTES = 1 << 23  # receptive fields built at a time by float convolutions (8 MiB)
 # byte -> its 8 bits as -1.0/+1.0, least significant bit first (the packing's bit order)
 _SIGN_TABLE = (2 * ((np.arange(256)[:, None] >> np.arange(8)) & 1) - 1).astype(np.float32)
 
@@ -101,6 +102,27 @@ def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.nd
     cols = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::stride, ::stride]
     ho, wo = cols.shape[2:4]
     return cols.transpose(0, 2, 3, 4, 5, 1).reshape(n, ho, wo, kh * kw * c)
+
+
+def _conv_matmul(x: np.ndarray, weight_blocks, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+    """Float convolution of NCHW ``x`` as im2col products: float32 ``(N, Ho, Wo, C_out)``.
+
+    ``weight_blocks`` yields ``(start, w)`` with ``w`` float ``(rows, kh * kw * C)`` (tap-major,
+    channel fastest), the weights of output channels ``start .. start + rows - 1``. The
+    receptive fields are built a few images at a time (:data:`_IM2COL_BYTES`): a whole batch's
+    im2col would take gigabytes and run at memory speed.
+    """
+    n, c, h, wd = x.shape
+    ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
+    blocks = list(weight_blocks)
+    out = np.empty((n, ho, wo, sum(w.shape[0] for _, w in blocks)), np.float32)
+    images = max(1, _IM2COL_BYTES // (4 * ho * wo * kh * kw * c))
+    for first in range(0, n, images):
+        cols = _im2col(x[first : first + images], kh, kw, stride, padding)
+        cols = cols.reshape(-1, cols.shape[-1])  # one 2-D product (a 4-D one runs per image row)
+        for start, w in blocks:
+            out[first : first + images, ..., start : start + w.shape[0]] = (cols @ w.T).reshape(-1, ho, wo, w.shape[0])
+    return out
 
 
 @dataclass
@@ -315,8 +337,9 @@ class Conv2d(Op):
 
     def __call__(self, x):
         co, _, kh, kw = self.weight.shape
-        cols = _im2col(_float(x, self.kind), kh, kw, self.stride, self.padding)
-        out = cols @ self.weight.transpose(0, 2, 3, 1).reshape(co, -1).T + self.bias
+        weight = self.weight.transpose(0, 2, 3, 1).reshape(co, -1)
+        out = _conv_matmul(_float(x, self.kind), [(0, weight)], kh, kw, self.stride, self.padding)
+        out += self.bias
         return out.transpose(0, 3, 1, 2)
 
 
@@ -506,13 +529,10 @@ class BinaryConv2d(_BinaryLayer):
     def _float_conv(self, x: np.ndarray) -> np.ndarray:
         """``(N, C, H, W)`` real input -> float32 ``(N, Ho, Wo, C_out)``."""
         co, kh, kw, _ = self.weight_bits.shape
-        cols = _im2col(x, kh, kw, self.stride, self.padding)
-        out = np.empty(cols.shape[:3] + (co,), np.float32)
         rows = max(1, _WEIGHT_CHUNK // max(1, kh * kw * self.c_in))
-        for start in range(0, co, rows):
-            signs = _unpack_float(self.weight_bits[start : start + rows], self.c_in)  # (rows, kh, kw, C_in)
-            out[..., start : start + rows] = cols @ signs.reshape(signs.shape[0], -1).T
-        return out
+        blocks = ((start, _unpack_float(self.weight_bits[start : start + rows], self.c_in).reshape(
+            min(rows, co - start), -1)) for start in range(0, co, rows))  # (rows, kh * kw * C_in) ±1
+        return _conv_matmul(x, blocks, kh, kw, self.stride, self.padding)
 
     def __call__(self, x):
         pooled = self.pool_kernel > 0

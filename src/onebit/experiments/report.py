@@ -15,7 +15,8 @@ from .._summary import summary as model_summary
 from ..nn import QuantizedLayer
 from ..quantizers import BinaryNeuron, _Quantizer
 from ..training import load_checkpoint, write_json
-from . import registry
+from . import datasets, registry
+from .packed import evaluate_packed
 from .runner import build_model
 
 __all__ = ["collect_rows", "write_report", "firing_rates", "aggregate_evaluations"]
@@ -101,6 +102,37 @@ def _train_time(row: dict) -> str:
     return wall if cpu is None else f"{wall} ({cpu / 60:.1f} CPU-min)"
 
 
+def _packed_table(rows: list[dict]) -> list[str]:
+    """Markdown table of each row's packed model (seed 0) beside its PyTorch model."""
+    evaluated = [r for r in rows if "packed" in r]
+    if not evaluated:
+        return []
+    first = next((r["packed"] for r in evaluated if "error" not in r["packed"]), None)
+    setup = "" if first is None else (
+        f" on {first['images']:,} test images at batch {first['batch_size']}, in one process "
+        f"({first['torch_threads']} torch threads)")
+    lines = ["", f"Packed inference (`onebit export` of seed 0's model, run from the file){setup}: "
+             "the packed model takes raw uint8 pixels, PyTorch the normalized float images. "
+             "Throughput in images/s. The packed model computes every binary layer exactly in integers; "
+             "PyTorch's float32 sums round, so a pre-activation within rounding of its threshold can take "
+             "the other sign there, which moves the logits (max logit diff) without changing predictions "
+             "except in rare ties.", "",
+             "| row | PyTorch acc (%) | packed acc (%) | same prediction (%) | max logit diff | "
+             "PyTorch / packed throughput | speed-up | file (x smaller than float32) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in evaluated:
+        p = r["packed"]
+        if "error" in p:
+            lines.append(f"| {r['name']} | not convertible: {p['error']} |||||||")
+            continue
+        lines.append(
+            f"| {r['name']} | {100 * p['torch_acc']:.2f} | {100 * p['packed_acc']:.2f} | "
+            f"{100 * p['agreement']:.2f} | {p['max_logit_diff']:.2g} | "
+            f"{p['torch_images_per_s']:,.0f} / {p['packed_images_per_s']:,.0f} | {p['speedup']:.1f}x | "
+            f"{p['file_bytes'] / 1024:,.1f} KiB ({p['size_ratio']:.1f}x) |")
+    return lines
+
+
 def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], heatmaps: list[str]) -> str:
     lines = [
         f"# {experiment.name}: {experiment.description}",
@@ -122,6 +154,7 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
             f"{_train_time(r)} | {r['published'] or ''} |"
         )
     lines += _evaluations_table(rows)
+    lines += _packed_table(rows)
     if any(r["quick"] for r in rows):
         lines += ["", "**Quick (smoke) runs: tiny data subset, one epoch. These numbers mean nothing.**"]
     lines += ["", "![curves](curves.png)", ""]
@@ -294,9 +327,24 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
     return written
 
 
-def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = True) -> Path:
+_QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
+
+
+def _evaluate_packed(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> None:
+    """Add ``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed` of seed 0) to
+    every row with binary weights, for experiments whose dataset has a test set here."""
+    if experiment.dataset not in datasets.NAMES:
+        return
+    for r in rows:
+        if r["binary_params"]:
+            r["packed"] = evaluate_packed(exp_dir / r["name"] / f"seed{r['seeds'][0]}", data,
+                                          max_images=_QUICK_PACKED_IMAGES if r["quick"] else None)
+
+
+def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = True, packed: bool = True) -> Path:
     """Write ``results.json``, ``results.md``, ``curves.png`` and ``heatmaps/*.png`` into
-    ``exp_dir`` (``runs/<experiment>``) from its finished runs. Returns the results.md path."""
+    ``exp_dir`` (``runs/<experiment>``) from its finished runs, and, with ``packed``, evaluate
+    each binary row's packed model beside PyTorch. Returns the results.md path."""
     exp_dir = Path(exp_dir)
     if not (exp_dir / "experiment.json").exists():
         raise FileNotFoundError(f"{exp_dir} is not an experiment directory (no experiment.json); "
@@ -308,6 +356,8 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     (exp_dir / "heatmaps").mkdir(exist_ok=True)
     _plot_curves(rows, exp_dir / "curves.png")
     maps = _heatmaps(exp_dir, experiment, rows, data) if heatmaps else []
+    if packed:
+        _evaluate_packed(exp_dir, experiment, rows, data)
     write_json({"experiment": experiment.name, "command": command, "rows": rows}, exp_dir / "results.json")
     path = exp_dir / "results.md"
     path.write_text(_markdown(experiment, command, rows, maps))

@@ -1,0 +1,116 @@
+"""Trained runs as packed models: what ``onebit export`` writes and what reports evaluate.
+
+:func:`pack_run` converts a run's best-validation model exactly as ``onebit export`` does;
+:func:`evaluate_packed` runs it beside the PyTorch model on the experiment's test set
+(accuracy, prediction agreement, logit error, throughput, file size).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..training import load_checkpoint
+from . import datasets, registry
+from .runner import build_model
+
+__all__ = ["load_trained", "pack_run", "evaluate_packed", "float32_state_bytes"]
+
+
+def load_trained(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """The best-validation model of a run directory (``runs/<exp>/<row>/seed<k>``), in
+    eval mode, and the run's config."""
+    run_dir = Path(run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    checkpoint = run_dir / "checkpoint.pt"
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; train it first with `onebit run`")
+    state = load_checkpoint(checkpoint)
+    model = build_model(config)
+    model.load_state_dict(state["best_model"] or state["model"])
+    return model.eval(), config
+
+
+def pack_run(run_dir: str | Path):
+    """``(model, packed)``: the run's trained PyTorch model and its
+    :class:`~onebit.deploy.PackedModel`, which takes raw uint8 images when the experiment's
+    dataset has a known normalization. Raises :class:`~onebit.deploy.UnsupportedModelError`
+    for models the packed runtime cannot reproduce."""
+    from ..deploy import convert
+
+    model, config = load_trained(run_dir)
+    experiment = registry.get(config["experiment"])
+    packed = convert(model, torch.zeros(2, *experiment.input_size),
+                     input_normalization=datasets.normalization(experiment.dataset, missing_ok=True))
+    packed.meta.update(experiment=config["experiment"], row=config["row"], seed=config["seed"],
+                       dataset=experiment.dataset)
+    return model, packed
+
+
+def float32_state_bytes(model: nn.Module) -> int:
+    """Bytes of the model's floating-point state dict stored as float32: what packing is compared with."""
+    return sum(t.numel() * 4 for t in model.state_dict().values() if t.is_floating_point())
+
+
+def _timed(fn, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
+    fn(images[:batch_size])  # warm-up: numba compilation, allocator, caches
+    start = time.perf_counter()
+    out = np.concatenate([fn(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+    return out, time.perf_counter() - start
+
+
+def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size: int = 256,
+                    max_images: int | None = None) -> dict[str, Any]:
+    """Convert the run and evaluate both models on the experiment's test set.
+
+    The PyTorch model sees float32 images normalized as in training; the packed one sees the
+    raw uint8 pixels where it takes them. Both run in this process with the current thread
+    settings, batch by batch. Returns ``packed_acc``, ``torch_acc``, ``agreement`` (fraction
+    of images with the same predicted class), ``max_logit_diff``, ``torch_images_per_s``,
+    ``packed_images_per_s``, ``speedup``, ``file_bytes``, ``float32_bytes``, ``size_ratio``,
+    ``images`` and ``batch_size``; or ``{"error": reason}`` if the model does not convert.
+    """
+    from ..deploy import UnsupportedModelError, load
+
+    try:
+        model, packed = pack_run(run_dir)
+    except UnsupportedModelError as err:
+        return {"error": str(err)}
+    dataset = packed.meta["dataset"]
+    images, labels = datasets.test_arrays(dataset, data)
+    codes = datasets.test_arrays(dataset, data, raw=True)[0] if "input_quantization" in packed.meta else images
+    if max_images is not None:
+        images, codes, labels = images[:max_images], codes[:max_images], labels[:max_images]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onebit"
+        packed.save(path)
+        file_bytes = path.stat().st_size
+        packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
+
+    with torch.no_grad():
+        reference, torch_seconds = _timed(lambda x: model(torch.from_numpy(x)).numpy(), images, batch_size)
+    logits, packed_seconds = _timed(packed, codes, batch_size)
+    float_bytes = float32_state_bytes(model)
+    torch_pred, packed_pred = reference.argmax(1), logits.argmax(1)
+    return {
+        "packed_acc": float((packed_pred == labels).mean()),
+        "torch_acc": float((torch_pred == labels).mean()),
+        "agreement": float((packed_pred == torch_pred).mean()),
+        "max_logit_diff": float(np.abs(logits - reference).max()),
+        "torch_images_per_s": len(labels) / torch_seconds,
+        "packed_images_per_s": len(labels) / packed_seconds,
+        "speedup": torch_seconds / packed_seconds,
+        "file_bytes": file_bytes,
+        "float32_bytes": float_bytes,
+        "size_ratio": float_bytes / file_bytes,
+        "images": len(labels),
+        "batch_size": batch_size,
+        "torch_threads": torch.get_num_threads(),
+    }
