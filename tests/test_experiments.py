@@ -38,7 +38,7 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert set(packed) == ({"bnn"} if experiment == "mnist-mlp" else set())  # study B's CNN has float weights
     for p in packed.values():
         assert p["images"] == 500 and p["agreement"] >= 0.99
-        assert abs(p["packed_acc"] - p["torch_acc"]) <= 0.01
+        assert abs(p["accuracy"]["test"]["packed"] - p["accuracy"]["test"]["torch"]) <= 0.01
         assert p["size_ratio"] > 20 and p["file_bytes"] > 0
     if packed:
         assert "Packed inference" in (exp_dir / "results.md").read_text()

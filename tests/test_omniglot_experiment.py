@@ -86,3 +86,14 @@ def test_quick_run_writes_every_evaluation_key(shared_datasets, tmp_path):
     assert "binary-block3__encoder.blocks.block3.act.png" in heatmaps
     assert {f"binary-all-hamming__encoder.blocks.block{b}.act.png" for b in (1, 2, 3, 4)} <= heatmaps
     assert not any(h.startswith("float__") for h in heatmaps)
+    # the Hamming rows have binary weights: their packed encoders, under the same head and
+    # episodes, give the PyTorch model's accuracy on every protocol
+    by_name = {r["name"]: r for r in results["rows"]}
+    packed = {name for name, r in by_name.items() if "packed" in r}
+    assert packed == {name for name in by_name if name.endswith("binary-all-hamming")} and packed
+    for name in packed:
+        p = by_name[name]["packed"]
+        assert "error" not in p and set(p["accuracy"]) == set(KEYS) and p["agreement"] >= 0.99
+        for a in p["accuracy"].values():
+            assert abs(a["torch"] - a["packed"]) <= 0.01
+    assert "Packed inference" in markdown

@@ -1,12 +1,13 @@
 """Trained runs as packed models: what ``onebit export`` writes and what reports evaluate.
 
 :func:`pack_run` converts a run's best-validation model exactly as ``onebit export`` does;
-:func:`evaluate_packed` runs it beside the PyTorch model on the experiment's test set
-(accuracy, prediction agreement, logit error, throughput, file size).
+:func:`evaluate_packed` runs it beside the PyTorch model on the experiment's test data
+(accuracy, agreement, output error, throughput, file size).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import time
@@ -66,16 +67,67 @@ def _timed(fn, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - start
 
 
+class _PackedEncoder(nn.Module):
+    """A packed encoder in a PyTorch model's place (inference only)."""
+
+    def __init__(self, packed) -> None:
+        super().__init__()
+        self.packed = packed
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(self.packed(x.cpu().numpy()))
+
+
+def _classifier_outputs(model, packed, dataset: str, data: str | None, batch_size: int, max_images: int | None):
+    """Test-set accuracy of both models; outputs are logits."""
+    images, labels = datasets.test_arrays(dataset, data)
+    codes = datasets.test_arrays(dataset, data, raw=True)[0] if "input_quantization" in packed.meta else images
+    if max_images is not None:
+        images, codes, labels = images[:max_images], codes[:max_images], labels[:max_images]
+    with torch.no_grad():
+        reference, torch_seconds = _timed(lambda x: model(torch.from_numpy(x)).numpy(), images, batch_size)
+    outputs, packed_seconds = _timed(packed, codes, batch_size)
+    accuracy = {"test": {"torch": float((reference.argmax(1) == labels).mean()),
+                         "packed": float((outputs.argmax(1) == labels).mean())}}
+    agreement = float((reference.argmax(1) == outputs.argmax(1)).mean())
+    return accuracy, agreement, reference, outputs, torch_seconds, packed_seconds
+
+
+def _encoder_outputs(model, packed, task, batch_size: int):
+    """Few-shot accuracy of every evaluation protocol with the PyTorch encoder and with the
+    packed one (the same episodes and head); outputs are the test images' embeddings."""
+    images = task.pool_images("test").numpy()
+    with torch.no_grad():
+        reference, torch_seconds = _timed(lambda x: model.embed(torch.from_numpy(x)).numpy(), images, batch_size)
+    outputs, packed_seconds = _timed(packed, images, batch_size)
+    with_packed = copy.deepcopy(model)
+    with_packed.encoder = _PackedEncoder(packed)
+    ours, theirs = task.final_evaluation(model), task.final_evaluation(with_packed)
+    accuracy = {key: {"torch": ours[key]["acc"], "packed": theirs[key]["acc"]} for key in ours}
+    agreement = float((reference == outputs).all(axis=1).mean())
+    return accuracy, agreement, reference, outputs, torch_seconds, packed_seconds
+
+
 def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size: int = 256,
                     max_images: int | None = None) -> dict[str, Any]:
-    """Convert the run and evaluate both models on the experiment's test set.
+    """Convert the run, reload it from its file, and evaluate it beside the PyTorch model.
 
-    The PyTorch model sees float32 images normalized as in training; the packed one sees the
-    raw uint8 pixels where it takes them. Both run in this process with the current thread
-    settings, batch by batch. Returns ``packed_acc``, ``torch_acc``, ``agreement`` (fraction
-    of images with the same predicted class), ``max_logit_diff``, ``torch_images_per_s``,
-    ``packed_images_per_s``, ``speedup``, ``file_bytes``, ``float32_bytes``, ``size_ratio``,
-    ``images`` and ``batch_size``; or ``{"error": reason}`` if the model does not convert.
+    Classifiers run on the experiment's test set: PyTorch on float32 images normalized as in
+    training, the packed model on the raw uint8 pixels where it takes them (``max_images``
+    limits the set). Few-shot models (whose experiment has no such test set) convert their
+    encoder, which replaces the PyTorch one under the same head and evaluation episodes
+    (:meth:`~onebit.training.fewshot.EpisodicTask.final_evaluation`); throughput is that of
+    embedding the test pool. Both models run in this process with the current thread
+    settings, batch by batch.
+
+    Returns:
+        ``accuracy`` (``{key: {"torch", "packed"}}``: ``"test"`` for classifiers, one entry
+        per evaluation protocol for few-shot models), ``agreement`` (fraction of inputs with
+        the same predicted class, or the identical embedding), ``max_output_diff`` (largest
+        absolute logit or embedding difference), ``torch_images_per_s``,
+        ``packed_images_per_s``, ``speedup``, ``file_bytes``, ``float32_bytes``,
+        ``size_ratio``, ``images``, ``batch_size``, ``torch_threads``; or ``{"error": reason}``
+        if the model does not convert.
     """
     from ..deploy import UnsupportedModelError, load
 
@@ -83,34 +135,32 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
         model, packed = pack_run(run_dir)
     except UnsupportedModelError as err:
         return {"error": str(err)}
-    dataset = packed.meta["dataset"]
-    images, labels = datasets.test_arrays(dataset, data)
-    codes = datasets.test_arrays(dataset, data, raw=True)[0] if "input_quantization" in packed.meta else images
-    if max_images is not None:
-        images, codes, labels = images[:max_images], codes[:max_images], labels[:max_images]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "model.onebit"
         packed.save(path)
         file_bytes = path.stat().st_size
         packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
 
-    with torch.no_grad():
-        reference, torch_seconds = _timed(lambda x: model(torch.from_numpy(x)).numpy(), images, batch_size)
-    logits, packed_seconds = _timed(packed, codes, batch_size)
+    dataset = packed.meta["dataset"]
+    if dataset in datasets.NAMES:
+        measured = _classifier_outputs(model, packed, dataset, data, batch_size, max_images)
+    else:
+        config = json.loads((Path(run_dir) / "config.json").read_text())
+        task = registry.get(config["experiment"]).make_task(data, config["quick"], config["train"]["batch_size"])
+        measured = _encoder_outputs(model, packed, task, batch_size)
+    accuracy, agreement, reference, outputs, torch_seconds, packed_seconds = measured
     float_bytes = float32_state_bytes(model)
-    torch_pred, packed_pred = reference.argmax(1), logits.argmax(1)
     return {
-        "packed_acc": float((packed_pred == labels).mean()),
-        "torch_acc": float((torch_pred == labels).mean()),
-        "agreement": float((packed_pred == torch_pred).mean()),
-        "max_logit_diff": float(np.abs(logits - reference).max()),
-        "torch_images_per_s": len(labels) / torch_seconds,
-        "packed_images_per_s": len(labels) / packed_seconds,
+        "accuracy": accuracy,
+        "agreement": agreement,
+        "max_output_diff": float(np.abs(outputs - reference).max()),
+        "torch_images_per_s": len(reference) / torch_seconds,
+        "packed_images_per_s": len(reference) / packed_seconds,
         "speedup": torch_seconds / packed_seconds,
         "file_bytes": file_bytes,
         "float32_bytes": float_bytes,
         "size_ratio": float_bytes / file_bytes,
-        "images": len(labels),
+        "images": len(reference),
         "batch_size": batch_size,
         "torch_threads": torch.get_num_threads(),
     }

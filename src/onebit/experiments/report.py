@@ -15,7 +15,7 @@ from .._summary import summary as model_summary
 from ..nn import QuantizedLayer
 from ..quantizers import BinaryNeuron, _Quantizer
 from ..training import load_checkpoint, write_json
-from . import datasets, registry
+from . import registry
 from .packed import evaluate_packed
 from .runner import build_model
 
@@ -111,23 +111,25 @@ def _packed_table(rows: list[dict]) -> list[str]:
     setup = "" if first is None else (
         f" on {first['images']:,} test images at batch {first['batch_size']}, in one process "
         f"({first['torch_threads']} torch threads)")
-    lines = ["", f"Packed inference (`onebit export` of seed 0's model, run from the file){setup}: "
-             "the packed model takes raw uint8 pixels, PyTorch the normalized float images. "
-             "Throughput in images/s. The packed model computes every binary layer exactly in integers; "
-             "PyTorch's float32 sums round, so a pre-activation within rounding of its threshold can take "
-             "the other sign there, which moves the logits (max logit diff) without changing predictions "
-             "except in rare ties.", "",
-             "| row | PyTorch acc (%) | packed acc (%) | same prediction (%) | max logit diff | "
+    lines = ["", f"Packed inference (`onebit export` of seed 0's model, run from the file){setup}. "
+             "Accuracy (%) as PyTorch / packed; few-shot rows swap in the packed encoder under the same "
+             "head and episodes, and \"same output\" counts identical embeddings instead of identical "
+             "predictions. Classifiers take raw uint8 pixels when packed. Throughput in images/s. The "
+             "packed model computes every binary layer exactly in integers; PyTorch's float32 sums round, "
+             "so a pre-activation within rounding of its threshold can take the other sign there, which "
+             "moves the outputs (max output diff) and, rarely, a prediction.", "",
+             "| row | accuracy PyTorch / packed | same output (%) | max output diff | "
              "PyTorch / packed throughput | speed-up | file (x smaller than float32) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|"]
     for r in evaluated:
         p = r["packed"]
         if "error" in p:
-            lines.append(f"| {r['name']} | not convertible: {p['error']} |||||||")
+            lines.append(f"| {r['name']} | not convertible: {p['error']} ||||||")
             continue
+        accuracy = "; ".join(f"{key}: {100 * a['torch']:.2f} / {100 * a['packed']:.2f}"
+                             for key, a in p["accuracy"].items())
         lines.append(
-            f"| {r['name']} | {100 * p['torch_acc']:.2f} | {100 * p['packed_acc']:.2f} | "
-            f"{100 * p['agreement']:.2f} | {p['max_logit_diff']:.2g} | "
+            f"| {r['name']} | {accuracy} | {100 * p['agreement']:.2f} | {p['max_output_diff']:.2g} | "
             f"{p['torch_images_per_s']:,.0f} / {p['packed_images_per_s']:,.0f} | {p['speedup']:.1f}x | "
             f"{p['file_bytes'] / 1024:,.1f} KiB ({p['size_ratio']:.1f}x) |")
     return lines
@@ -330,11 +332,9 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
 _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
 
 
-def _evaluate_packed(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> None:
+def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None) -> None:
     """Add ``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed` of seed 0) to
-    every row with binary weights, for experiments whose dataset has a test set here."""
-    if experiment.dataset not in datasets.NAMES:
-        return
+    every row with binary weights."""
     for r in rows:
         if r["binary_params"]:
             r["packed"] = evaluate_packed(exp_dir / r["name"] / f"seed{r['seeds'][0]}", data,
@@ -357,7 +357,7 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     _plot_curves(rows, exp_dir / "curves.png")
     maps = _heatmaps(exp_dir, experiment, rows, data) if heatmaps else []
     if packed:
-        _evaluate_packed(exp_dir, experiment, rows, data)
+        _evaluate_packed(exp_dir, rows, data)
     write_json({"experiment": experiment.name, "command": command, "rows": rows}, exp_dir / "results.json")
     path = exp_dir / "results.md"
     path.write_text(_markdown(experiment, command, rows, maps))

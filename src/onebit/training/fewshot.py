@@ -103,8 +103,9 @@ def _check_deterministic(model: nn.Module) -> None:
 
 @torch.no_grad()
 def _embed(model: nn.Module, images: Tensor, chunk: int) -> Tensor:
-    """Embeddings of ``images`` in chunks, on the model's device."""
-    device = next(model.parameters()).device
+    """Embeddings of ``images`` in chunks, on the model's device (CPU for a model without
+    parameters, such as one whose encoder was swapped for a packed one)."""
+    device = next(model.parameters(), torch.empty(0)).device
     return torch.cat([model.embed(images[i : i + chunk].to(device)) for i in range(0, len(images), chunk)])
 
 
@@ -215,7 +216,7 @@ class EpisodicTask:
         if split not in ("val", "test"):
             raise ValueError(f"unknown split {split!r}; choose val or test")
         setting = self.val if split == "val" else self.test[0]
-        yield (self._pool_images(split), *self._episodes(split, setting))
+        yield (self.pool_images(split), *self._episodes(split, setting))
 
     def step(self, model: nn.Module, batch) -> BatchResult:
         """Per-query losses ``(Q,)`` (training episode) or ``(E * Q,)`` (evaluation batch)."""
@@ -250,7 +251,7 @@ class EpisodicTask:
         _check_deterministic(net)
         try:
             results = {}
-            emb = _embed(net, self._pool_images("test"), self.embed_chunk)
+            emb = _embed(net, self.pool_images("test"), self.embed_chunk)
             for setting in self.test:
                 s_idx, s_lab, q_idx, q_lab = self._episodes("test", setting)
                 logits = _episode_logits(net, emb, s_idx, s_lab, q_idx, setting.way)
@@ -278,7 +279,8 @@ class EpisodicTask:
                 "queries": queries}
 
     # -- helpers ---------------------------------------------------------------------------
-    def _pool_images(self, split: str) -> Tensor:
+    def pool_images(self, split: str) -> Tensor:
+        """Every image of split ``split``'s class pool, normalized: ``(classes * images, 1, H, W)``."""
         pool = self.pools[split]
         return self._normalize(pool.images.flatten(0, 1))
 
