@@ -156,3 +156,12 @@ def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datas
     row = next(line for line in result.stdout.splitlines() if line.startswith("none "))
     eager_ms, configured_ms = (float(v) for v in row.split()[1:5:2])
     assert eager_ms > 0 and configured_ms > 0 and "precision=fp32 compile=False" in row
+
+
+def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
+    from onebit.experiments.report import _train_time
+
+    row = {"train_seconds_mean": 1200.0, "train_cpu_seconds_mean": 900.0, "train_cpu_runs": 2, "seeds": [0, 1, 2]}
+    assert _train_time(row) == "1200 s (15.0 CPU-min, 2 of 3 runs)"
+    assert _train_time({**row, "train_cpu_runs": 3}) == "1200 s (15.0 CPU-min)"
+    assert _train_time({**row, "train_cpu_seconds_mean": None, "train_cpu_runs": 0}) == "1200 s"

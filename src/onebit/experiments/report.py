@@ -78,8 +78,10 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
             out[key] = values
             out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
         out["threads"] = [f["threads"] for _, f, _ in runs if "threads" in f]  # older runs lack it
-        cpu = [f["train_cpu_seconds"] for _, f, _ in runs if "train_cpu_seconds" in f]  # runs before session 2 lack it
-        out["train_cpu_seconds_mean"] = statistics.fmean(cpu) if len(cpu) == len(runs) else None
+        # runs trained (or resumed) before the field existed lack it: mean over the runs that have it
+        cpu = [f["train_cpu_seconds"] for _, f, _ in runs if f.get("train_cpu_seconds") is not None]
+        out["train_cpu_seconds_mean"] = statistics.fmean(cpu) if cpu else None
+        out["train_cpu_runs"] = len(cpu)
         out.update(epochs=config["train"]["epochs"], quick=config["quick"],
                    binary_params=stats.binary_params, float_params=stats.float_params,
                    packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
@@ -99,7 +101,10 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
 def _train_time(row: dict) -> str:
     wall = f"{row['train_seconds_mean']:.0f} s"
     cpu = row.get("train_cpu_seconds_mean")
-    return wall if cpu is None else f"{wall} ({cpu / 60:.1f} CPU-min)"
+    if cpu is None:
+        return wall
+    partial = "" if row["train_cpu_runs"] == len(row["seeds"]) else f", {row['train_cpu_runs']} of {len(row['seeds'])} runs"
+    return f"{wall} ({cpu / 60:.1f} CPU-min{partial})"
 
 
 def _packed_table(rows: list[dict]) -> list[str]:
