@@ -46,7 +46,9 @@ register(
             "exponential learning-rate decay and batch norm, as the BNN paper does.",
             "Trained with bfloat16 autocast and torch.compile (bnn: 2.7x less CPU per step on this CPU, "
             "`benchmarks/bench_training.py`); "
-            "validation and test accuracy are those of the fp32 model.",
+            "validation and test accuracy are those of the fp32 model. The bnn target includes a budget of "
+            "30 CPU-minutes per seed: the time column gives each row's CPU time (one torch thread; wall "
+            "time is longer when runs share the 2 cores).",
             "Every recipe drops 20% of the input pixels in training (a 15-epoch bnn run without it reached "
             "99.9% train but 98.34% test accuracy; float runs without it: 98.64 / 98.70%); the float recipe "
             "also has dropout 0.2 after every hidden block.",
