@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -67,6 +67,15 @@ def _timed(fn, images: np.ndarray, batch_size: int) -> tuple[np.ndarray, float]:
     return out, time.perf_counter() - start
 
 
+class _Comparison(NamedTuple):
+    accuracy: dict[str, dict[str, float]]  # {key: {"torch": ..., "packed": ...}}
+    agreement: float
+    reference: np.ndarray  # PyTorch outputs
+    outputs: np.ndarray  # packed outputs
+    torch_seconds: float
+    packed_seconds: float
+
+
 class _PackedEncoder(nn.Module):
     """A packed encoder in a PyTorch model's place (inference only)."""
 
@@ -78,7 +87,8 @@ class _PackedEncoder(nn.Module):
         return torch.from_numpy(self.packed(x.cpu().numpy()))
 
 
-def _classifier_outputs(model, packed, dataset: str, data: str | None, batch_size: int, max_images: int | None):
+def _compare_classifiers(model, packed, dataset: str, data: str | None, batch_size: int,
+                         max_images: int | None) -> _Comparison:
     """Test-set accuracy of both models; outputs are logits."""
     images, labels = datasets.test_arrays(dataset, data)
     codes = datasets.test_arrays(dataset, data, raw=True)[0] if "input_quantization" in packed.meta else images
@@ -90,10 +100,10 @@ def _classifier_outputs(model, packed, dataset: str, data: str | None, batch_siz
     accuracy = {"test": {"torch": float((reference.argmax(1) == labels).mean()),
                          "packed": float((outputs.argmax(1) == labels).mean())}}
     agreement = float((reference.argmax(1) == outputs.argmax(1)).mean())
-    return accuracy, agreement, reference, outputs, torch_seconds, packed_seconds
+    return _Comparison(accuracy, agreement, reference, outputs, torch_seconds, packed_seconds)
 
 
-def _encoder_outputs(model, packed, task, batch_size: int):
+def _compare_encoders(model, packed, task, batch_size: int) -> _Comparison:
     """Few-shot accuracy of every evaluation protocol with the PyTorch encoder and with the
     packed one (the same episodes and head); outputs are the test images' embeddings."""
     images = task.pool_images("test").numpy()
@@ -105,7 +115,7 @@ def _encoder_outputs(model, packed, task, batch_size: int):
     ours, theirs = task.final_evaluation(model), task.final_evaluation(with_packed)
     accuracy = {key: {"torch": ours[key]["acc"], "packed": theirs[key]["acc"]} for key in ours}
     agreement = float((reference == outputs).all(axis=1).mean())
-    return accuracy, agreement, reference, outputs, torch_seconds, packed_seconds
+    return _Comparison(accuracy, agreement, reference, outputs, torch_seconds, packed_seconds)
 
 
 def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size: int = 256,
@@ -143,24 +153,23 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
 
     dataset = packed.meta["dataset"]
     if dataset in datasets.NAMES:
-        measured = _classifier_outputs(model, packed, dataset, data, batch_size, max_images)
+        c = _compare_classifiers(model, packed, dataset, data, batch_size, max_images)
     else:
         config = json.loads((Path(run_dir) / "config.json").read_text())
         task = registry.get(config["experiment"]).make_task(data, config["quick"], config["train"]["batch_size"])
-        measured = _encoder_outputs(model, packed, task, batch_size)
-    accuracy, agreement, reference, outputs, torch_seconds, packed_seconds = measured
+        c = _compare_encoders(model, packed, task, batch_size)
     float_bytes = float32_state_bytes(model)
     return {
-        "accuracy": accuracy,
-        "agreement": agreement,
-        "max_output_diff": float(np.abs(outputs - reference).max()),
-        "torch_images_per_s": len(reference) / torch_seconds,
-        "packed_images_per_s": len(reference) / packed_seconds,
-        "speedup": torch_seconds / packed_seconds,
+        "accuracy": c.accuracy,
+        "agreement": c.agreement,
+        "max_output_diff": float(np.abs(c.outputs - c.reference).max()),
+        "torch_images_per_s": len(c.reference) / c.torch_seconds,
+        "packed_images_per_s": len(c.reference) / c.packed_seconds,
+        "speedup": c.torch_seconds / c.packed_seconds,
         "file_bytes": file_bytes,
         "float32_bytes": float_bytes,
         "size_ratio": float_bytes / file_bytes,
-        "images": len(reference),
+        "images": len(c.reference),
         "batch_size": batch_size,
         "torch_threads": torch.get_num_threads(),
     }
