@@ -50,6 +50,22 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert main(["report", str(exp_dir)]) == 0
     assert (exp_dir / "results.md").exists()
 
+    # committed records (a fresh clone: no checkpoints, no TensorBoard logs) still make the report,
+    # keeping the heatmaps and packed evaluations computed while the checkpoints were there
+    results = json.loads((exp_dir / "results.json").read_text())
+    packed = {r["name"]: r["packed"] for r in results["rows"] if "packed" in r}
+    for row in rows:
+        (exp_dir / row / "seed0" / "checkpoint.pt").unlink()
+        shutil.rmtree(exp_dir / row / "seed0" / "tensorboard")
+    assert main(["report", str(exp_dir)]) == 0
+    again = json.loads((exp_dir / "results.json").read_text())
+    assert [r["test_acc"] for r in again["rows"]] == [r["test_acc"] for r in results["rows"]]
+    assert {r["name"]: r["packed"] for r in again["rows"] if "packed" in r} == packed
+    assert sorted((exp_dir / "heatmaps").glob("*.png")) == heatmaps
+    assert all(h.name in (exp_dir / "results.md").read_text() for h in heatmaps)
+    assert main(["run", experiment, "--quick", "--rows", *rows, "--out", str(out), "--no-progress"]) == 0
+    assert f"{len(rows)} already finished" in capsys.readouterr().out
+
 
 def test_unknown_experiment_and_row(capsys):
     assert main(["run", "mnist-resnet", "--quick"]) == 2

@@ -315,6 +315,8 @@ def _plot_mosaic(plt, maps: torch.Tensor, cols: int, rows: int, title: str, path
 
 
 def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> list[str]:
+    """Plot seed 0's firing rates of every row with binary activations into ``heatmaps/``; a row
+    whose checkpoint is not kept (a committed record) keeps the heatmaps plotted earlier."""
     written = []
     images = None
     for r in rows:
@@ -322,6 +324,9 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
         config = json.loads((seed_dir / "config.json").read_text())
         model = build_model(config)
         if not binary_activations(model):
+            continue
+        if not (seed_dir / "checkpoint.pt").exists():
+            written += sorted(f"heatmaps/{p.name}" for p in (exp_dir / "heatmaps").glob(f"{r['name']}__*.png"))
             continue
         if images is None:
             task = experiment.make_task(data, config["quick"], config["train"]["batch_size"])
@@ -339,11 +344,17 @@ _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on
 
 def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None) -> None:
     """Add ``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed` of seed 0) to
-    every row with binary weights."""
+    every row with binary weights, and keep it as ``packed.json`` in that run's directory: a row
+    whose checkpoint is not kept (a committed record) reports the evaluation stored there."""
     for r in rows:
-        if r["binary_params"]:
-            r["packed"] = evaluate_packed(exp_dir / r["name"] / f"seed{r['seeds'][0]}", data,
-                                          max_images=_QUICK_PACKED_IMAGES if r["quick"] else None)
+        if not r["binary_params"]:
+            continue
+        seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
+        if (seed_dir / "checkpoint.pt").exists():
+            r["packed"] = evaluate_packed(seed_dir, data, max_images=_QUICK_PACKED_IMAGES if r["quick"] else None)
+            write_json(r["packed"], seed_dir / "packed.json")
+        elif (seed_dir / "packed.json").exists():
+            r["packed"] = json.loads((seed_dir / "packed.json").read_text())
 
 
 def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = True, packed: bool = True) -> Path:
