@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     overrides = runner.parse_overrides(args.set)
     for row in args.rows or [r.name for r in experiment.rows]:
         configured = _trainer(experiment, row, overrides, args.data)
-        mode = f"precision={configured.config.precision} compile={configured.config.compile}"
+        mode = f"precision={configured.precision} compile={configured.config.compile}"
         eager = _trainer(experiment, row, {**overrides, "precision": "fp32", "compile": False}, args.data)
         eager_step = _cpu_seconds_per_step(eager, args.steps)
         step = _cpu_seconds_per_step(configured, args.steps)

@@ -66,6 +66,18 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert main(["run", experiment, "--quick", "--rows", *rows, "--out", str(out), "--no-progress"]) == 0
     assert f"{len(rows)} already finished" in capsys.readouterr().out
 
+    # a row whose records are gone altogether is carried over from the earlier report, marked
+    lost = rows[-1]
+    earlier = next(r for r in json.loads((exp_dir / "results.json").read_text())["rows"] if r["name"] == lost)
+    shutil.rmtree(exp_dir / lost)
+    assert main(["report", str(exp_dir)]) == 0
+    carried = {r["name"]: r for r in json.loads((exp_dir / "results.json").read_text())["rows"]}
+    assert sorted(carried) == sorted(rows) and carried[lost]["carried_over"]
+    assert carried[lost]["test_acc"] == earlier["test_acc"] and carried[lost].get("packed") == earlier.get("packed")
+    assert not any(carried[r].get("carried_over") for r in rows[:-1])
+    markdown = (exp_dir / "results.md").read_text()
+    assert f"| {lost}†" in markdown and "Carried over" in markdown
+
 
 def test_unknown_experiment_and_row(capsys):
     assert main(["run", "mnist-resnet", "--quick"]) == 2

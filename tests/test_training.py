@@ -9,6 +9,7 @@ from onebit.data import ImageSet
 from onebit.nn import BinaryLinear
 from onebit.quantizers import BinaryNeuron
 from onebit.training import ClassificationTask, TrainConfig, Trainer, TrainingDiverged
+from onebit.training.trainer import resolve_precision
 
 
 def synthetic_task(n=256, batch_size=32, seed=0):
@@ -145,6 +146,17 @@ def test_bf16_precision_trains_in_bfloat16_and_evaluates_in_fp32(tmp_path):
     assert final["test_acc"] > 0.5
     with pytest.raises(ValueError, match="precision"):
         Trainer(tiny_model(), synthetic_task(), TrainConfig(precision="fp8", device="cpu"), tmp_path / "x")
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(tmp_path, monkeypatch, native_bf16):
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: native_bf16)
+    expected = "bf16" if native_bf16 else "fp32"
+    assert resolve_precision("auto", torch.device("cpu")) == expected
+    assert resolve_precision("fp32", torch.device("cpu")) == "fp32"  # explicit choices stand
+    assert resolve_precision("bf16", torch.device("cpu")) == "bf16"
+    _, final = fit(tmp_path, "run", epochs=1, precision="auto")
+    assert final["precision"] == expected
 
 
 def test_bf16_with_reinforce_neurons_keeps_parameters_finite(tmp_path):

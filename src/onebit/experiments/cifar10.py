@@ -124,7 +124,7 @@ register(
         name="cifar10",
         description="CIFAR-10: BinaryNet's VGG-small (float, BinaryConnect, BNN, XNOR) and Bi-Real ResNet-18",
         rows=ROWS,
-        train={"batch_size": 128, "lr_schedule": "cosine", "precision": "bf16", "compile": True},
+        train={"batch_size": 128, "lr_schedule": "cosine", "precision": "auto", "compile": True},
         make_task=cifar10_task,
         input_size=(3, 32, 32),
         dataset="cifar10",

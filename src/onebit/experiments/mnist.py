@@ -32,7 +32,7 @@ register(
         rows=tuple(Row(r, {"name": "mlp", "recipe": r, "input_dropout": 0.2}) for r in MLP_RECIPES),
         train={"epochs": 25, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
                "lr_final_ratio": 0.01, "batch_size": 100,
-               "precision": "bf16", "compile": True},
+               "precision": "auto", "compile": True},
         make_task=mnist_task,
         input_size=(1, 28, 28),
         dataset="mnist",
@@ -70,7 +70,7 @@ CNN_ROWS += [
 #: REINFORCE beyond study B's protocol: slope annealing, and a leave-one-out baseline over 4 bit
 #: samples per image (4x the compute per step, hence bf16 + torch.compile).
 REINFORCE_LOO = {"slope_schedule": "linear", "reinforce_baseline": "leave-one-out", "reinforce_samples": 4,
-                 "precision": "bf16", "compile": True}
+                 "precision": "auto", "compile": True}
 CNN_ROWS += [
     Row(f"stochastic-reinforce-{pos}-loo-annealed",
         {"name": "small_cnn", "binary": pos, "mode": "stochastic", "estimator": "reinforce"}, REINFORCE_LOO)

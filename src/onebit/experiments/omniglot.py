@@ -93,7 +93,7 @@ register(
                     "Prototypical Networks and a fully binary Hamming encoder",
         rows=tuple(ROWS),
         train={"epochs": EPOCHS, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 1,
-               "precision": "bf16", "compile": True},
+               "precision": "auto", "compile": True},
         make_task=omniglot_task,
         input_size=(1, 28, 28),
         quick_model=QUICK_MODEL,

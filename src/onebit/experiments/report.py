@@ -78,6 +78,7 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
             out[key] = values
             out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
         out["threads"] = [f["threads"] for _, f, _ in runs if "threads" in f]  # older runs lack it
+        out["precision"] = sorted({f["precision"] for _, f, _ in runs if "precision" in f})
         # runs trained (or resumed) before the field existed lack it: mean over the runs that have it
         cpu = [f["train_cpu_seconds"] for _, f, _ in runs if f.get("train_cpu_seconds") is not None]
         out["train_cpu_seconds_mean"] = statistics.fmean(cpu) if cpu else None
@@ -100,11 +101,13 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
 
 def _train_time(row: dict) -> str:
     wall = f"{row['train_seconds_mean']:.0f} s"
+    precision = "/".join(row.get("precision", []))
     cpu = row.get("train_cpu_seconds_mean")
     if cpu is None:
-        return wall
-    partial = "" if row["train_cpu_runs"] == len(row["seeds"]) else f", {row['train_cpu_runs']} of {len(row['seeds'])} runs"
-    return f"{wall} ({cpu / 60:.1f} CPU-min{partial})"
+        return f"{wall} ({precision})" if precision else wall
+    runs = row.get("train_cpu_runs", len(row["seeds"]))
+    partial = "" if runs == len(row["seeds"]) else f", {runs} of {len(row['seeds'])} runs"
+    return f"{wall} ({cpu / 60:.1f} CPU-min{partial}{', ' + precision if precision else ''})"
 
 
 def _packed_table(rows: list[dict]) -> list[str]:
@@ -155,11 +158,17 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']} | {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
+            f"| {r['name']}{CARRIED_MARK if r.get('carried_over') else ''} | {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
             f"{r['test_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
             f"{_train_time(r)} | {r['published'] or ''} |"
         )
+    carried = {r["command"]: None for r in rows if r.get("carried_over")}
+    if carried:
+        lines += ["", f"{CARRIED_MARK} Carried over from this directory's earlier report (produced by "
+                  f"{', '.join(f'`{c}`' for c in carried)}): the records of its runs were not kept, so its "
+                  "numbers (and its heatmaps and packed evaluation, if any) are that report's; its runs may "
+                  "come from an earlier configuration or machine. Training its runs again replaces it."]
     lines += _evaluations_table(rows)
     lines += _packed_table(rows)
     if any(r["quick"] for r in rows):
@@ -316,17 +325,18 @@ def _plot_mosaic(plt, maps: torch.Tensor, cols: int, rows: int, title: str, path
 
 def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> list[str]:
     """Plot seed 0's firing rates of every row with binary activations into ``heatmaps/``; a row
-    whose checkpoint is not kept (a committed record) keeps the heatmaps plotted earlier."""
+    whose checkpoint is not kept (a committed record, a carried-over row) keeps the heatmaps
+    plotted earlier."""
     written = []
     images = None
     for r in rows:
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
+        if r.get("carried_over") or not (seed_dir / "checkpoint.pt").exists():
+            written += sorted(f"heatmaps/{p.name}" for p in (exp_dir / "heatmaps").glob(f"{r['name']}__*.png"))
+            continue
         config = json.loads((seed_dir / "config.json").read_text())
         model = build_model(config)
         if not binary_activations(model):
-            continue
-        if not (seed_dir / "checkpoint.pt").exists():
-            written += sorted(f"heatmaps/{p.name}" for p in (exp_dir / "heatmaps").glob(f"{r['name']}__*.png"))
             continue
         if images is None:
             task = experiment.make_task(data, config["quick"], config["train"]["batch_size"])
@@ -339,6 +349,25 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
     return written
 
 
+CARRIED_MARK = "†"
+
+
+def _with_carried_over_rows(exp_dir: Path, experiment: registry.Experiment, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the rows of the directory's earlier ``results.json`` that have no finished
+    run here (their records were not kept, e.g. reports committed before records were), marked
+    ``carried_over``, in the experiment's row order."""
+    earlier_path = exp_dir / "results.json"
+    if not earlier_path.exists():
+        return rows
+    report = json.loads(earlier_path.read_text())
+    present = {r["name"] for r in rows}
+    known = {r.name for r in experiment.rows}
+    earlier = [{**r, "carried_over": True, "command": r.get("command", report["command"])} for r in report["rows"]
+               if r["name"] not in present and r["name"] in known]
+    order = {r.name: i for i, r in enumerate(experiment.rows)}
+    return sorted(rows + earlier, key=lambda r: order[r["name"]])
+
+
 _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
 
 
@@ -347,7 +376,7 @@ def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None) -> None:
     every row with binary weights, and keep it as ``packed.json`` in that run's directory: a row
     whose checkpoint is not kept (a committed record) reports the evaluation stored there."""
     for r in rows:
-        if not r["binary_params"]:
+        if not r["binary_params"] or r.get("carried_over"):
             continue
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
         if (seed_dir / "checkpoint.pt").exists():
@@ -367,6 +396,7 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
                                 "pass runs/<experiment> as written by `onebit run`")
     command = json.loads((exp_dir / "experiment.json").read_text())["command"]
     experiment, rows = collect_rows(exp_dir)
+    rows = _with_carried_over_rows(exp_dir, experiment, rows)
     if not rows:
         raise ValueError(f"{exp_dir} has no finished runs yet")
     (exp_dir / "heatmaps").mkdir(exist_ok=True)

@@ -50,12 +50,14 @@ class TrainConfig:
         reinforce_samples: bit samples drawn per input in each step (the batch is repeated;
             the task must provide ``repeat(batch, times)``).
         reinforce_baseline_momentum: momentum of the REINFORCE moving-average baseline.
-        precision: ``"fp32"``, or ``"bf16"`` to run the training forward and backward passes
+        precision: ``"fp32"``, ``"bf16"`` to run the training forward and backward passes
             under :func:`torch.autocast` with bfloat16 (matrix products and convolutions in
-            bfloat16: several times faster on CPUs with AMX or AVX512-BF16, and on GPUs).
-            Latent weights, optimizer state and losses stay fp32, and validation and test
-            always run in fp32: the reported accuracy is that of the exact model
-            :mod:`onebit.deploy` converts.
+            bfloat16: several times faster on CPUs with AMX or AVX512-BF16, and on GPUs; on
+            other CPUs it is emulated and many times slower), or ``"auto"``: bf16 where the
+            device computes it natively, else fp32 (:func:`resolve_precision`; ``final.json``
+            records which). Latent weights, optimizer state and losses stay fp32, and
+            validation and test always run in fp32: the reported accuracy is that of the exact
+            model :mod:`onebit.deploy` converts.
         compile: train the model's forward and backward passes through
             :func:`torch.compile` (fuses the element-wise work of quantizers and batch norm;
             with ``precision="bf16"`` 1.8-4x less CPU per step for this project's binary
@@ -106,6 +108,19 @@ def resolve_device(name: str) -> torch.device:
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """``"fp32"`` or ``"bf16"`` for the precision option ``name`` on ``device``: ``"auto"``
+    is bf16 where the device has native bfloat16 matrix products (a GPU that supports it; a
+    CPU on which oneDNN runs bf16 natively: AVX512-BF16 or AMX), else fp32."""
+    if name != "auto":
+        if name not in PRECISIONS:
+            raise ValueError(f"unknown precision {name!r}; choose one of auto, {', '.join(PRECISIONS)}")
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
 def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
@@ -169,8 +184,7 @@ class Trainer:
         if config.reinforce_baseline not in reinforce.BASELINES:
             raise ValueError(f"unknown reinforce_baseline {config.reinforce_baseline!r}; choose one of "
                              f"{', '.join(reinforce.BASELINES)}")
-        if config.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        self.precision = resolve_precision(config.precision, self.device)
         if config.reinforce_samples < 1 or (config.reinforce_baseline == "leave-one-out") != (
                 config.reinforce_samples > 1):
             raise ValueError("reinforce_samples >= 2 goes with reinforce_baseline='leave-one-out' (and only with it)")
@@ -337,7 +351,7 @@ class Trainer:
             return self.task.step(net, batch).per_sample_loss.float()
 
     def _autocast(self):
-        dtype = PRECISIONS[self.config.precision]
+        dtype = PRECISIONS[self.precision]
         return torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None)
 
     def _all_reduce(self, *values: float) -> list[float]:
@@ -382,6 +396,7 @@ class Trainer:
             del final["train_cpu_seconds"]
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingDiverged(f"final metrics are not finite: {final}")
+        final["precision"] = self.precision
         final_evaluation = getattr(self.task, "final_evaluation", None)
         if final_evaluation is not None:
             final["evaluations"] = final_evaluation(final_model)
