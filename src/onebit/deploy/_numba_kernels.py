@@ -14,7 +14,7 @@ Data layout shared with :mod:`onebit.deploy.kernels`:
   reduction word ``i`` — four 512-bit vectors of 8 columns each.  Columns past ``N``
   are all-zero words.
 
-GEMM micro-kernel (AVX-512 path): a tile of up to 4 rows x 32 columns keeps 16
+GEMM micro-kernel (AVX-512 back end): a tile of up to 4 rows x 32 columns keeps 16
 ``<8 x i64>`` accumulators in registers.  Per reduction word it loads the 4 weight
 vectors, broadcasts one activation word per row and does ``acc += popcount(a ^ w)``
 (``vpxorq`` + ``vpopcntq`` + ``vpaddq``), i.e. 3 vector instructions per 8 x 64 binary
@@ -26,9 +26,13 @@ also cancels the padding taps, see ``kernels._conv_operand``) and either stores 
 dots (masked store for the last, partial panel) or compares them with per-column
 thresholds and writes packed output bits directly.
 
-On CPUs without AVX512-VPOPCNTDQ the same driver calls :func:`_tile_dot_portable`, a
-plain loop that LLVM auto-vectorizes for whatever the CPU has (the threshold epilogue
-then runs unfused, in numpy).
+AVX2 back end (no ``vpopcntq``): the same tile, counted in sub-tiles of 2 rows x 8
+columns whose 4 byte counters take ``popcount`` by two ``vpshufb`` nibble lookups per
+256 bits and are summed into 64-bit accumulators (``vpsadbw``) every 31 reduction words.
+
+The portable ``numba`` back end calls :func:`_tile_dot_portable`, a plain loop that LLVM
+auto-vectorizes for whatever the CPU has (the threshold epilogue then runs unfused, in
+numpy).
 
 The kernels are integer-only, so numba's ``fastmath`` would change nothing in the GEMM
 and would make NaN handling of the sign packer undefined: it is not used.
@@ -89,6 +93,19 @@ def has_avx512_popcount() -> bool:
     """
     features = _host_features()
     return bool(features.get("avx512f") and features.get("avx512vpopcntdq"))
+
+
+def has_avx2() -> bool:
+    """True when the CPU numba compiles for has AVX2 (256-bit integer vectors, ``vpshufb``)."""
+    return bool(_host_features().get("avx2"))
+
+
+def simd_backend() -> str | None:
+    """The vector GEMM tile this CPU runs: ``"avx512"`` (``vpopcntq``), ``"avx2"`` (nibble
+    lookups) or None (the portable kernel only)."""
+    if has_avx512_popcount():
+        return "avx512"
+    return "avx2" if has_avx2() else None
 
 
 def _prefer_workqueue_threads() -> None:
@@ -179,6 +196,8 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
     panels, jb``.  The tile covers rows ``row0 .. row0 + mr - 1`` (1 <= mr <= 4; one
     specialised loop per ``mr`` so a single-row GEMV does no wasted work) and panel
     ``jb``, and hands ``dot = bias[rowclass[row], col] - 2 * mismatches`` to ``epilogue``.
+    The mismatches are counted by :func:`_count_bytes` on AVX2 CPUs without ``vpopcntq``,
+    else by :func:`_count_vpopcntq` (generic LLVM vector IR).
     """
     builder = ac.builder
     a, rowbase, koff, rowclass, bias, panels = (ac.data(i) for i in (0, 1, 2, 3, 4, 7))
@@ -186,7 +205,7 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
     kw, bias_stride = ac.shape(2, 0), ac.shape(4, 1)
     col0 = builder.mul(jb, ir.Constant(_I64, PANEL))
     panel = builder.gep(panels, [builder.mul(col0, kw)])
-    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8I64, [_V8I64]), "llvm.ctpop.v8i64")
+    count = _count_bytes if simd_backend() == "avx2" else _count_vpopcntq
 
     fn = builder.function
     done = fn.append_basic_block("tile.done")
@@ -194,44 +213,127 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
     for rows in range(1, TILE_ROWS + 1):
         entry = fn.append_basic_block(f"tile.mr{rows}")
         switch.add_case(ir.Constant(_I64, rows), entry)
-        head = fn.append_basic_block(f"tile.mr{rows}.head")
-        body = fn.append_basic_block(f"tile.mr{rows}.body")
-        tail = fn.append_basic_block(f"tile.mr{rows}.tail")
-
         builder.position_at_end(entry)
         row_idx = [builder.add(row0, ir.Constant(_I64, r)) for r in range(rows)]
         row_base = [builder.load(builder.gep(rowbase, [idx])) for idx in row_idx]
-        builder.branch(head)
-
-        builder.position_at_end(head)
-        i = builder.phi(_I64)
-        i.add_incoming(ir.Constant(_I64, 0), entry)
-        acc = [[builder.phi(_V8I64) for _ in range(_VECS)] for _ in range(rows)]
-        for phi in (p for row in acc for p in row):
-            phi.add_incoming(ir.Constant(_V8I64, [0] * _LANES), entry)
-        builder.cbranch(builder.icmp_signed("<", i, kw), body, tail)
-
-        builder.position_at_end(body)
-        off = builder.load(builder.gep(koff, [i]))
-        wrow = builder.gep(panel, [builder.mul(i, ir.Constant(_I64, PANEL))])
-        w = [builder.load(_vec_ptr(builder, wrow, _LANES * p, _V8I64), align=8) for p in range(_VECS)]
-        for r in range(rows):
-            av = _splat(builder, builder.load(builder.gep(a, [builder.add(row_base[r], off)])), _V8I64)
-            for p in range(_VECS):
-                acc[r][p].add_incoming(builder.add(acc[r][p], builder.call(ctpop, [builder.xor(av, w[p])])), body)
-        i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
-        builder.branch(head)
-
-        builder.position_at_end(tail)
+        mismatches = count(builder, a, koff, row_base, panel, kw, f"tile.mr{rows}")
         for r in range(rows):
             cls = builder.sext(builder.load(builder.gep(rowclass, [row_idx[r]])), _I64)
             bias_row = builder.gep(bias, [builder.add(builder.mul(cls, bias_stride), col0)])
             for p in range(_VECS):
                 bvec = builder.load(_vec_ptr(builder, bias_row, _LANES * p, _V8I32), align=4)
-                mismatches = builder.trunc(acc[r][p], _V8I32)
-                epilogue(builder, row_idx[r], p, builder.sub(bvec, builder.add(mismatches, mismatches)))
+                counts = builder.trunc(mismatches[r][p], _V8I32)
+                epilogue(builder, row_idx[r], p, builder.sub(bvec, builder.add(counts, counts)))
         builder.branch(done)
     builder.position_at_end(done)
+
+
+# Mismatch counters: (builder, a, koff, row_base per row, panel, kw, block name prefix) ->
+# per row, _VECS <8 x i64> popcount sums over the reduction (one per 8 columns of the panel);
+# they emit their loops from the current block and leave the builder after them.
+
+
+def _count_vpopcntq(builder, a, koff, row_base, panel, kw, name) -> list[list[ir.Value]]:
+    """All rows and 32 columns in one loop: 16 ``<8 x i64>`` accumulators, ``acc +=
+    popcount(a ^ w)`` (``vpxorq``, ``vpopcntq``, ``vpaddq``) per reduction word."""
+    fn, entry = builder.function, builder.block
+    head, body, tail = (fn.append_basic_block(f"{name}.{part}") for part in ("head", "body", "tail"))
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8I64, [_V8I64]), "llvm.ctpop.v8i64")
+    builder.branch(head)
+
+    builder.position_at_end(head)
+    i = builder.phi(_I64)
+    i.add_incoming(ir.Constant(_I64, 0), entry)
+    acc = [[builder.phi(_V8I64) for _ in range(_VECS)] for _ in row_base]
+    for phi in (p for row in acc for p in row):
+        phi.add_incoming(ir.Constant(_V8I64, [0] * _LANES), entry)
+    builder.cbranch(builder.icmp_signed("<", i, kw), body, tail)
+
+    builder.position_at_end(body)
+    off = builder.load(builder.gep(koff, [i]))
+    wrow = builder.gep(panel, [builder.mul(i, ir.Constant(_I64, PANEL))])
+    w = [builder.load(_vec_ptr(builder, wrow, _LANES * p, _V8I64), align=8) for p in range(_VECS)]
+    for r, base in enumerate(row_base):
+        av = _splat(builder, builder.load(builder.gep(a, [builder.add(base, off)])), _V8I64)
+        for p in range(_VECS):
+            acc[r][p].add_incoming(builder.add(acc[r][p], builder.call(ctpop, [builder.xor(av, w[p])])), body)
+    i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
+    builder.branch(head)
+
+    builder.position_at_end(tail)
+    return acc
+
+
+_V4I64 = ir.VectorType(_I64, 4)
+_V32I8 = ir.VectorType(_I8, 32)
+_BYTE_WORDS = 31  # reduction words a byte counter holds: <= 8 set bits per byte each, 31 * 8 < 256
+_SUB_ROWS, _SUB_VECS = 2, 2  # AVX2 sub-tile: 2 rows x 2 <4 x i64> (8 columns): 4 byte counters
+
+
+def _count_bytes(builder, a, koff, row_base, panel, kw, name) -> list[list[ir.Value]]:
+    """For CPUs without ``vpopcntq`` (AVX2): per sub-tile of 2 rows x 8 columns, count the set
+    bits of ``a ^ w`` per byte (``llvm.ctpop.v32i8``: two ``vpshufb`` nibble lookups) into
+    byte counters, and every 31 reduction words add their per-word sums (``vpsadbw``
+    against zero) into 64-bit accumulators. Sixteen 256-bit registers hold a sub-tile."""
+    fn = builder.function
+    ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V32I8, [_V32I8]), "llvm.ctpop.v32i8")
+    psadbw = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(_V4I64, [_V32I8, _V32I8]), "llvm.x86.avx2.psad.bw")
+    zero4, zero32 = ir.Constant(_V4I64, [0] * 4), ir.Constant(_V32I8, [0] * 32)
+    sums: list[list[ir.Value]] = [[None] * (2 * _VECS) for _ in row_base]  # <4 x i64> per 4 columns
+    for r0 in range(0, len(row_base), _SUB_ROWS):
+        rows = range(r0, min(r0 + _SUB_ROWS, len(row_base)))
+        for v0 in range(0, 2 * _VECS, _SUB_VECS):
+            tag = f"{name}.r{r0}v{v0}"
+            entry = builder.block
+            outer, inner_pre, inner, body, flush, tail = (
+                fn.append_basic_block(f"{tag}.{part}") for part in ("outer", "pre", "inner", "body", "flush", "tail"))
+            builder.branch(outer)
+
+            builder.position_at_end(outer)  # chunks of _BYTE_WORDS reduction words
+            c0 = builder.phi(_I64)
+            c0.add_incoming(ir.Constant(_I64, 0), entry)
+            wide = {(r, v): builder.phi(_V4I64) for r in rows for v in range(_SUB_VECS)}
+            for phi in wide.values():
+                phi.add_incoming(zero4, entry)
+            builder.cbranch(builder.icmp_signed("<", c0, kw), inner_pre, tail)
+
+            builder.position_at_end(inner_pre)
+            c1 = builder.add(c0, ir.Constant(_I64, _BYTE_WORDS))
+            c1 = builder.select(builder.icmp_signed("<", c1, kw), c1, kw)
+            builder.branch(inner)
+
+            builder.position_at_end(inner)
+            i = builder.phi(_I64)
+            i.add_incoming(c0, inner_pre)
+            counters = {key: builder.phi(_V32I8) for key in wide}
+            for phi in counters.values():
+                phi.add_incoming(zero32, inner_pre)
+            builder.cbranch(builder.icmp_signed("<", i, c1), body, flush)
+
+            builder.position_at_end(body)
+            off = builder.load(builder.gep(koff, [i]))
+            wrow = builder.gep(panel, [builder.mul(i, ir.Constant(_I64, PANEL))])
+            w = [builder.load(_vec_ptr(builder, wrow, 4 * (v0 + v), _V4I64), align=8) for v in range(_SUB_VECS)]
+            for r in rows:
+                av = _splat(builder, builder.load(builder.gep(a, [builder.add(row_base[r], off)])), _V4I64)
+                for v in range(_SUB_VECS):
+                    bits = builder.bitcast(builder.xor(av, w[v]), _V32I8)
+                    counters[r, v].add_incoming(builder.add(counters[r, v], builder.call(ctpop, [bits])), body)
+            i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
+            builder.branch(inner)
+
+            builder.position_at_end(flush)
+            for key, phi in wide.items():
+                phi.add_incoming(builder.add(phi, builder.call(psadbw, [counters[key], zero32])), flush)
+            c0.add_incoming(c1, flush)
+            builder.branch(outer)
+
+            builder.position_at_end(tail)
+            for (r, v), phi in wide.items():
+                sums[r][v0 + v] = phi
+    return [[builder.shuffle_vector(row[2 * p], row[2 * p + 1], ir.Constant(ir.VectorType(_I32, 8), list(range(8))))
+             for p in range(_VECS)] for row in sums]
 
 
 @intrinsic

@@ -43,7 +43,7 @@ def cpu_name() -> str:
     except OSError:
         return platform.processor()
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = sorted({w for w in info.split() if w.startswith("avx512")})
+    flags = sorted({w for w in info.split() if w.startswith("avx512") or w == "avx2"})
     return f"{name}; {' '.join(flags)}"
 
 

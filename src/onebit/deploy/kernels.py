@@ -22,6 +22,9 @@ Back ends
     numba + an LLVM-IR micro-kernel (``vpxorq``/``vpopcntq``/``vpaddq`` on 4 x 32 output
     tiles held in 16 zmm registers; see :mod:`onebit.deploy._numba_kernels`).  Chosen
     when the CPU has AVX512-VPOPCNTDQ.
+``"avx2"``
+    the same tiles on 256-bit vectors, popcount by ``vpshufb`` nibble lookups into byte
+    counters.  Chosen on AVX2 CPUs without AVX512-VPOPCNTDQ (e.g. AMD Zen 2/3).
 ``"numba"``
     numba, portable auto-vectorized loop over the same prepared layout.
 ``"numpy"``
@@ -55,7 +58,7 @@ __all__ = [
     "threshold_bits", "unpack_signs",
 ]  # fmt: skip
 
-Backend = Literal["avx512", "numba", "numpy"]
+Backend = Literal["avx512", "avx2", "numba", "numpy"]
 
 if os.environ.get("ONEBIT_NO_NUMBA", "") in ("", "0"):
     try:
@@ -67,10 +70,11 @@ else:
 
 #: Back ends usable in this process, fastest first.
 AVAILABLE_BACKENDS: tuple[Backend, ...] = (
-    (("avx512",) if _nb is not None and _nb.has_avx512_popcount() else ())
+    ((_nb.simd_backend(),) if _nb is not None and _nb.simd_backend() else ())
     + (("numba",) if _nb is not None else ())
     + ("numpy",)
 )
+_SIMD_BACKENDS = ("avx512", "avx2")  # the LLVM-IR tiles (one of them is available, per CPU)
 #: Back end used when a function is called with ``backend=None``.
 DEFAULT_BACKEND: Backend = AVAILABLE_BACKENDS[0]
 
@@ -243,7 +247,7 @@ def _run_gemm(op: _Operand, w: PreparedWeights, backend: Backend, out: np.ndarra
     if thresholds.size:
         mode = _nb.MODE_THRESHOLD
     else:
-        mode = _nb.MODE_DOT if backend == "avx512" else _nb.MODE_DOT_PORTABLE
+        mode = _nb.MODE_DOT if backend in _SIMD_BACKENDS else _nb.MODE_DOT_PORTABLE
     m = op.rowbase.shape[0]
     _nb.gemm(mode, _threads_for(m * w.panels.size), w.n, op.a, op.rowbase, op.koff, op.rowclass, op.bias, w.panels,
              out, thresholds, flipbits, out_bits)  # fmt: skip
@@ -291,10 +295,10 @@ def _int_thresholds(thresholds: npt.ArrayLike, n: int) -> np.ndarray:
 def _bits(
     op: _Operand, w: PreparedWeights, thresholds: npt.ArrayLike, flip: npt.ArrayLike, backend: Backend
 ) -> np.ndarray:
-    """Packed ``(dot >= thresholds) XOR flip``, fused into the GEMM on the AVX-512 back end."""
+    """Packed ``(dot >= thresholds) XOR flip``, fused into the GEMM on the SIMD back ends."""
     thresholds = _int_thresholds(thresholds, w.n)
     flip = np.asarray(flip, dtype=bool).reshape(w.n)
-    if backend != "avx512":
+    if backend not in _SIMD_BACKENDS:
         return threshold_bits(_dots(op, w, backend), thresholds, flip)
     padded_n = op.bias.shape[1]
     thr = np.full(padded_n, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
