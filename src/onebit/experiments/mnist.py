@@ -44,11 +44,13 @@ register(
             "Study A trained with plain SGD at an effective learning rate of about 4e-6 and never "
             "updated its output layer, which explains its low figures; onebit uses Adam with "
             "exponential learning-rate decay and batch norm, as the BNN paper does.",
-            "Trained with bfloat16 autocast and torch.compile (bnn: 2.7x less CPU per step on this CPU, "
-            "`benchmarks/bench_training.py`); "
-            "validation and test accuracy are those of the fp32 model. The bnn target includes a budget of "
-            "30 CPU-minutes per seed: the time column gives each row's CPU time (one torch thread; wall "
-            "time is longer when runs share the 2 cores).",
+            "Trained through torch.compile, with bfloat16 autocast where the CPU computes bf16 natively "
+            "(`precision=auto`; the time column says which): on an AMX Xeon bnn took 2.7x less CPU per step "
+            "than fp32 eager, on an AVX2 EPYC (emulated bf16, so fp32) compile alone gave 1.7x "
+            "(`benchmarks/bench_training.py mnist-mlp bnn`). Validation and test accuracy are those of the "
+            "fp32 model. The bnn target includes a budget of 30 CPU-minutes per seed: the time column gives "
+            "each row's CPU time (one torch thread; wall time is longer when runs share the 2 cores). On "
+            "the EPYC a bnn run costs about 34 CPU-minutes (1.34 per epoch).",
             "Every recipe drops 20% of the input pixels in training (a 15-epoch bnn run without it reached "
             "99.9% train but 98.34% test accuracy; float runs without it: 98.64 / 98.70%); the float recipe "
             "also has dropout 0.2 after every hidden block.",
@@ -68,7 +70,7 @@ CNN_ROWS += [
     for mode, pos in product(("stochastic", "deterministic"), POSITIONS)
 ]
 #: REINFORCE beyond study B's protocol: slope annealing, and a leave-one-out baseline over 4 bit
-#: samples per image (4x the compute per step, hence bf16 + torch.compile).
+#: samples per image (4x the compute per step, hence torch.compile and, where native, bf16).
 REINFORCE_LOO = {"slope_schedule": "linear", "reinforce_baseline": "leave-one-out", "reinforce_samples": 4,
                  "precision": "auto", "compile": True}
 CNN_ROWS += [
@@ -108,7 +110,7 @@ register(
             "93.6% with `--set reinforce_baseline=leave-one-out --set reinforce_samples=4` (4x the compute); "
             "validation accuracy is still rising at epoch 10 in every REINFORCE row. The "
             "stochastic-reinforce-*-loo-annealed rows add slope annealing and the leave-one-out baseline over "
-            "4 samples (trained in bfloat16 through torch.compile to pay for the 4x compute): a one-seed probe "
+            "4 samples (trained through torch.compile, in bfloat16 where native, to pay for the 4x compute): a one-seed probe "
             "of -last reached 97.39%. Study B's deterministic "
             "'REINFORCE' rows (frozen random upstream layers, thresholded bits) score higher on last/both "
             "(95.42 / 93.40) than these: within 10 epochs, a classifier trained on sampled bits above layers "
