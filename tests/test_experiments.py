@@ -193,3 +193,37 @@ def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
     assert _train_time(row) == "1200 s (15.0 CPU-min, 2 of 3 runs)"
     assert _train_time({**row, "train_cpu_runs": 3}) == "1200 s (15.0 CPU-min)"
     assert _train_time({**row, "train_cpu_seconds_mean": None, "train_cpu_runs": 0}) == "1200 s"
+
+
+@pytest.mark.slow
+def test_checkpoints_kept_outside_the_run_directories(shared_datasets, tmp_path, monkeypatch, capsys):
+    """$ONEBIT_CHECKPOINTS: run records in one tree (e.g. results/ in a recreated work tree),
+    checkpoints in another; an interrupted run resumes from there and reports read them."""
+    from onebit.experiments.runner import checkpoint_path
+
+    monkeypatch.setenv("ONEBIT_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    out, row = tmp_path / "results", "deterministic-st-first"
+    args = ["run", "mnist-cnn", "--quick", "--rows", row, "--out", str(out), "--no-progress"]
+    assert main(args) == 0
+    run = out / "mnist-cnn" / row / "seed0"
+    checkpoint = checkpoint_path(run)
+    assert checkpoint.is_relative_to(tmp_path / "checkpoints") and checkpoint.exists()
+    assert not (run / "checkpoint.pt").exists()
+    assert (out / "mnist-cnn" / "heatmaps" / f"{row}__features.3.png").exists()  # read the external checkpoint
+
+    # another configuration of the same run gets another checkpoint
+    config = json.loads((run / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "train": {**config["train"], "lr": 0.5}}))
+    assert checkpoint_path(run) != checkpoint
+    (run / "config.json").write_text(json.dumps(config))
+
+    # a run killed after its last checkpoint (no final.json) resumes from the external file
+    final = json.loads((run / "final.json").read_text())
+    (run / "final.json").unlink()
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads((run / "final.json").read_text())
+    assert resumed["test_acc"] == final["test_acc"] and resumed["train_seconds"] == final["train_seconds"]
+    # without --resume it starts over, removing the stale checkpoint first
+    (run / "final.json").unlink()
+    assert main(args) == 0
+    assert "starting over" in capsys.readouterr().out and checkpoint.exists()

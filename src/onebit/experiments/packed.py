@@ -20,7 +20,7 @@ from torch import nn
 
 from ..training import load_checkpoint
 from . import datasets, registry
-from .runner import build_model
+from .runner import CHECKPOINTS_ENV, build_model, checkpoint_path
 
 __all__ = ["load_trained", "pack_run", "evaluate_packed", "float32_state_bytes"]
 
@@ -30,9 +30,10 @@ def load_trained(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     eval mode, and the run's config."""
     run_dir = Path(run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    checkpoint = run_dir / "checkpoint.pt"
+    checkpoint = checkpoint_path(run_dir)
     if not checkpoint.exists():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint.pt; train it first with `onebit run`")
+        raise FileNotFoundError(f"{run_dir} has no checkpoint ({checkpoint} is missing): train it with `onebit run`, "
+                                f"or set ${CHECKPOINTS_ENV} to where its checkpoints are kept")
     state = load_checkpoint(checkpoint)
     model = build_model(config)
     model.load_state_dict(state["best_model"] or state["model"])

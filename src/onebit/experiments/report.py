@@ -14,10 +14,10 @@ from torch import nn
 from .._summary import summary as model_summary
 from ..nn import QuantizedLayer
 from ..quantizers import BinaryNeuron, _Quantizer
-from ..training import load_checkpoint, write_json
+from ..training import write_json
 from . import registry
-from .packed import evaluate_packed
-from .runner import build_model
+from .packed import evaluate_packed, load_trained
+from .runner import build_model, checkpoint_path
 
 __all__ = ["collect_rows", "write_report", "firing_rates", "aggregate_evaluations"]
 
@@ -331,17 +331,15 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
     images = None
     for r in rows:
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
-        if r.get("carried_over") or not (seed_dir / "checkpoint.pt").exists():
+        if r.get("carried_over") or not checkpoint_path(seed_dir).exists():
             written += sorted(f"heatmaps/{p.name}" for p in (exp_dir / "heatmaps").glob(f"{r['name']}__*.png"))
             continue
-        config = json.loads((seed_dir / "config.json").read_text())
-        model = build_model(config)
+        model, config = load_trained(seed_dir)
         if not binary_activations(model):
             continue
         if images is None:
             task = experiment.make_task(data, config["quick"], config["train"]["batch_size"])
             images = torch.cat([batch[0] for batch in task.eval_batches("test")])[:1000]  # inputs first
-        model.load_state_dict(load_checkpoint(seed_dir / "checkpoint.pt")["best_model"])
         for layer, rate in firing_rates(model, images).items():
             name = f"heatmaps/{r['name']}__{layer}.png"
             _plot_heatmap(rate, f"{experiment.name} {r['name']}: {layer} (mean {rate.mean():.2f})", exp_dir / name)
@@ -379,7 +377,7 @@ def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None) -> None:
         if not r["binary_params"] or r.get("carried_over"):
             continue
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
-        if (seed_dir / "checkpoint.pt").exists():
+        if checkpoint_path(seed_dir).exists():
             r["packed"] = evaluate_packed(seed_dir, data, max_images=_QUICK_PACKED_IMAGES if r["quick"] else None)
             write_json(r["packed"], seed_dir / "packed.json")
         elif (seed_dir / "packed.json").exists():

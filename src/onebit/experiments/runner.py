@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -17,7 +18,11 @@ from .. import models
 from ..training import TrainConfig, Trainer, write_json
 from . import registry
 
-__all__ = ["run_configs", "run_experiment", "train_run", "build_model", "parse_overrides"]
+__all__ = ["run_configs", "run_experiment", "train_run", "build_model", "parse_overrides", "checkpoint_path",
+           "CHECKPOINTS_ENV"]
+
+#: Environment variable naming a directory for checkpoints outside the run directories.
+CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
 
 
 def run_configs(
@@ -87,6 +92,22 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     return models.build(spec.pop("name"), **spec)
 
 
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint file of the run in ``run_dir``: ``run_dir/checkpoint.pt``, or, when
+    ``$ONEBIT_CHECKPOINTS`` names a directory, ``<it>/<experiment>/<row>/seed<k>-<hash>/checkpoint.pt``
+    with the hash of the run's ``config.json`` (defaults filled in). Keeping checkpoints
+    there lets runs recorded in a work tree that gets recreated (``--out results``) resume
+    on a machine that is kept, and a changed configuration never resumes a stale one."""
+    run_dir = Path(run_dir)
+    root = os.environ.get(CHECKPOINTS_ENV)
+    if not root:
+        return run_dir / "checkpoint.pt"
+    config = json.loads((run_dir / "config.json").read_text())
+    config = {**config, "train": _train_dict(TrainConfig.from_dict(config["train"]))}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / config["experiment"] / config["row"] / f"seed{config['seed']}-{digest}" / "checkpoint.pt"
+
+
 def run_dir_of(out: Path, config: dict[str, Any]) -> Path:
     return Path(out) / config["experiment"] / config["row"] / f"seed{config['seed']}"
 
@@ -102,7 +123,7 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, data: str | No
     task = experiment.make_task(data, config["quick"], train.batch_size)
     torch.manual_seed(train.seed)
     model = build_model(config)
-    return Trainer(model, task, train, run_dir).fit(resume=resume)
+    return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
 
 
 def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
@@ -116,8 +137,10 @@ def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
             )
         if (run_dir / "final.json").exists():
             return False
-        if not resume and (run_dir / "checkpoint.pt").exists():
+        checkpoint = checkpoint_path(run_dir)
+        if not resume and checkpoint.exists():
             print(f"{run_dir}: interrupted run found, starting over (pass --resume to continue it)")
+            checkpoint.unlink()
             shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     write_json(config, config_path)

@@ -154,7 +154,7 @@ class Trainer:
     """Trains ``model`` on ``task`` with ``config``, writing into ``run_dir``:
 
     - ``metrics.jsonl``: one JSON line per epoch (train/val loss and accuracy, lr, slope, time);
-    - ``checkpoint.pt``: model, optimizer, RNG and loop state, written atomically every epoch,
+    - ``checkpoint.pt`` (or ``checkpoint_path``): model, optimizer, RNG and loop state, written atomically every epoch,
       plus the best-validation model (``best_model``);
     - ``final.json``: test metrics of the best-validation model, training wall and CPU time;
     - TensorBoard events under ``tensorboard/``.
@@ -172,10 +172,12 @@ class Trainer:
     the files.
     """
 
-    def __init__(self, model: nn.Module, task: Task, config: TrainConfig, run_dir: str | os.PathLike) -> None:
+    def __init__(self, model: nn.Module, task: Task, config: TrainConfig, run_dir: str | os.PathLike,
+                 checkpoint_path: str | os.PathLike | None = None) -> None:
         self.config = config
         self.task = task
         self.run_dir = Path(run_dir)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else self.run_dir / "checkpoint.pt"
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
         self.optimizer = _make_optimizer(config, self.model.parameters())
@@ -195,10 +197,6 @@ class Trainer:
         self.best_model: dict[str, torch.Tensor] | None = None
 
     # -- persistence -------------------------------------------------------------------
-    @property
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoint.pt"
-
     def _save(self) -> None:
         save_checkpoint(
             {
