@@ -99,6 +99,25 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
     return experiment, rows
 
 
+CARRIED_MARK = "†"
+
+
+def _with_carried_over_rows(exp_dir: Path, experiment: registry.Experiment, rows: list[dict]) -> list[dict]:
+    """``rows`` plus the rows of the directory's earlier ``results.json`` that have no finished
+    run here (their records were not kept, e.g. reports committed before records were), marked
+    ``carried_over``, in the experiment's row order."""
+    earlier_path = exp_dir / "results.json"
+    if not earlier_path.exists():
+        return rows
+    report = json.loads(earlier_path.read_text())
+    present = {r["name"] for r in rows}
+    known = {r.name for r in experiment.rows}
+    earlier = [{**r, "carried_over": True, "command": r.get("command", report["command"])} for r in report["rows"]
+               if r["name"] not in present and r["name"] in known]
+    order = {r.name: i for i, r in enumerate(experiment.rows)}
+    return sorted(rows + earlier, key=lambda r: order[r["name"]])
+
+
 def _train_time(row: dict) -> str:
     wall = f"{row['train_seconds_mean']:.0f} s"
     precision = "/".join(row.get("precision", []))
@@ -158,7 +177,8 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']}{CARRIED_MARK if r.get('carried_over') else ''} | {100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
+            f"| {r['name']}{CARRIED_MARK if r.get('carried_over') else ''} | "
+            f"{100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
             f"{r['test_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
             f"{_train_time(r)} | {r['published'] or ''} |"
@@ -345,25 +365,6 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
             _plot_heatmap(rate, f"{experiment.name} {r['name']}: {layer} (mean {rate.mean():.2f})", exp_dir / name)
             written.append(name)
     return written
-
-
-CARRIED_MARK = "†"
-
-
-def _with_carried_over_rows(exp_dir: Path, experiment: registry.Experiment, rows: list[dict]) -> list[dict]:
-    """``rows`` plus the rows of the directory's earlier ``results.json`` that have no finished
-    run here (their records were not kept, e.g. reports committed before records were), marked
-    ``carried_over``, in the experiment's row order."""
-    earlier_path = exp_dir / "results.json"
-    if not earlier_path.exists():
-        return rows
-    report = json.loads(earlier_path.read_text())
-    present = {r["name"] for r in rows}
-    known = {r.name for r in experiment.rows}
-    earlier = [{**r, "carried_over": True, "command": r.get("command", report["command"])} for r in report["rows"]
-               if r["name"] not in present and r["name"] in known]
-    order = {r.name: i for i, r in enumerate(experiment.rows)}
-    return sorted(rows + earlier, key=lambda r: order[r["name"]])
 
 
 _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
