@@ -1,7 +1,9 @@
 """Training speed of experiment rows: CPU time per optimizer step in fp32 eager mode and in the
 row's configured mode (e.g. ``precision="bf16"`` + ``compile=True``), side by side in one
 process on the same real batches, and the CPU minutes per epoch of the configured mode
-(training steps extrapolated to a full epoch, plus one validation pass).
+(training steps extrapolated to a full epoch, plus one validation pass) and the CPU hours of a
+whole run at the row's epochs (compilation and the final test pass not included): what a run
+costs on this machine before you start it.
 
     ONEBIT_DATA=../shared/datasets python benchmarks/bench_training.py mnist-mlp bnn
     ONEBIT_DATA=../shared/datasets python benchmarks/bench_training.py cifar10        # every row
@@ -58,7 +60,8 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     experiment = registry.get(args.experiment)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.steps} timed steps per mode")
-    print(f"{'row':28s} {'fp32 eager':>12s} {'configured':>12s} {'speed-up':>9s} {'CPU-min/epoch':>14s}  configured mode")
+    print(f"{'row':28s} {'fp32 eager':>12s} {'configured':>12s} {'speed-up':>9s} {'CPU-min/epoch':>14s} "
+          f"{'CPU-h/run':>10s}  configured mode")
     overrides = runner.parse_overrides(args.set)
     for row in args.rows or [r.name for r in experiment.rows]:
         configured = _trainer(experiment, row, overrides, args.data)
@@ -69,8 +72,9 @@ def main(argv: list[str] | None = None) -> None:
         start = time.process_time()
         configured.evaluate("val")
         epoch_minutes = (step * configured.task.num_train_batches() + time.process_time() - start) / 60
+        run_hours = epoch_minutes * configured.config.epochs / 60
         print(f"{row:28s} {eager_step * 1e3:9.1f} ms {step * 1e3:9.1f} ms {eager_step / step:8.2f}x "
-              f"{epoch_minutes:14.2f}  {mode}", flush=True)
+              f"{epoch_minutes:14.2f} {run_hours:10.2f}  {mode}", flush=True)
 
 
 if __name__ == "__main__":

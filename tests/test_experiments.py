@@ -184,6 +184,8 @@ def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datas
     row = next(line for line in result.stdout.splitlines() if line.startswith("none "))
     eager_ms, configured_ms = (float(v) for v in row.split()[1:5:2])
     assert eager_ms > 0 and configured_ms > 0 and "precision=fp32 compile=False" in row
+    epoch_minutes, run_hours = (float(v) for v in row.split()[6:8])
+    assert abs(run_hours - epoch_minutes * 10 / 60) < 0.01  # mnist-cnn trains 10 epochs
 
 
 def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
@@ -193,6 +195,8 @@ def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
     assert _train_time(row) == "1200 s (15.0 CPU-min, 2 of 3 runs)"
     assert _train_time({**row, "train_cpu_runs": 3}) == "1200 s (15.0 CPU-min)"
     assert _train_time({**row, "train_cpu_seconds_mean": None, "train_cpu_runs": 0}) == "1200 s"
+    assert _train_time({**row, "train_cpu_runs": 3, "precision": ["fp32"]}) == "1200 s (15.0 CPU-min, fp32)"
+    assert _train_time({**row, "train_cpu_seconds_mean": None, "precision": ["bf16", "fp32"]}) == "1200 s (bf16/fp32)"
 
 
 @pytest.mark.slow
