@@ -171,3 +171,26 @@ def test_compiled_training_learns_and_is_reproducible(tmp_path):
     _, b = fit(tmp_path, "b", compile=True, precision="bf16")
     assert without_timing(a) == without_timing(b)
     assert a["test_acc"] > 0.5
+
+
+def _stochastic_weight_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), BinaryLinear(36, 16, weight_quantizer="stochastic-sign"), nn.BatchNorm1d(16),
+                         nn.ReLU(), BinaryLinear(16, 4, weight_quantizer="stochastic-sign"), nn.BatchNorm1d(4))
+
+
+def test_glorot_latent_lr_scale_speeds_up_latent_weights_only(tmp_path):
+    finals = {}
+    for scale in (None, "glorot"):
+        model = _stochastic_weight_net()
+        config = TrainConfig(epochs=4, lr=0.01, device="cpu", progress=False, latent_lr_scale=scale)
+        trainer = Trainer(model, synthetic_task(), config, tmp_path / str(scale))
+        finals[scale] = trainer.fit()
+    lrs = {id(p): g["lr"] for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert lrs[id(model[1].weight)] == pytest.approx(0.01 / math.sqrt(1.5 / (36 + 16)))
+    assert lrs[id(model[4].weight)] == pytest.approx(0.01 / math.sqrt(1.5 / (16 + 4)))
+    assert lrs[id(model[2].weight)] == pytest.approx(0.01) and lrs[id(model[1].bias)] == pytest.approx(0.01)
+    # stochastic binary weights are noise until their latent weights leave 0: the scale gets them there sooner
+    assert finals["glorot"]["best_val_acc"] > finals[None]["best_val_acc"] + 0.1
+    with pytest.raises(ValueError, match="latent_lr_scale"):
+        Trainer(tiny_model(), synthetic_task(), TrainConfig(latent_lr_scale="he", device="cpu"), tmp_path / "x")

@@ -57,5 +57,6 @@ def lr_factor(schedule: str, epoch: int, epochs: int, final_ratio: float = 0.01)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate to ``lr`` times the group's ``lr_scale`` (1 if absent)."""
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

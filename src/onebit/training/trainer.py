@@ -17,7 +17,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import reinforce, schedules
-from ..nn import clip_latent_weights
+from ..nn import QuantizedLayer, clip_latent_weights
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .tasks import BatchResult, Task
 
@@ -30,7 +30,7 @@ class TrainingDiverged(RuntimeError):
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one training run (all JSON-serializable).
+    r"""Hyper-parameters of one training run (all JSON-serializable).
 
     Attributes:
         epochs: number of passes over the training data.
@@ -40,6 +40,12 @@ class TrainConfig:
             :func:`onebit.schedules.lr_factor`), decaying to ``lr * lr_final_ratio``.
         weight_decay: L2 penalty (applied by the optimizer).
         clip_latent: bound for latent binary weights after every step (``None``: no clipping).
+        latent_lr_scale: ``None``, or ``"glorot"``: the learning rate of every latent binary
+            weight is multiplied by :math:`1/H`, :math:`H = \sqrt{1.5 / (\text{fan\_in} +
+            \text{fan\_out})}` (BinaryConnect's and BNN's ``W_LR_scale``, Courbariaux et al.
+            2015/2016), so latent weights initialized at PyTorch's small scale reach the clip
+            range within a few hundred steps. Stochastic binarization needs it: it samples +1
+            with probability ``(w + 1) / 2``, pure noise while ``|w|`` stays near 0.
         grad_clip: maximum gradient norm (``None``: no clipping).
         slope_schedule: hard-sigmoid slope annealing for binary neurons.
         reinforce_baseline: ``"moving-average"`` of past batch losses; ``"self-critical"``:
@@ -77,6 +83,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     lr_final_ratio: float = 0.01
     clip_latent: float | None = 1.0
+    latent_lr_scale: str | None = None
     grad_clip: float | None = None
     slope_schedule: str = "constant"
     reinforce_baseline: str = "moving-average"
@@ -123,7 +130,26 @@ def resolve_precision(name: str, device: torch.device) -> str:
     return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
 
 
-def _make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+def _param_groups(model: nn.Module, latent_lr_scale: str | None) -> list[dict[str, Any]]:
+    """Optimizer parameter groups, each with an ``lr_scale`` (see :func:`onebit.schedules.set_lr`)."""
+    if latent_lr_scale is None:
+        return [{"params": list(model.parameters()), "lr_scale": 1.0}]
+    if latent_lr_scale != "glorot":
+        raise ValueError(f"unknown latent_lr_scale {latent_lr_scale!r}; choose glorot or None")
+    groups, latent = [], set()
+    for module in model.modules():
+        if isinstance(module, QuantizedLayer) and module.has_binary_weight:
+            shape = module.weight.shape
+            receptive = math.prod(shape[2:])
+            glorot = math.sqrt(1.5 / ((shape[0] + shape[1]) * receptive))
+            groups.append({"params": [module.weight], "lr_scale": 1.0 / glorot})
+            latent.add(id(module.weight))
+    groups.append({"params": [p for p in model.parameters() if id(p) not in latent], "lr_scale": 1.0})
+    return groups
+
+
+def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = _param_groups(model, config.latent_lr_scale)
     if config.optimizer == "adam":
         # fused: one kernel per step for all parameters instead of a dozen passes over them
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
@@ -180,7 +206,7 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else self.run_dir / "checkpoint.pt"
         self.device = resolve_device(config.device)
         self.model = model.to(self.device)
-        self.optimizer = _make_optimizer(config, self.model.parameters())
+        self.optimizer = _make_optimizer(config, self.model)
         self.baseline = reinforce.MovingAverageBaseline(config.reinforce_baseline_momentum)
         self.uses_reinforce = reinforce.has_reinforce_neurons(model)
         if config.reinforce_baseline not in reinforce.BASELINES:
