@@ -77,6 +77,7 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert not any(carried[r].get("carried_over") for r in rows[:-1])
     markdown = (exp_dir / "results.md").read_text()
     assert f"| {lost}†" in markdown and "Carried over" in markdown
+    assert carried[lost]["commands"] == json.loads((exp_dir / "experiment.json").read_text())["commands"]
 
 
 def test_unknown_experiment_and_row(capsys):
@@ -231,3 +232,15 @@ def test_checkpoints_kept_outside_the_run_directories(shared_datasets, tmp_path,
     (run / "final.json").unlink()
     assert main(args) == 0
     assert "starting over" in capsys.readouterr().out and checkpoint.exists()
+
+
+def test_experiment_json_keeps_every_command_that_ran_there(tmp_path):
+    from onebit.experiments.runner import _record_command
+
+    path = tmp_path / "experiment.json"
+    path.write_text(json.dumps({"experiment": "mnist-mlp", "command": "onebit run mnist-mlp"}))  # older file
+    _record_command(path, "mnist-mlp", "onebit run mnist-mlp --rows xnor")
+    _record_command(path, "mnist-mlp", "onebit run mnist-mlp --rows xnor")
+    info = json.loads(path.read_text())
+    assert info["command"] == "onebit run mnist-mlp --rows xnor"
+    assert info["commands"] == ["onebit run mnist-mlp", "onebit run mnist-mlp --rows xnor"]

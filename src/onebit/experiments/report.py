@@ -112,7 +112,8 @@ def _with_carried_over_rows(exp_dir: Path, experiment: registry.Experiment, rows
     report = json.loads(earlier_path.read_text())
     present = {r["name"] for r in rows}
     known = {r.name for r in experiment.rows}
-    earlier = [{**r, "carried_over": True, "command": r.get("command", report["command"])} for r in report["rows"]
+    commands = report.get("commands", [report["command"]])
+    earlier = [{**r, "carried_over": True, "commands": r.get("commands", commands)} for r in report["rows"]
                if r["name"] not in present and r["name"] in known]
     order = {r.name: i for i, r in enumerate(experiment.rows)}
     return sorted(rows + earlier, key=lambda r: order[r["name"]])
@@ -162,11 +163,15 @@ def _packed_table(rows: list[dict]) -> list[str]:
     return lines
 
 
-def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], heatmaps: list[str]) -> str:
+def _commands(commands: list[str]) -> str:
+    return ", ".join(f"`{c}`" for c in commands)
+
+
+def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[dict], heatmaps: list[str]) -> str:
     lines = [
         f"# {experiment.name}: {experiment.description}",
         "",
-        f"Produced by `{command}`, then `onebit report`. Test accuracy of the best-validation epoch, "
+        f"Produced by {_commands(commands)}, then `onebit report`. Test accuracy of the best-validation epoch, "
         "mean +- std over seeds; time is training wall time per run (and its CPU time, where the run "
         "recorded it) on this machine "
         f"({platform.processor() or platform.machine()}, {_threads(rows)} torch threads per run).",
@@ -183,10 +188,10 @@ def _markdown(experiment: registry.Experiment, command: str, rows: list[dict], h
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
             f"{_train_time(r)} | {r['published'] or ''} |"
         )
-    carried = {r["command"]: None for r in rows if r.get("carried_over")}
+    carried = list(dict.fromkeys(c for r in rows if r.get("carried_over") for c in r["commands"]))
     if carried:
         lines += ["", f"{CARRIED_MARK} Carried over from this directory's earlier report (produced by "
-                  f"{', '.join(f'`{c}`' for c in carried)}): the records of its runs were not kept, so its "
+                  f"{_commands(carried)}): the records of its runs were not kept, so its "
                   "numbers (and its heatmaps and packed evaluation, if any) are that report's; its runs may "
                   "come from an earlier configuration or machine. Training its runs again replaces it."]
     lines += _evaluations_table(rows)
@@ -393,7 +398,8 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     if not (exp_dir / "experiment.json").exists():
         raise FileNotFoundError(f"{exp_dir} is not an experiment directory (no experiment.json); "
                                 "pass runs/<experiment> as written by `onebit run`")
-    command = json.loads((exp_dir / "experiment.json").read_text())["command"]
+    info = json.loads((exp_dir / "experiment.json").read_text())
+    commands = info.get("commands", [info["command"]])
     experiment, rows = collect_rows(exp_dir)
     rows = _with_carried_over_rows(exp_dir, experiment, rows)
     if not rows:
@@ -403,7 +409,8 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     maps = _heatmaps(exp_dir, experiment, rows, data) if heatmaps else []
     if packed:
         _evaluate_packed(exp_dir, rows, data)
-    write_json({"experiment": experiment.name, "command": command, "rows": rows}, exp_dir / "results.json")
+    write_json({"experiment": experiment.name, "command": info["command"], "commands": commands, "rows": rows},
+               exp_dir / "results.json")
     path = exp_dir / "results.md"
-    path.write_text(_markdown(experiment, command, rows, maps))
+    path.write_text(_markdown(experiment, commands, rows, maps))
     return path

@@ -202,7 +202,7 @@ def run_experiment(
         todo = [(c, run_dir_of(Path(out), c)) for c in configs]
         todo = [(c, d) for c, d in todo if _prepare(d, c, resume)]
         exp_dir.mkdir(parents=True, exist_ok=True)
-        write_json({"experiment": name, "command": command or f"onebit run {name}"}, exp_dir / "experiment.json")
+        _record_command(exp_dir / "experiment.json", name, command or f"onebit run {name}")
         print(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
     if distributed:
         if jobs != 1:
@@ -227,6 +227,15 @@ def run_experiment(
     if main_process:
         write_report(exp_dir, data=data)
     return exp_dir
+
+
+def _record_command(path: Path, name: str, command: str) -> None:
+    """Write ``experiment.json``: the experiment, the latest command and every distinct command
+    that ran in this directory (runs of one directory may come from several)."""
+    info = json.loads(path.read_text()) if path.exists() else {}
+    commands = info.get("commands", [info["command"]] if "command" in info else [])
+    write_json({"experiment": name, "command": command,
+                "commands": commands + ([command] if command not in commands else [])}, path)
 
 
 def _init_distributed(device: str) -> bool:
