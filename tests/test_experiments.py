@@ -244,3 +244,58 @@ def test_experiment_json_keeps_every_command_that_ran_there(tmp_path):
     info = json.loads(path.read_text())
     assert info["command"] == "onebit run mnist-mlp --rows xnor"
     assert info["commands"] == ["onebit run mnist-mlp", "onebit run mnist-mlp --rows xnor"]
+
+
+def test_run_refuses_a_run_directory_another_process_trains(tmp_path, capsys):
+    from onebit.training import run_dir_lock
+
+    out = tmp_path / "runs"
+    with run_dir_lock(out / "mnist-cnn" / "none" / "seed0"):
+        assert main(["run", "mnist-cnn", "--quick", "--rows", "none", "--out", str(out), "--no-progress"]) == 2
+    assert f"in use by process {os.getpid()}" in capsys.readouterr().err
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from onebit.experiments.runner import _exit_with_parent
+from onebit.training import run_dir_lock
+
+def hold(run_dir):
+    with run_dir_lock(run_dir):
+        time.sleep(120)
+
+if __name__ == "__main__":
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                               initargs=(os.getpid(),))
+    pool.submit(hold, sys.argv[1])
+    time.sleep(120)
+"""
+
+
+def test_workers_of_a_killed_runner_stop(tmp_path):
+    """`onebit run --jobs N` killed (SIGKILL, no clean-up) must not leave its workers training."""
+    import time
+
+    from onebit.training import RunDirBusy, run_dir_lock
+
+    script, run = tmp_path / "runner.py", tmp_path / "run"
+    script.write_text(_ORPHAN_SCRIPT)
+    runner = subprocess.Popen([sys.executable, str(script), str(run)])
+    try:
+        deadline = time.monotonic() + 60
+        while not (run / ".lock").exists() or not (run / ".lock").read_text():  # the worker holds the run
+            assert time.monotonic() < deadline and runner.poll() is None
+            time.sleep(0.2)
+    finally:
+        runner.kill()
+        runner.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with run_dir_lock(run):
+                break
+        except RunDirBusy:
+            assert time.monotonic() < deadline, "the orphaned worker still holds the run directory"
+            time.sleep(0.2)

@@ -1,5 +1,6 @@
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -194,3 +195,18 @@ def test_glorot_latent_lr_scale_speeds_up_latent_weights_only(tmp_path):
     assert finals["glorot"]["best_val_acc"] > finals[None]["best_val_acc"] + 0.1
     with pytest.raises(ValueError, match="latent_lr_scale"):
         Trainer(tiny_model(), synthetic_task(), TrainConfig(latent_lr_scale="he", device="cpu"), tmp_path / "x")
+
+
+def test_a_run_directory_trains_in_one_process_at_a_time(tmp_path):
+    """A second trainer of a run directory fails at once, naming the holder, instead of
+    interleaving its metrics and checkpoints with the first one's."""
+    from onebit.training import RunDirBusy, run_dir_lock
+
+    run = tmp_path / "run"
+    with run_dir_lock(run):
+        trainer = Trainer(tiny_model(), synthetic_task(), TrainConfig(epochs=1, device="cpu", progress=False), run)
+        with pytest.raises(RunDirBusy, match=rf"in use by process {os.getpid()} on "):
+            trainer.fit()
+        assert not (run / "metrics.jsonl").exists()
+    _, final = fit(tmp_path, "run", epochs=1)  # free again once the holder is done
+    assert (run / "final.json").exists() and final["test_acc"] >= 0

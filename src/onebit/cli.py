@@ -170,12 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .training.trainer import TrainingDiverged
+    from .training import RunDirBusy, TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingDiverged) as error:
+    except (ValueError, FileNotFoundError, TrainingDiverged, RunDirBusy) as error:
         print(f"onebit {args.command}: error: {error}", file=sys.stderr)
         return 2
 

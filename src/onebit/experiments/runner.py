@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import shutil
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from multiprocessing import get_context
@@ -15,7 +17,8 @@ from typing import Any, Iterable
 import torch
 
 from .. import models
-from ..training import TrainConfig, Trainer, write_json
+from ..training import TrainConfig, Trainer, run_dir_lock, write_json
+from ..training.runlock import LOCK_NAME
 from . import registry
 
 __all__ = ["run_configs", "run_experiment", "train_run", "build_model", "parse_overrides", "checkpoint_path",
@@ -128,6 +131,11 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, data: str | No
 
 def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
     """Check the run directory against ``config``; return True if the run still has to train."""
+    with run_dir_lock(run_dir):
+        return _prepare_locked(run_dir, config, resume)
+
+
+def _prepare_locked(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
     config_path = run_dir / "config.json"
     if config_path.exists():
         if not _same_run(json.loads(config_path.read_text()), config):
@@ -141,8 +149,11 @@ def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
         if not resume and checkpoint.exists():
             print(f"{run_dir}: interrupted run found, starting over (pass --resume to continue it)")
             checkpoint.unlink()
-            shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+            for path in run_dir.iterdir():
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.name != LOCK_NAME:
+                    path.unlink()
     write_json(config, config_path)
     return True
 
@@ -219,7 +230,8 @@ def run_experiment(
                 print(f"    test acc {final['test_acc']:.4f}  ({final['train_seconds']:.0f} s)")
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn")) as pool:
+        with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
+                                 initargs=(os.getpid(),)) as pool:
             futures = {pool.submit(train_run, c, d, data, resume, False, threads): c for c, d in todo}
             for future in futures:
                 config, final = futures[future], future.result()
@@ -227,6 +239,19 @@ def run_experiment(
     if main_process:
         write_report(exp_dir, data=data)
     return exp_dir
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Pool initializer: end this worker soon after the runner that started it dies. A killed
+    ``onebit run --jobs N`` must not leave its runs training on, unseen, into run directories
+    that the next ``onebit run --resume`` trains too."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def _record_command(path: Path, name: str, command: str) -> None:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from .. import reinforce, schedules
 from ..nn import QuantizedLayer, clip_latent_weights
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
+from .runlock import run_dir_lock
 from .tasks import BatchResult, Task
 
 __all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "resolve_device"]
@@ -248,14 +249,22 @@ class Trainer:
     # -- loop --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train for ``config.epochs`` epochs (continuing a checkpoint when ``resume``), then
-        evaluate the best-validation model on the test split. Returns the final metrics."""
+        evaluate the best-validation model on the test split. Returns the final metrics.
+
+        Raises:
+            RunDirBusy: another process is training into the same run directory.
+        """
+        if not self.is_main:
+            return self._fit(resume)
+        with run_dir_lock(self.run_dir):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> dict[str, Any]:
         cfg = self.config
         if resume and self.checkpoint_path.exists():
             self._load()
         else:
             torch.manual_seed(cfg.seed + self.rank)
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         writer = self._tensorboard() if self.is_main else None
         net = self.training_module()
         try:
