@@ -30,7 +30,7 @@ WARMUP_STEPS = 3
 def _trainer(experiment, row: str, overrides: dict, data: str | None) -> Trainer:
     config = runner.run_configs(experiment, rows=[row], seeds=1, device="cpu", overrides=overrides)[0]
     train = TrainConfig.from_dict({**config["train"], "progress": False})
-    task = experiment.make_task(data, False, train.batch_size)
+    task = experiment.task_of(config, data)
     torch.manual_seed(0)
     return Trainer(runner.build_model(config), task, train, "/nonexistent/benchmark-run")
 

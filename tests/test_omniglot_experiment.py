@@ -36,8 +36,9 @@ def test_grid_has_the_issue_rows_with_binary_blocks_where_named():
         else:
             assert acts == [SignSTE] * 4 and model.distance == "hamming"
             assert model.encoder.weight_quantizer == "sign"
-        assert type(model).__name__ == ("PrototypicalNetwork" if config["row"].startswith("protonet")
-                                        else "MatchingNetwork")
+        protonet = config["row"].startswith("protonet")
+        assert type(model).__name__ == ("PrototypicalNetwork" if protonet else "MatchingNetwork")
+        assert config.get("task") == ({"shot": 5, "queries": 3} if protonet else None)
         assert config["train"]["batch_size"] == 1
         json.dumps(config)  # config.json round-trips (lists, not tuples)
         assert json.loads(json.dumps(config)) == config
@@ -46,6 +47,21 @@ def test_grid_has_the_issue_rows_with_binary_blocks_where_named():
 def test_one_episode_per_step():
     with pytest.raises(ValueError, match="batch_size must be 1"):
         omniglot_task(None, True, 64)
+    with pytest.raises(ValueError, match="unknown training episode options"):
+        omniglot_task(None, True, 1, shots=5)
+
+
+def test_a_row_trains_on_its_own_episodes(shared_datasets):
+    """protonet-* rows train 5-shot episodes; evaluation episodes stay the same for every row."""
+    import torch
+
+    experiment = get("omniglot")
+    configs = run_configs(experiment, quick=True, seeds=1, rows=["float", "protonet-float"])
+    tasks = [experiment.task_of(c) for c in configs]
+    (support, _, query, _), (support5, _, query5, _) = (
+        next(t.train_batches(torch.Generator().manual_seed(0))) for t in tasks)
+    assert len(support) == 5 and len(support5) == 25 and len(query5) == 5 * 3  # quick: 5-way
+    assert tasks[0].val == tasks[1].val and tasks[0].test == tasks[1].test
 
 
 def test_aggregate_evaluations_over_seeds():

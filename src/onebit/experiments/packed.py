@@ -157,7 +157,7 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
         c = _compare_classifiers(model, packed, dataset, data, batch_size, max_images)
     else:
         config = json.loads((Path(run_dir) / "config.json").read_text())
-        task = registry.get(config["experiment"]).make_task(data, config["quick"], config["train"]["batch_size"])
+        task = registry.get(config["experiment"]).task_of(config, data)
         c = _compare_encoders(model, packed, task, batch_size)
     float_bytes = float32_state_bytes(model)
     return {

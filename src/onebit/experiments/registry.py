@@ -18,11 +18,14 @@ class Row:
         name: row name used in ``results.json`` and as the run directory.
         model: ``{"name": <model registry name>, **constructor kwargs}``.
         train: overrides of the experiment's :class:`~onebit.training.TrainConfig` defaults.
+        task: keyword arguments of the experiment's ``make_task`` for this row's runs (e.g. the
+            training episodes' shot); part of the run's ``config.json`` when not empty.
     """
 
     name: str
     model: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
+    task: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class Experiment:
         description: one line for ``onebit list`` and the report.
         rows: the runs of the table.
         train: default training options.
-        make_task: ``fn(data_root, quick, batch_size) -> Task``; ``quick`` selects a tiny subset.
+        make_task: ``fn(data_root, quick, batch_size, **row.task) -> Task``; ``quick`` selects a
+            tiny subset.
         input_size: shape of one example (for summaries and export).
         published: row name -> published figure to print beside ours in the report.
         notes: paragraphs for the report (how the setting differs from the studies).
@@ -50,13 +54,17 @@ class Experiment:
     description: str
     rows: tuple[Row, ...]
     train: dict[str, Any]
-    make_task: Callable[[str | None, bool, int], Task]
+    make_task: Callable[..., Task]
     input_size: tuple[int, ...]
     published: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     quick_model: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
     targets: dict[str, float] = field(default_factory=dict)
+
+    def task_of(self, config: dict[str, Any], data: str | None = None) -> Task:
+        """The task a run config (``config.json``) trains and is evaluated on."""
+        return self.make_task(data, config["quick"], config["train"]["batch_size"], **config.get("task", {}))
 
     def row(self, name: str) -> Row:
         for row in self.rows:

@@ -363,7 +363,7 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
         if not binary_activations(model):
             continue
         if images is None:
-            task = experiment.make_task(data, config["quick"], config["train"]["batch_size"])
+            task = experiment.task_of(config, data)
             images = torch.cat([batch[0] for batch in task.eval_batches("test")])[:1000]  # inputs first
         for layer, rate in firing_rates(model, images).items():
             name = f"heatmaps/{r['name']}__{layer}.png"

@@ -52,8 +52,9 @@ def run_configs(
                 train.epochs = 1
                 train.compile = False  # compiling takes longer than a smoke run trains
             model = {**row.model, **experiment.quick_model} if quick else dict(row.model)
-            configs.append({"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
-                            "model": model, "train": _train_dict(train)})
+            config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
+                      "model": model, "train": _train_dict(train)}
+            configs.append({**config, "task": dict(row.task)} if row.task else config)
     return configs
 
 
@@ -123,7 +124,7 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, data: str | No
     run_dir = Path(run_dir)
     experiment = registry.get(config["experiment"])
     train = TrainConfig.from_dict({**config["train"], "progress": progress})
-    task = experiment.make_task(data, config["quick"], train.batch_size)
+    task = experiment.task_of(config, data)
     torch.manual_seed(train.seed)
     model = build_model(config)
     return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
