@@ -143,7 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(func=_cmd_report)
 
     lst = sub.add_parser("list", help="experiments, their rows and finished runs")
-    lst.add_argument("--out", default="runs")
+    lst.add_argument("--out", default="runs",
+                     help="root of the run directories to list finished runs from (default: runs; "
+                          "the committed ones: results)")
     lst.set_defaults(func=_cmd_list)
 
     export = sub.add_parser("export", help="convert a trained run into a bit-packed model file")
