@@ -1,3 +1,4 @@
+import itertools
 import json
 import math
 import os
@@ -71,8 +72,9 @@ class Interrupted(Exception):
     pass
 
 
-def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
-    _, uninterrupted = fit(tmp_path, "full", epochs=4, reinforce=True)
+@pytest.mark.parametrize("options", [{}, {"bn_recalibration_batches": 2}])
+def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, options):
+    _, uninterrupted = fit(tmp_path, "full", epochs=4, reinforce=True, **options)
 
     original_save = Trainer._save
 
@@ -83,12 +85,12 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Trainer, "_save", save_then_die)
     with pytest.raises(Interrupted):
-        fit(tmp_path, "killed", epochs=4, reinforce=True)
+        fit(tmp_path, "killed", epochs=4, reinforce=True, **options)
     monkeypatch.setattr(Trainer, "_save", original_save)
 
     torch.manual_seed(123)  # a fresh process would initialize differently: the checkpoint must win
     config = TrainConfig(epochs=4, lr=0.01, seed=0, device="cpu", progress=False,
-                         lr_schedule="cosine", slope_schedule="linear")
+                         lr_schedule="cosine", slope_schedule="linear", **options)
     resumed = Trainer(tiny_model(True), synthetic_task(), config, tmp_path / "killed").fit(resume=True)
     for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
         assert resumed[key] == uninterrupted[key]
@@ -210,3 +212,29 @@ def test_a_run_directory_trains_in_one_process_at_a_time(tmp_path):
         assert not (run / "metrics.jsonl").exists()
     _, final = fit(tmp_path, "run", epochs=1)  # free again once the holder is done
     assert (run / "final.json").exists() and final["test_acc"] >= 0
+
+
+def test_batch_norm_recalibration_measures_the_eval_mode_network(tmp_path):
+    """Running statistics become the average batch statistics of the network as it evaluates
+    (sign weights, not samples), over seeded training batches, without touching the global RNG."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), BinaryLinear(36, 16, weight_quantizer="stochastic-sign"), nn.BatchNorm1d(16),
+                          nn.Linear(16, 4))
+    with torch.no_grad():
+        model[1].weight.uniform_(-0.5, 0.5)  # samples and signs differ: the statistics tell them apart
+    task = synthetic_task()
+    trainer = Trainer(model, task, TrainConfig(device="cpu", progress=False), tmp_path / "run")
+    rng = torch.get_rng_state()
+    trainer.recalibrate_batch_norm(3, seed=7)
+    assert torch.equal(torch.get_rng_state(), rng)
+    bn = model[2]
+    assert model.training and bn.training and bn.momentum == 0.1 and int(bn.num_batches_tracked) == 3
+
+    model.eval()
+    with torch.no_grad():
+        batches = itertools.islice(task.train_batches(torch.Generator().manual_seed(7)), 3)
+        inputs = [model[1](model[0](x)) for x, _ in batches]
+    torch.testing.assert_close(bn.running_mean, torch.stack([h.mean(0) for h in inputs]).mean(0))
+    torch.testing.assert_close(bn.running_var, torch.stack([h.var(0) for h in inputs]).mean(0))
+    with pytest.raises(ValueError, match="bn_recalibration_batches must be >= 0"):
+        Trainer(tiny_model(), task, TrainConfig(bn_recalibration_batches=-1, device="cpu"), tmp_path / "bad")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import os
@@ -29,6 +30,9 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
+_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
 @dataclass
 class TrainConfig:
     r"""Hyper-parameters of one training run (all JSON-serializable).
@@ -48,6 +52,13 @@ class TrainConfig:
             range within a few hundred steps. Stochastic binarization needs it: it samples +1
             with probability ``(w + 1) / 2``, pure noise while ``|w|`` stays near 0.
         grad_clip: maximum gradient norm (``None``: no clipping).
+        bn_recalibration_batches: before every validation, re-estimate the batch norms'
+            running statistics over this many training batches of the eval-mode network
+            (:meth:`Trainer.recalibrate_batch_norm`; 0: keep the statistics gathered in
+            training). Needed where the eval-mode network is not the one that trained:
+            stochastic binary weights or activations train on samples but evaluate (and deploy)
+            their most likely values, so the statistics of training batches misplace every
+            batch norm after them.
         slope_schedule: hard-sigmoid slope annealing for binary neurons.
         reinforce_baseline: ``"moving-average"`` of past batch losses; ``"self-critical"``:
             each sample's loss with the binary neurons thresholded (see
@@ -86,6 +97,7 @@ class TrainConfig:
     clip_latent: float | None = 1.0
     latent_lr_scale: str | None = None
     grad_clip: float | None = None
+    bn_recalibration_batches: int = 0
     slope_schedule: str = "constant"
     reinforce_baseline: str = "moving-average"
     reinforce_samples: int = 1
@@ -217,6 +229,8 @@ class Trainer:
         if config.reinforce_samples < 1 or (config.reinforce_baseline == "leave-one-out") != (
                 config.reinforce_samples > 1):
             raise ValueError("reinforce_samples >= 2 goes with reinforce_baseline='leave-one-out' (and only with it)")
+        if config.bn_recalibration_batches < 0:
+            raise ValueError(f"bn_recalibration_batches must be >= 0, got {config.bn_recalibration_batches}")
         self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         self.rank = dist.get_rank() if self.world_size > 1 else 0
         self.is_main = self.rank == 0
@@ -270,6 +284,8 @@ class Trainer:
         try:
             for epoch in range(self.state.epoch, cfg.epochs):
                 record = self._train_epoch(net, epoch)
+                if cfg.bn_recalibration_batches:
+                    self.recalibrate_batch_norm(cfg.bn_recalibration_batches, seed=cfg.seed * 100_003 + epoch)
                 val_loss, val_acc = self.evaluate("val")
                 record.update(val_loss=val_loss, val_acc=val_acc)
                 self.state.history.append(record)
@@ -395,6 +411,32 @@ class Trainer:
         return t.tolist()
 
     @torch.no_grad()
+    def recalibrate_batch_norm(self, batches: int, seed: int) -> None:
+        r"""Replace every batch norm's running statistics by the average, over ``batches``
+        training batches, of the batch mean and (unbiased) variance of its input in the
+        *eval-mode* network: quantizers at their deterministic outputs, no dropout.
+
+        The batches come from a generator seeded with ``seed`` and the global random state is
+        left as it was, so training (and resuming it) is unaffected; training itself normalizes
+        with batch statistics and never reads these.
+        """
+        norms = [m for m in self.model.modules() if isinstance(m, _BATCH_NORMS) and m.track_running_stats]
+        if not norms:
+            return
+        was_training = self.model.training
+        self.model.eval()
+        momenta = [m.momentum for m in norms]
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative average over the batches
+            m.train()
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
+            for batch in itertools.islice(self.task.train_batches(torch.Generator().manual_seed(seed)), batches):
+                self.task.step(self.model, _to(batch, self.device))
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        self.model.train(was_training)
+
     def evaluate(self, split: str, model: nn.Module | None = None) -> tuple[float, float]:
         """Mean loss and accuracy of ``model`` (default: the trained model) on ``split``, in
         eval mode."""
