@@ -238,3 +238,12 @@ def test_batch_norm_recalibration_measures_the_eval_mode_network(tmp_path):
     torch.testing.assert_close(bn.running_var, torch.stack([h.var(0) for h in inputs]).mean(0))
     with pytest.raises(ValueError, match="bn_recalibration_batches must be >= 0"):
         Trainer(tiny_model(), task, TrainConfig(bn_recalibration_batches=-1, device="cpu"), tmp_path / "bad")
+
+
+def test_evaluation_builds_no_autograd_graph(tmp_path):
+    task = synthetic_task()
+    grad_enabled = []
+    step = task.step
+    task.step = lambda model, batch: (grad_enabled.append(torch.is_grad_enabled()), step(model, batch))[1]
+    Trainer(tiny_model(), task, TrainConfig(device="cpu", progress=False), tmp_path / "run").evaluate("val")
+    assert grad_enabled and not any(grad_enabled)

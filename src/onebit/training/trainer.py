@@ -410,7 +410,6 @@ class Trainer:
         dist.all_reduce(t)
         return t.tolist()
 
-    @torch.no_grad()
     def recalibrate_batch_norm(self, batches: int, seed: int) -> None:
         r"""Replace every batch norm's running statistics by the average, over ``batches``
         training batches, of the batch mean and (unbiased) variance of its input in the
@@ -437,6 +436,7 @@ class Trainer:
             m.momentum = momentum
         self.model.train(was_training)
 
+    @torch.no_grad()
     def evaluate(self, split: str, model: nn.Module | None = None) -> tuple[float, float]:
         """Mean loss and accuracy of ``model`` (default: the trained model) on ``split``, in
         eval mode."""
