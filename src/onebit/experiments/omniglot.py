@@ -133,8 +133,9 @@ register(
             "an epoch of 500 training episodes plus its 1,000 validation episodes costs 0.88 (float), 0.87 "
             "(binary-all-hamming) to 1.00 (binary-all) CPU-minutes (`python benchmarks/bench_training.py "
             "omniglot`; 1.8-2.4x less than fp32 eager), so a row is about 28-32 CPU-minutes plus the final "
-            "evaluation. The grid of 10 rows is about 5.5 CPU-hours: `OMP_NUM_THREADS=1 onebit run omniglot "
-            "--seeds 1 --jobs 2 --resume` takes about 3 hours on an idle 2-core machine.",
+            "evaluation (protonet rows, on 160-image instead of 120-image episodes, about a third more). The "
+            "grid of 10 rows is about 6 CPU-hours: `OMP_NUM_THREADS=1 onebit run omniglot --seeds 1 --jobs 2 "
+            "--resume` takes about 3 hours on an idle 2-core machine.",
             "protonet-* rows train on 20-way 5-shot episodes with 3 queries per class (Snell et al. 2017 "
             "match the training shot to the test shot): with one support image per class a Prototypical "
             "Network computes the same function as a Matching Network, so 1-shot training would only "
