@@ -47,6 +47,7 @@ register(
         quick_model={"hidden": [256, 256]},
         targets={"bnn": 0.985, "float": 0.988},
         published={"float": "96.87 (study A)", "binaryconnect": "93.72 (study A); 98.71 (BinaryConnect paper)",
+                   "binaryconnect-stochastic": "98.82 (BinaryConnect paper, real-valued weights at test)",
                    "bnn": "99.04 (BNN paper, 3x4096 units, 1000 epochs)"},
         notes=(
             "Study A trained with plain SGD at an effective learning rate of about 4e-6 and never "
