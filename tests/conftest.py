@@ -4,6 +4,13 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _checkpoints_in_run_directories(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests see run directories as a default setup does: a user's $ONEBIT_CHECKPOINTS (kept
+    checkpoints of real runs) neither moves the tests' checkpoints nor collects them."""
+    monkeypatch.delenv("ONEBIT_CHECKPOINTS", raising=False)
+
+
 @pytest.fixture(scope="session")
 def shared_datasets_dir() -> Path:
     """The local dataset copies: $ONEBIT_DATA, else ../shared/datasets beside the repo.
