@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
@@ -268,9 +269,7 @@ class Trainer:
         Raises:
             RunDirBusy: another process is training into the same run directory.
         """
-        if not self.is_main:
-            return self._fit(resume)
-        with run_dir_lock(self.run_dir):
+        with run_dir_lock(self.run_dir) if self.is_main else contextlib.nullcontext():
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
