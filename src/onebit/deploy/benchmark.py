@@ -47,6 +47,37 @@ def cpu_name() -> str:
     return f"{name}; {' '.join(flags)}"
 
 
+def numpy_blas() -> str:
+    """numpy's BLAS and, for OpenBLAS, the kernel family it runs (``OPENBLAS_CORETYPE`` can
+    force an older one, e.g. Haswell's AVX2 kernels on an AVX-512 CPU, which halves the speed
+    of the packed models' float first layer)."""
+    blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    text = f"{blas.get('name', '?')} {blas.get('version', '')}".strip()
+    core = _openblas_core()
+    if core:
+        text += f", core {core}"
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    return text + (f" (forced by OPENBLAS_CORETYPE={forced})" if forced else "")
+
+
+def _openblas_core() -> str | None:
+    """The kernel family of the OpenBLAS loaded in this process, or None if there is none."""
+    import ctypes
+
+    try:
+        with open("/proc/self/maps") as f:
+            path = next(line.split()[-1] for line in f if "openblas" in line.lower() and line.rstrip().endswith(".so"))
+        library = ctypes.CDLL(path)
+    except (OSError, StopIteration):
+        return None
+    for symbol in ("scipy_openblas_get_corename64_", "openblas_get_corename64_", "openblas_get_corename"):
+        get = getattr(library, symbol, None)
+        if get is not None:
+            get.restype = ctypes.c_char_p
+            return get().decode()
+    return None
+
+
 def sample(fn: Callable[[], object], min_seconds: float) -> float:
     """Seconds per call, averaged over enough calls to last ``min_seconds``."""
     calls, start = 0, time.perf_counter()
@@ -234,6 +265,7 @@ def end_to_end_main(argv: list[str] | None = None) -> None:
         dataset = "mnist"
     repeats, min_seconds = (3, 0.05) if args.quick else (7, 0.3)
     print(f"end to end: {name}; torch {torch.__version__} with {torch.get_num_threads()} threads")
+    print(f"numpy {np.__version__}, BLAS {numpy_blas()} (the packed models' float layers run on it)")
     print("torch and 'packed' get normalized float32 inputs; 'packed u8' gets the raw uint8 images")
     print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
           f"{'state dict':>12} {'packed file':>12} {'smaller':>8}")
