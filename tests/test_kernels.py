@@ -105,6 +105,7 @@ def test_pixel_matmul_is_exact(backend, m, k, n):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pixel_matmul_threaded_path(backend, monkeypatch):
     monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 1)
+    monkeypatch.setattr(K, "_num_threads", 3)
     codes = np.random.default_rng(0).integers(0, 256, (150, 300)).astype(np.uint8)
     w = K.pack_signs(signs(70, 300))
     out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, 300), backend=backend)
@@ -123,6 +124,7 @@ def test_pixel_matmul_float64_fallback_for_long_rows():
 def test_binary_matmul_threaded_path(backend, monkeypatch):
     """The multi-threaded path (threshold lowered), with M and N tails."""
     monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
+    monkeypatch.setattr(K, "_num_threads", 3)
     a, b = signs(67, 1000), signs(131, 1000)
     prepared = K.prepare_weights(K.pack_signs(b))
     out = K.binary_matmul_prepared(K.pack_signs(a), prepared, 1000, backend=backend)
@@ -130,10 +132,12 @@ def test_binary_matmul_threaded_path(backend, monkeypatch):
 
 
 def test_concurrent_callers_share_the_thread_pool_safely(monkeypatch):
-    """Parallel launches from several Python threads at once must not abort (workqueue)."""
+    """Parallel kernels launched from several Python threads at once share the helper
+    threads and each get their exact result."""
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
+    monkeypatch.setattr(K, "_num_threads", 3)
     a, b = signs(64, 1000), signs(256, 1000)
     ap, prepared = K.pack_signs(a), K.prepare_weights(K.pack_signs(b))
     expected = a.astype(np.float64) @ b.T
@@ -141,6 +145,28 @@ def test_concurrent_callers_share_the_thread_pool_safely(monkeypatch):
         results = list(pool.map(lambda _: K.binary_matmul_prepared(ap, prepared, 1000), range(16)))
     for out in results:
         np.testing.assert_array_equal(out, expected)
+
+
+def test_thread_count_setting(monkeypatch):
+    monkeypatch.setattr(K, "_num_threads", K.get_num_threads())  # restored after the test
+    K.set_num_threads(3)
+    assert K.get_num_threads() == 3 and K._threads_for(K._PARALLEL_MIN_WORDS) == 3 and K._threads_for(0) == 1
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"):
+            K.set_num_threads(bad)
+    monkeypatch.setenv("ONEBIT_NUM_THREADS", "5")
+    assert K._default_threads() == 5
+    monkeypatch.setenv("ONEBIT_NUM_THREADS", "many")
+    with pytest.raises(ValueError, match="ONEBIT_NUM_THREADS"):
+        K._default_threads()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pack_threaded_path(backend, monkeypatch):
+    monkeypatch.setattr(K, "_PACK_PARALLEL_MIN", 0)
+    monkeypatch.setattr(K, "_num_threads", 3)
+    x = RNG.standard_normal((1000, 100)).astype(np.float32)
+    np.testing.assert_array_equal(K.unpack_signs(K.pack_signs(x, backend=backend), 100), sign(x))
 
 
 def test_prepared_weights_layout():

@@ -81,7 +81,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     from .deploy.benchmark import main as bench_main
 
-    bench_main((["--run-dir", args.run_dir] if args.run_dir else []) + (["--quick"] if args.quick else []))
+    bench_main((["--run-dir", args.run_dir] if args.run_dir else []) + (["--quick"] if args.quick else [])
+               + (["--threads", str(args.threads)] if args.threads else []))
     return 0
 
 
@@ -163,6 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="speed and size of packed models vs PyTorch float, measured side by side")
     bench.add_argument("--run-dir", help="benchmark this trained run (default: study A's BNN MLP, untrained)")
     bench.add_argument("--quick", action="store_true", help="fewer, shorter samples")
+    bench.add_argument("--threads", type=int, help="threads for both torch and the packed kernels (default: all)")
     bench.set_defaults(func=_cmd_bench)
 
     summ = sub.add_parser("summary", help="parameters, memory and MACs of a run's model by precision")

@@ -37,21 +37,27 @@ numpy).
 The kernels are integer-only, so numba's ``fastmath`` would change nothing in the GEMM
 and would make NaN handling of the sign packer undefined: it is not used.
 
-Threading: threads take work items (row block x panel for the GEMM, row chunks for the
-packer) from an atomic counter; small problems run on the calling thread (see
-``kernels._threads_for``).
+Threading: every kernel is a ``nogil`` *worker* that takes work items (row block x panel
+for the GEMMs, row chunks for the packer) from a shared atomic counter until none are left.
+:func:`run_workers` runs the worker on the calling thread and on ``nthreads - 1`` helper
+threads of a persistent Python thread pool; small problems run on the calling thread alone
+(see ``kernels._threads_for``).  No numba threading layer (OpenMP, TBB, workqueue) is
+involved: on the 2-core VMs measured, numba's ``workqueue`` layer cost about 1 ms per launch
+and gave no speed-up, and an OpenMP layer spin-waits against the libgomp that torch ships
+when both share a process, whereas a pool hand-off costs tens of microseconds and the
+helpers block while idle.
 """
 
 from __future__ import annotations
 
-import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import numpy as np
 import numba
 from llvmlite import binding, ir
-from numba import njit, prange, types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -108,45 +114,36 @@ def simd_backend() -> str | None:
     return "avx2" if has_avx2() else None
 
 
-def _prefer_workqueue_threads() -> None:
-    """Use numba's ``workqueue`` threading layer unless the user chose one.
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
 
-    torch ships its own libgomp; numba's ``omp`` layer links the system one.  Two
-    OpenMP runtimes whose idle threads spin-wait on the same few cores stall each
-    other's parallel regions (measured on this project's 2-core machine, with another
-    process also busy: ~0.1 ms GEMMs took ~7 ms when alternated with torch calls).
-    ``workqueue`` threads block instead of spinning.  This is a process-wide numba
-    setting and has no effect once a numba parallel kernel has run.
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """The shared pool of helper threads, grown to at least ``count`` threads."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None or _POOL._max_workers < count:
+            old, _POOL = _POOL, ThreadPoolExecutor(count, thread_name_prefix="onebit-kernel")
+            if old is not None:
+                old.shutdown(wait=False)
+        return _POOL
+
+
+def run_workers(nthreads: int, worker: Callable[..., None], *args) -> None:
+    """Run ``worker(counter, *args)`` on the calling thread and ``nthreads - 1`` pool threads.
+
+    ``worker`` is a ``nogil`` kernel that takes work items from the shared ``counter`` (a
+    one-element int64 array) until none are left, so the calling thread alone finishes the
+    job if the helpers are late (busy with another caller's job, or descheduled); helpers
+    that had not started by then are cancelled.  Safe to call from several Python threads
+    at once.
     """
-    if "NUMBA_THREADING_LAYER" not in os.environ and numba.config.THREADING_LAYER == "default":
-        numba.config.THREADING_LAYER = "workqueue"
-
-
-_prefer_workqueue_threads()
-
-
-def num_threads() -> int:
-    """Threads numba's parallel kernels use (``NUMBA_NUM_THREADS`` / ``numba.set_num_threads``)."""
-    return numba.get_num_threads()
-
-
-_PARALLEL_LOCK = threading.Lock()
-
-
-def _run(parallel: bool, run_parallel: Callable[[], None], run_serial: Callable[[], None]) -> None:
-    """Run the parallel variant if asked and no other Python thread is inside one.
-
-    numba's ``workqueue`` layer aborts the process on concurrent parallel launches, so a
-    call that finds another thread's launch in progress runs serially instead (the
-    serial kernels release the GIL, so concurrent callers still overlap).
-    """
-    if parallel and _PARALLEL_LOCK.acquire(blocking=False):
-        try:
-            run_parallel()
-        finally:
-            _PARALLEL_LOCK.release()
-    else:
-        run_serial()
+    counter = np.zeros(1, np.int64)
+    futures = [_helpers(nthreads - 1).submit(worker, counter, *args) for _ in range(nthreads - 1)]
+    worker(counter, *args)
+    for future in futures:
+        if not future.cancel():
+            future.result()
 
 
 # --------------------------------------------------------------------------------------
@@ -469,17 +466,15 @@ def _gemm_items(
                 _tile_threshold(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out_bits)
 
 
-@njit(parallel=True, **_JIT)
-def _gemm_parallel(
-    nthreads, nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits
+@njit(**_JIT)
+def _gemm_worker(
+    counter, nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits
 ):
-    next_item = np.zeros(1, np.int64)
-    for _ in prange(nthreads):
-        item = _fetch_add(next_item, 1)
-        while item < nitems:
-            _gemm_items(item, item + 1, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out,
-                        thresholds, flipbits, out_bits)  # fmt: skip
-            item = _fetch_add(next_item, 1)
+    item = _fetch_add(counter, 1)
+    while item < nitems:
+        _gemm_items(item, item + 1, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out,
+                    thresholds, flipbits, out_bits)  # fmt: skip
+        item = _fetch_add(counter, 1)
 
 
 def gemm(
@@ -507,12 +502,8 @@ def gemm(
     block_rows = max(TILE_ROWS, _BLOCK_BYTES // (8 * max(koff.shape[0], 1)) // TILE_ROWS * TILE_ROWS)
     n_row_blocks = -(-rowbase.shape[0] // block_rows)
     nitems = n_row_blocks * panels.shape[0]
-    args = (mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels, out, thresholds, flipbits, out_bits)
-    _run(
-        nthreads > 1 and nitems > 1,
-        lambda: _gemm_parallel(min(nthreads, nitems), nitems, *args),
-        lambda: _gemm_items(0, nitems, *args),
-    )
+    run_workers(min(nthreads, nitems), _gemm_worker, nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias,
+                panels, out, thresholds, flipbits, out_bits)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------
@@ -584,14 +575,12 @@ def _u8s8_items(start, stop, a, panels, out):
             _tile_u8s8(a, row0, panels, jb, out)
 
 
-@njit(parallel=True, **_JIT)
-def _u8s8_parallel(nthreads, nitems, a, panels, out):
-    next_item = np.zeros(1, np.int64)
-    for _ in prange(nthreads):
-        item = _fetch_add(next_item, 1)
-        while item < nitems:
-            _u8s8_items(item, item + 1, a, panels, out)
-            item = _fetch_add(next_item, 1)
+@njit(**_JIT)
+def _u8s8_worker(counter, nitems, a, panels, out):
+    item = _fetch_add(counter, 1)
+    while item < nitems:
+        _u8s8_items(item, item + 1, a, panels, out)
+        item = _fetch_add(counter, 1)
 
 
 def u8s8_gemm(nthreads: int, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> None:
@@ -599,11 +588,7 @@ def u8s8_gemm(nthreads: int, a: np.ndarray, panels: np.ndarray, out: np.ndarray)
     codes (``M4`` a multiple of 4), ``panels`` int32 ``(NB, G, 32)`` and ``out`` int32
     ``(M4, 32 NB)``."""
     nitems = -(-a.shape[0] // PIXEL_ROW_BLOCK) * panels.shape[0]
-    _run(
-        nthreads > 1 and nitems > 1,
-        lambda: _u8s8_parallel(min(nthreads, nitems), nitems, a, panels, out),
-        lambda: _u8s8_items(0, nitems, a, panels, out),
-    )
+    run_workers(min(nthreads, nitems), _u8s8_worker, nitems, a, panels, out)
 
 
 # --------------------------------------------------------------------------------------
@@ -655,23 +640,17 @@ def _pack_rows(start, stop, x, length, out):
             out[r, full] = word
 
 
-@njit(parallel=True, **_JIT)
-def _pack_parallel(nthreads, rows_per_item, x, length, out):
+@njit(**_JIT)
+def _pack_worker(counter, rows_per_item, x, length, out):
     rows = out.shape[0]
-    next_row = np.zeros(1, np.int64)
-    for _ in prange(nthreads):
-        start = _fetch_add(next_row, rows_per_item)
-        while start < rows:
-            _pack_rows(start, min(rows, start + rows_per_item), x, length, out)
-            start = _fetch_add(next_row, rows_per_item)
+    start = _fetch_add(counter, rows_per_item)
+    while start < rows:
+        _pack_rows(start, min(rows, start + rows_per_item), x, length, out)
+        start = _fetch_add(counter, rows_per_item)
 
 
 def pack_rows(nthreads: int, x: np.ndarray, length: int, out: np.ndarray) -> None:
     """Pack the C-contiguous ``x`` viewed as rows of ``length`` into ``out`` (rows, Kw)."""
-    flat = x.reshape(-1)
     rows_per_item = max(1, _PACK_ITEM_ELEMENTS // max(length, 1))
-    _run(
-        nthreads > 1 and out.shape[0] > rows_per_item,
-        lambda: _pack_parallel(nthreads, rows_per_item, flat, length, out),
-        lambda: _pack_rows(0, out.shape[0], flat, length, out),
-    )
+    nitems = -(-out.shape[0] // rows_per_item)
+    run_workers(min(nthreads, nitems), _pack_worker, rows_per_item, x.reshape(-1), length, out)

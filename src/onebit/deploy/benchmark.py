@@ -6,7 +6,8 @@
 
 Kernels: binary GEMM (packed activations, prepared weights) vs ``F.linear`` for M in
 {1, 64, 256}, K, N in {784, 1024, 4096} ("w/ pack" adds packing the float activations), and
-3x3 binary conv 64->64 on 32x32 with input packing vs ``F.conv2d``.
+3x3 binary conv 64->64 on 32x32 with input packing vs ``F.conv2d``, with int32 outputs and
+with batch norm + sign fused into it (packed bits out, as a deployed hidden layer runs).
 
 End to end: a packed model vs PyTorch float eval of the same model, and the packed file vs
 the float32 state dict.
@@ -33,7 +34,7 @@ import torch.nn.functional as F
 
 from . import kernels as K
 
-__all__ = ["compare", "bench_gemm", "bench_conv", "end_to_end", "kernels_main", "end_to_end_main", "main"]
+__all__ = ["numpy_blas", "compare", "bench_gemm", "bench_conv", "end_to_end", "kernels_main", "end_to_end_main", "main"]
 
 
 def cpu_name() -> str:
@@ -76,6 +77,13 @@ def _openblas_core() -> str | None:
             get.restype = ctypes.c_char_p
             return get().decode()
     return None
+
+
+def _set_threads(threads: int | None) -> None:
+    """Give torch and the binary kernels the same number of threads (None: their defaults)."""
+    if threads:
+        torch.set_num_threads(threads)
+        K.set_num_threads(threads)
 
 
 def sample(fn: Callable[[], object], min_seconds: float) -> float:
@@ -124,11 +132,13 @@ def bench_conv(batch: int, repeats: int, min_seconds: float, c: int = 64, hw: in
     x, w = sign_tensor(batch, c, hw, hw), sign_tensor(c, c, 3, 3)
     x_nhwc = np.ascontiguousarray(x.numpy().transpose(0, 2, 3, 1))
     prepared = K.prepare_conv_weights(K.pack_signs(w.numpy().transpose(0, 2, 3, 1)), c)
+    thresholds, flip = np.zeros(c, np.int32), np.zeros(c, bool)
     with torch.inference_mode():
         return compare(
             [
                 lambda: F.conv2d(x, w, padding=1),
                 lambda: K.binary_conv2d(K.pack_signs(x_nhwc), c, prepared, padding=1),
+                lambda: K.binary_conv2d_threshold(K.pack_signs(x_nhwc), c, prepared, thresholds, flip, padding=1),
             ],
             repeats,
             min_seconds,
@@ -143,12 +153,11 @@ def kernels_main(argv: list[str] | None = None) -> None:
         raise SystemExit("the kernel benchmark needs numba: pip install 'onebit[fast]'") from error
     parser = argparse.ArgumentParser(description="binary kernels vs torch fp32")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
-    parser.add_argument("--threads", type=int, help="threads for both torch and numba (default: their defaults)")
+    parser.add_argument("--threads", type=int, help="threads for both torch and the binary kernels (default: "
+                        "their defaults)")
     args = parser.parse_args(argv)
     repeats, min_seconds = (5, 0.01) if args.quick else (11, 0.03)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        numba.set_num_threads(args.threads)
+    _set_threads(args.threads)
 
     print(f"CPU: {cpu_name()}")
     print(
@@ -156,11 +165,10 @@ def kernels_main(argv: list[str] | None = None) -> None:
         f"numba {numba.__version__}, llvmlite {llvmlite.__version__}"
     )
     print(
-        f"threads: torch {torch.get_num_threads()}, numba {numba.get_num_threads()}; "
+        f"threads: torch {torch.get_num_threads()}, binary kernels {K.get_num_threads()}; "
         f"backend {K.DEFAULT_BACKEND} (available {', '.join(K.AVAILABLE_BACKENDS)})"
     )
     K.binary_matmul(K.pack_signs(np.ones((300, 4096))), K.pack_signs(np.ones((64, 4096))), 4096)  # JIT + threads
-    print(f"numba threading layer: {numba.threading_layer()}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print("note: other processes may share the CPU; ratios come from alternating samples in one run.\n")
 
@@ -175,11 +183,13 @@ def kernels_main(argv: list[str] | None = None) -> None:
                     f" | {t_pack * 1e3:8.3f} {t_torch / t_pack:5.1f}x"
                 )
 
-    print("\nbinary conv 3x3 64->64 32x32 pad 1 (input packing included) vs torch F.conv2d (fp32)")
-    print(f"{'batch':>5} | {'torch':>8} {'binary':>8} {'ratio':>6}")
+    print("\nbinary conv 3x3 64->64 32x32 pad 1 (input packing included) vs torch F.conv2d (fp32);")
+    print("'binary': int32 outputs; 'fused': batch norm + sign folded in, packed bits out (a deployed layer)")
+    print(f"{'batch':>5} | {'torch':>8} {'binary':>8} {'ratio':>6} | {'fused':>8} {'ratio':>6}")
     for batch in (1, 32):
-        t_torch, t_bin = bench_conv(batch, repeats, min_seconds)
-        print(f"{batch:>5} | {t_torch * 1e3:8.3f} {t_bin * 1e3:8.3f} {t_torch / t_bin:5.1f}x")
+        t_torch, t_bin, t_fused = bench_conv(batch, repeats, min_seconds)
+        print(f"{batch:>5} | {t_torch * 1e3:8.3f} {t_bin * 1e3:8.3f} {t_torch / t_bin:5.1f}x"
+              f" | {t_fused * 1e3:8.3f} {t_torch / t_fused:5.1f}x")
 
     print("\nother back ends, M=64 K=N=1024")
     print(f"{'backend':>8} | {'torch':>8} {'binary':>8} {'ratio':>6}")
@@ -252,8 +262,12 @@ def end_to_end_main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run-dir", type=Path, help="a trained run (default: untrained study A BNN MLP, "
                         "same speed and size)")
     parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
+    parser.add_argument("--threads", type=int, help="threads for both torch and the packed model (default: "
+                        "their defaults)")
     args = parser.parse_args(argv)
     from ..experiments.datasets import normalization
+
+    _set_threads(args.threads)
 
     if args.run_dir:
         model, input_size, name, dataset = _model_from_run(args.run_dir)
@@ -264,7 +278,8 @@ def end_to_end_main(argv: list[str] | None = None) -> None:
         model, input_size, name = MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn"
         dataset = "mnist"
     repeats, min_seconds = (3, 0.05) if args.quick else (7, 0.3)
-    print(f"end to end: {name}; torch {torch.__version__} with {torch.get_num_threads()} threads")
+    print(f"end to end: {name}; torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "
+          f"packed {K.get_num_threads()}")
     print(f"numpy {np.__version__}, BLAS {numpy_blas()} (the packed models' float layers run on it)")
     print("torch and 'packed' get normalized float32 inputs; 'packed u8' gets the raw uint8 images")
     print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
@@ -283,8 +298,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="onebit bench")
     parser.add_argument("--run-dir", type=str)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--threads", type=int)
     args = parser.parse_args(argv)
-    quick = ["--quick"] if args.quick else []
-    kernels_main(quick)
+    common = (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
+    kernels_main(common)
     print()
-    end_to_end_main(quick + (["--run-dir", args.run_dir] if args.run_dir else []))
+    end_to_end_main(common + (["--run-dir", args.run_dir] if args.run_dir else []))

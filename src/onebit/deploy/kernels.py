@@ -35,8 +35,11 @@ Every compute function takes ``backend=None`` (= :data:`DEFAULT_BACKEND`); all b
 ends give bit-identical results.  This module imports numpy and, optionally, numba:
 never torch.
 
-Threads: the numba back ends use ``numba.get_num_threads()`` threads for problems large
-enough to pay for it and run small ones (e.g. a single-row GEMV) on the calling thread.
+Threads: the numba back ends use :func:`get_num_threads` threads (``ONEBIT_NUM_THREADS``,
+else every CPU this process may run on; :func:`set_num_threads` changes it) for problems
+large enough to pay for it, and run small ones (e.g. a single-row GEMV) on the calling
+thread.  The threads are plain Python threads running GIL-free kernels, so they neither
+spin nor compete with the OpenMP threads of a torch in the same process.
 """
 
 from __future__ import annotations
@@ -52,9 +55,9 @@ import numpy.typing as npt
 
 __all__ = [
     "AVAILABLE_BACKENDS", "DEFAULT_BACKEND", "PANEL", "Backend", "PreparedConvWeights", "PreparedWeights",
-    "binary_conv2d", "binary_conv2d_threshold", "binary_matmul", "binary_matmul_prepared",
+    "binary_conv2d", "binary_conv2d_threshold", "binary_matmul", "binary_matmul_prepared", "get_num_threads",
     "binary_matmul_threshold", "binary_maxpool2d", "pack_signs", "pixel_matmul_prepared", "PreparedPixelWeights",
-    "prepare_conv_weights", "prepare_pixel_weights", "prepare_weights", "sign_sums", "signs_matmul",
+    "prepare_conv_weights", "prepare_pixel_weights", "prepare_weights", "set_num_threads", "sign_sums", "signs_matmul",
     "threshold_bits", "unpack_signs",
 ]  # fmt: skip
 
@@ -79,9 +82,9 @@ _SIMD_BACKENDS = ("avx512", "avx2")  # the LLVM-IR tiles (one of them is availab
 DEFAULT_BACKEND: Backend = AVAILABLE_BACKENDS[0]
 
 PANEL = 32  # output columns per prepared weight panel (see PreparedWeights)
-_PARALLEL_MIN_WORDS = 1 << 24  # word-ops below which threading costs more than it saves (a parallel
-# launch costs 0.25-0.4 ms on the 2-core VMs measured; 2 threads only win from ~16M word-ops)
-_PACK_PARALLEL_MIN = 1 << 18  # elements below which packing stays on one thread
+_PARALLEL_MIN_WORDS = 1 << 23  # word-ops below which threading costs more than it saves: waking a
+# pool thread and joining it cost ~0.1 ms on the 2-core VMs measured, 8M word-ops ~0.3 ms on one core
+_PACK_PARALLEL_MIN = 1 << 22  # elements below which packing (memory-bound) stays on one thread
 _NUMPY_CHUNK_WORDS = 1 << 20  # XOR temporaries of the numpy GEMM, in words
 _UNPACK_CHUNK = 1 << 22  # weights unpacked at a time by signs_matmul (16 MiB as float32)
 _PACK_DTYPES = (np.float32, np.float64, np.int8, np.int16, np.int32, np.int64)
@@ -103,10 +106,36 @@ def _words(k: int) -> int:
     return -(-k // 64)
 
 
+def _default_threads() -> int:
+    value = os.environ.get("ONEBIT_NUM_THREADS", "")
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"ONEBIT_NUM_THREADS must be a positive integer, got {value!r}")
+        return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+_num_threads = _default_threads()
+
+
+def get_num_threads() -> int:
+    """Threads the numba back ends use for large problems (``ONEBIT_NUM_THREADS`` at import,
+    else the CPUs this process may run on)."""
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Use up to ``n`` threads (the calling thread included) in the numba back ends."""
+    global _num_threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"number of threads must be a positive integer, got {n!r}")
+    _num_threads = n
+
+
 def _threads_for(work: int, minimum: int | None = None) -> int:
     """Threads for a numba kernel doing ``work`` units (threshold: ``minimum``, default
     :data:`_PARALLEL_MIN_WORDS`, read at call time); 1 keeps it on the calling thread."""
-    return _nb.num_threads() if work >= (_PARALLEL_MIN_WORDS if minimum is None else minimum) else 1
+    return _num_threads if work >= (_PARALLEL_MIN_WORDS if minimum is None else minimum) else 1
 
 
 # --------------------------------------------------------------------------------------

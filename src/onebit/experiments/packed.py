@@ -137,10 +137,10 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
         the same predicted class, or the identical embedding), ``max_output_diff`` (largest
         absolute logit or embedding difference), ``torch_images_per_s``,
         ``packed_images_per_s``, ``speedup``, ``file_bytes``, ``float32_bytes``,
-        ``size_ratio``, ``images``, ``batch_size``, ``torch_threads``; or ``{"error": reason}``
-        if the model does not convert.
+        ``size_ratio``, ``images``, ``batch_size``, ``torch_threads``, ``packed_threads``; or
+        ``{"error": reason}`` if the model does not convert.
     """
-    from ..deploy import UnsupportedModelError, load
+    from ..deploy import UnsupportedModelError, kernels, load
 
     try:
         model, packed = pack_run(run_dir)
@@ -173,4 +173,5 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
         "images": len(c.reference),
         "batch_size": batch_size,
         "torch_threads": torch.get_num_threads(),
+        "packed_threads": kernels.get_num_threads(),
     }

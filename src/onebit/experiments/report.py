@@ -138,7 +138,8 @@ def _packed_table(rows: list[dict]) -> list[str]:
     first = next((r["packed"] for r in evaluated if "error" not in r["packed"]), None)
     setup = "" if first is None else (
         f" on {first['images']:,} test images at batch {first['batch_size']}, in one process "
-        f"({first['torch_threads']} torch threads)")
+        f"({first['torch_threads']} torch threads"
+        + (f", {first['packed_threads']} packed" if "packed_threads" in first else "") + ")")
     lines = ["", f"Packed inference (`onebit export` of seed 0's model, run from the file){setup}. "
              "Accuracy (%) as PyTorch / packed; few-shot rows swap in the packed encoder under the same "
              "head and episodes, and \"same output\" counts identical embeddings instead of identical "
