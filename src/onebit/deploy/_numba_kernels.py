@@ -115,15 +115,17 @@ def simd_backend() -> str | None:
 
 
 _POOL: ThreadPoolExecutor | None = None
+_POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
 def _helpers(count: int) -> ThreadPoolExecutor:
-    """The shared pool of helper threads, grown to at least ``count`` threads."""
-    global _POOL
+    """The shared pool of helper threads, grown to at least ``count`` threads (a replaced
+    pool finishes the jobs it has and its threads exit)."""
+    global _POOL, _POOL_SIZE
     with _POOL_LOCK:
-        if _POOL is None or _POOL._max_workers < count:
-            old, _POOL = _POOL, ThreadPoolExecutor(count, thread_name_prefix="onebit-kernel")
+        if _POOL is None or _POOL_SIZE < count:
+            old, _POOL, _POOL_SIZE = _POOL, ThreadPoolExecutor(count, thread_name_prefix="onebit-kernel"), count
             if old is not None:
                 old.shutdown(wait=False)
         return _POOL
