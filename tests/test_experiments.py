@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from onebit.cli import main
+from onebit.experiments import get
 
 
 @pytest.mark.slow
@@ -32,7 +33,10 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert (exp_dir / "curves.png").stat().st_size > 0
     heatmaps = sorted((exp_dir / "heatmaps").glob("*.png"))
     assert heatmaps  # every row here but the float ones has binary activations
-    assert "| row |" in (exp_dir / "results.md").read_text()
+    report = (exp_dir / "results.md").read_text()
+    assert "| row |" in report
+    pending = [r.name for r in get(experiment).rows if r.name not in rows]
+    assert f"Not run yet: {', '.join(pending)} (`onebit run {experiment} --resume --rows {' '.join(pending)}`" in report
     # rows with binary weights: the packed model of seed 0 evaluated beside PyTorch
     packed = {r["name"]: r["packed"] for r in results["rows"] if "packed" in r}
     assert set(packed) == ({"bnn"} if experiment == "mnist-mlp" else set())  # study B's CNN has float weights

@@ -189,6 +189,10 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
             f"{_train_time(r)} | {r['published'] or ''} |"
         )
+    pending = [row.name for row in experiment.rows if row.name not in {r["name"] for r in rows}]
+    if pending:
+        lines += ["", f"Not run yet: {', '.join(pending)} (`onebit run {experiment.name} --resume --rows "
+                  f"{' '.join(pending)}` with this directory's `--out` and `--seeds`)."]
     carried = list(dict.fromkeys(c for r in rows if r.get("carried_over") for c in r["commands"]))
     if carried:
         lines += ["", f"{CARRIED_MARK} Carried over from this directory's earlier report (produced by "
