@@ -303,3 +303,13 @@ def test_workers_of_a_killed_runner_stop(tmp_path):
         except RunDirBusy:
             assert time.monotonic() < deadline, "the orphaned worker still holds the run directory"
             time.sleep(0.2)
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "mnist-mlp", "--seeds", "0"], ["run", "mnist-mlp", "--jobs", "-1"], ["run", "mnist-mlp", "--epochs", "x"],
+    ["bench", "--threads", "0"], ["infer", "model.onebit", "--batch-size", "0"],
+])
+def test_cli_rejects_counts_below_one(args, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2 and "expected a positive integer" in capsys.readouterr().err

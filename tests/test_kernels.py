@@ -15,6 +15,14 @@ BACKENDS = K.AVAILABLE_BACKENDS
 RNG = np.random.default_rng(1234)
 
 
+@pytest.fixture(params=["1 thread", "3 threads"])
+def threads(request, monkeypatch):
+    """Run a test on the calling thread alone, and with 3 threads at any problem size."""
+    if request.param == "3 threads":
+        monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
+        monkeypatch.setattr(K, "_num_threads", 3)
+
+
 def signs(*shape: int) -> np.ndarray:
     return RNG.choice(np.array([-1.0, 1.0], np.float32), size=shape)
 
@@ -147,6 +155,94 @@ def test_concurrent_callers_share_the_thread_pool_safely(monkeypatch):
         np.testing.assert_array_equal(out, expected)
 
 
+needs_numba = pytest.mark.skipif(K._nb is None, reason="the thread pool serves the numba back ends only")
+
+
+def _visit_worker():
+    """A nogil worker for run_workers: every thread checks in and waits (a bounded spin) until
+    ``wait_for`` threads have, so that every helper takes part, then counts its visits of each
+    item."""
+    from numba import njit
+
+    fetch_add = K._nb._fetch_add
+
+    @njit(nogil=True)
+    def worker(counter, arrived, wait_for, visits):
+        fetch_add(arrived, 1)
+        spins = 0
+        while fetch_add(arrived, 0) < wait_for and spins < 200_000_000:
+            spins += 1
+        item = fetch_add(counter, 1)
+        while item < visits.shape[0]:
+            visits[item] += 1
+            item = fetch_add(counter, 1)
+
+    return worker
+
+
+@needs_numba
+def test_run_workers_hands_out_every_item_once_across_threads():
+    worker = _visit_worker()
+    for nthreads in (1, 2, 4):
+        visits, arrived = np.zeros(20_000, np.int64), np.zeros(1, np.int64)
+        K._nb.run_workers(nthreads, worker, arrived, nthreads, visits)
+        assert arrived[0] == nthreads and (visits == 1).all()
+
+
+@needs_numba
+def test_run_workers_from_concurrent_callers_growing_a_fresh_pool(monkeypatch):
+    """Callers asking for different thread counts at once, while the pool grows (it is replaced)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(K._nb, "_POOL", None)
+    monkeypatch.setattr(K._nb, "_POOL_SIZE", 0)
+    worker = _visit_worker()
+
+    def call(nthreads):  # no waiting for the helpers: callers compete for them
+        visits, arrived = np.zeros(5_000, np.int64), np.zeros(1, np.int64)
+        K._nb.run_workers(nthreads, worker, arrived, 0, visits)
+        return (visits == 1).all()
+
+    with ThreadPoolExecutor(6) as callers:
+        assert all(callers.map(call, [2, 3, 4, 5, 6, 7] * 3))
+
+
+@needs_numba
+def test_run_workers_raises_a_helpers_error_after_every_helper_stopped():
+    import threading
+
+    helper_failed = threading.Event()
+    main = threading.get_ident()
+
+    def worker(counter):
+        if threading.get_ident() == main:
+            assert helper_failed.wait(10)
+        else:
+            helper_failed.set()
+            raise ArithmeticError("helper failed")
+
+    with pytest.raises(ArithmeticError, match="helper failed"):
+        K._nb.run_workers(2, worker)
+
+
+@needs_numba
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_gets_a_pool_of_its_own(monkeypatch):
+    """The parent's pool threads do not exist in a forked child: its helpers must run there."""
+    worker = _visit_worker()
+    K._nb.run_workers(3, worker, np.zeros(1, np.int64), 0, np.zeros(10, np.int64))  # parent's pool exists
+    pid = os.fork()
+    if pid == 0:  # child: every helper must arrive, else the worker's bounded spin gives up
+        import signal
+
+        signal.alarm(60)  # a hang fails the test too
+        visits, arrived = np.zeros(1000, np.int64), np.zeros(1, np.int64)
+        K._nb.run_workers(3, worker, arrived, 3, visits)
+        os._exit(0 if arrived[0] == 3 and (visits == 1).all() else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_thread_count_setting(monkeypatch):
     monkeypatch.setattr(K, "_num_threads", K.get_num_threads())  # restored after the test
     K.set_num_threads(3)
@@ -205,7 +301,7 @@ def test_shape_checks():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("m,k,n", [(1, 65, 1), (3, 784, 33), (5, 100, 64), (7, 200, 130), (70, 1000, 100)])
-def test_threshold_epilogue(backend, m, k, n):
+def test_threshold_epilogue(backend, m, k, n, threads):
     a, b = signs(m, k), signs(n, k)
     dots = a.astype(np.float64) @ b.T
     thresholds = RNG.integers(-k // 4, k // 4 + 1, size=n).astype(np.int32)
@@ -240,7 +336,7 @@ def test_threshold_epilogue(backend, m, k, n):
         (1, 6, 6, 64, 8, 3, 0, 1),
     ],
 )
-def test_binary_conv2d_matches_zero_padded_reference(backend, n, h, w, c_in, c_out, kernel, padding, stride):
+def test_binary_conv2d_matches_zero_padded_reference(backend, n, h, w, c_in, c_out, kernel, padding, stride, threads):
     x, wt = signs(n, h, w, c_in), signs(c_out, kernel, kernel, c_in)
     prepared = K.prepare_conv_weights(K.pack_signs(wt), c_in)
     out = K.binary_conv2d(K.pack_signs(x), c_in, prepared, padding=padding, stride=stride, backend=backend)
@@ -248,7 +344,7 @@ def test_binary_conv2d_matches_zero_padded_reference(backend, n, h, w, c_in, c_o
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_binary_conv2d_threshold(backend):
+def test_binary_conv2d_threshold(backend, threads):
     x, wt = signs(2, 6, 5, 16), signs(70, 5, 5, 16)
     prepared = K.prepare_conv_weights(K.pack_signs(wt), 16)
     conv = conv_reference(x, wt, padding=2, stride=1)

@@ -9,6 +9,17 @@ import sys
 from pathlib import Path
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .experiments import run_experiment, runner
 
@@ -121,12 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="train an experiment's runs and write its report")
     run.add_argument("experiment", help="experiment name (see `onebit list`)")
     run.add_argument("--quick", action="store_true", help="smoke version: tiny data subset, 1 epoch, 1 seed, no torch.compile")
-    run.add_argument("--epochs", type=int, help="override the experiment's number of epochs")
-    run.add_argument("--seeds", type=int, help="seeds per row (default 3; 1 with --quick)")
+    run.add_argument("--epochs", type=_positive_int, help="override the experiment's number of epochs")
+    run.add_argument("--seeds", type=_positive_int, help="seeds per row (default 3; 1 with --quick)")
     run.add_argument("--rows", nargs="+", metavar="ROW", help="only these rows")
     run.add_argument("--out", default="runs", help="run directory root (default: runs)")
     run.add_argument("--data", help="dataset root (default: $ONEBIT_DATA or ~/.cache/onebit)")
-    run.add_argument("--jobs", type=int, default=1, help="runs trained in parallel processes")
+    run.add_argument("--jobs", type=_positive_int, default=1, help="runs trained in parallel processes")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -158,13 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("file")
     infer.add_argument("--dataset", help="test set: mnist or cifar10 (default: the one the model was trained on)")
     infer.add_argument("--data", help="dataset root")
-    infer.add_argument("--batch-size", type=int, default=256)
+    infer.add_argument("--batch-size", type=_positive_int, default=256)
     infer.set_defaults(func=_cmd_infer)
 
     bench = sub.add_parser("bench", help="speed and size of packed models vs PyTorch float, measured side by side")
     bench.add_argument("--run-dir", help="benchmark this trained run (default: study A's BNN MLP, untrained)")
     bench.add_argument("--quick", action="store_true", help="fewer, shorter samples")
-    bench.add_argument("--threads", type=int, help="threads for both torch and the packed kernels (default: all)")
+    bench.add_argument("--threads", type=_positive_int,
+                       help="threads for both torch and the packed kernels (default: each one's own default)")
     bench.set_defaults(func=_cmd_bench)
 
     summ = sub.add_parser("summary", help="parameters, memory and MACs of a run's model by precision")

@@ -44,14 +44,15 @@ threads of a persistent Python thread pool; small problems run on the calling th
 (see ``kernels._threads_for``).  No numba threading layer (OpenMP, TBB, workqueue) is
 involved: on the 2-core VMs measured, numba's ``workqueue`` layer cost about 1 ms per launch
 and gave no speed-up, and an OpenMP layer spin-waits against the libgomp that torch ships
-when both share a process, whereas a pool hand-off costs tens of microseconds and the
-helpers block while idle.
+when both share a process, whereas waking a pool thread costs about 0.1 ms and the
+helpers block, not spin, while idle.
 """
 
 from __future__ import annotations
 
+import os
 import threading
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import Callable
 
 import numpy as np
@@ -119,16 +120,33 @@ _POOL_SIZE = 0
 _POOL_LOCK = threading.Lock()
 
 
-def _helpers(count: int) -> ThreadPoolExecutor:
-    """The shared pool of helper threads, grown to at least ``count`` threads (a replaced
-    pool finishes the jobs it has and its threads exit)."""
+def _forget_pool() -> None:
+    """In a forked child: the parent's pool threads do not exist there, so start afresh."""
+    global _POOL, _POOL_SIZE, _POOL_LOCK
+    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _submit_helpers(count: int, worker: Callable[..., None], args: tuple) -> list[Future]:
+    """Submit ``count`` calls ``worker(*args)`` to the shared pool, grown to at least ``count``
+    threads first (a replaced pool finishes the jobs it has, then its threads exit). Returns
+    fewer futures (possibly none) if the interpreter is shutting down."""
     global _POOL, _POOL_SIZE
-    with _POOL_LOCK:
+    futures: list[Future] = []
+    with _POOL_LOCK:  # grow and submit in one step: no submission can reach a pool being replaced
         if _POOL is None or _POOL_SIZE < count:
             old, _POOL, _POOL_SIZE = _POOL, ThreadPoolExecutor(count, thread_name_prefix="onebit-kernel"), count
             if old is not None:
                 old.shutdown(wait=False)
-        return _POOL
+        try:
+            for _ in range(count):
+                futures.append(_POOL.submit(worker, *args))
+        except RuntimeError:  # interpreter shutdown: the calling thread does the work alone
+            pass
+    return futures
 
 
 def run_workers(nthreads: int, worker: Callable[..., None], *args) -> None:
@@ -137,15 +155,21 @@ def run_workers(nthreads: int, worker: Callable[..., None], *args) -> None:
     ``worker`` is a ``nogil`` kernel that takes work items from the shared ``counter`` (a
     one-element int64 array) until none are left, so the calling thread alone finishes the
     job if the helpers are late (busy with another caller's job, or descheduled); helpers
-    that had not started by then are cancelled.  Safe to call from several Python threads
-    at once.
+    that had not started by then are cancelled.  Returns only when no helper is still
+    running, and raises the first error of any of them.  Safe to call from several Python
+    threads at once.
     """
     counter = np.zeros(1, np.int64)
-    futures = [_helpers(nthreads - 1).submit(worker, counter, *args) for _ in range(nthreads - 1)]
-    worker(counter, *args)
+    futures = _submit_helpers(nthreads - 1, worker, (counter, *args)) if nthreads > 1 else []
+    try:
+        worker(counter, *args)
+    finally:
+        for future in futures:
+            future.cancel()
+        wait(futures)
     for future in futures:
-        if not future.cancel():
-            future.result()
+        if not future.cancelled() and future.exception() is not None:
+            raise future.exception()
 
 
 # --------------------------------------------------------------------------------------

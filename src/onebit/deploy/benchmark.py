@@ -67,7 +67,7 @@ def _openblas_core() -> str | None:
 
     try:
         with open("/proc/self/maps") as f:
-            path = next(line.split()[-1] for line in f if "openblas" in line.lower() and line.rstrip().endswith(".so"))
+            path = next(line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line)
         library = ctypes.CDLL(path)
     except (OSError, StopIteration):
         return None
@@ -81,6 +81,8 @@ def _openblas_core() -> str | None:
 
 def _set_threads(threads: int | None) -> None:
     """Give torch and the binary kernels the same number of threads (None: their defaults)."""
+    if threads is not None and threads < 1:
+        raise SystemExit(f"--threads must be a positive integer, got {threads}")
     if threads:
         torch.set_num_threads(threads)
         K.set_num_threads(threads)
