@@ -136,6 +136,14 @@ def test_protonet_prototypes_are_class_means():
         model.prototypes(support[0], labels[0], way=5)
 
 
+def test_protonet_head_compiles_without_graph_breaks():
+    """The support check is a host sync: compiled training steps must not break the graph on it."""
+    model = PrototypicalNetwork(**SMALL)
+    support, labels, query = episode_embeddings(shot=3)
+    compiled = torch.compile(model.classify, backend="eager", fullgraph=True)
+    torch.testing.assert_close(compiled(support, labels, query, 4), model.classify(support, labels, query, 4))
+
+
 def test_hamming_heads_equal_hamming_distance_computed_by_hand():
     kwargs = dict(binary_blocks="all", quantizer="sign", distance="hamming", scale=0.5, **SMALL)
     matching, proto = MatchingNetwork(**kwargs), PrototypicalNetwork(**kwargs)
