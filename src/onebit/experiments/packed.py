@@ -128,8 +128,8 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
     limits the set). Few-shot models (whose experiment has no such test set) convert their
     encoder, which replaces the PyTorch one under the same head and evaluation episodes
     (:meth:`~onebit.training.fewshot.EpisodicTask.final_evaluation`); throughput is that of
-    embedding the test pool. Both models run in this process with the current thread
-    settings, batch by batch.
+    embedding the test pool. Both models run in this process, batch by batch, with torch's
+    current number of threads (the packed kernels get as many for the comparison).
 
     Returns:
         ``accuracy`` (``{key: {"torch", "packed"}}``: ``"test"`` for classifiers, one entry
@@ -153,12 +153,17 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
         packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
 
     dataset = packed.meta["dataset"]
-    if dataset in datasets.NAMES:
-        c = _compare_classifiers(model, packed, dataset, data, batch_size, max_images)
-    else:
-        config = json.loads((Path(run_dir) / "config.json").read_text())
-        task = registry.get(config["experiment"]).task_of(config, data)
-        c = _compare_encoders(model, packed, task, batch_size)
+    threads = kernels.get_num_threads()
+    kernels.set_num_threads(torch.get_num_threads())
+    try:
+        if dataset in datasets.NAMES:
+            c = _compare_classifiers(model, packed, dataset, data, batch_size, max_images)
+        else:
+            config = json.loads((Path(run_dir) / "config.json").read_text())
+            task = registry.get(config["experiment"]).task_of(config, data)
+            c = _compare_encoders(model, packed, task, batch_size)
+    finally:
+        kernels.set_num_threads(threads)
     float_bytes = float32_state_bytes(model)
     return {
         "accuracy": c.accuracy,
@@ -173,5 +178,5 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
         "images": len(c.reference),
         "batch_size": batch_size,
         "torch_threads": torch.get_num_threads(),
-        "packed_threads": kernels.get_num_threads(),
+        "packed_threads": torch.get_num_threads(),
     }

@@ -136,10 +136,12 @@ def _packed_table(rows: list[dict]) -> list[str]:
     if not evaluated:
         return []
     first = next((r["packed"] for r in evaluated if "error" not in r["packed"]), None)
-    setup = "" if first is None else (
-        f" on {first['images']:,} test images at batch {first['batch_size']}, in one process "
-        f"({first['torch_threads']} torch threads"
-        + (f", {first['packed_threads']} packed" if "packed_threads" in first else "") + ")")
+    setup = ""
+    if first is not None:
+        count = first["torch_threads"]
+        threads = (f"{count} thread{'s' * (count != 1)} each" if first.get("packed_threads") == count
+                   else f"{first['torch_threads']} torch threads")  # records from before packed_threads
+        setup = f" on {first['images']:,} test images at batch {first['batch_size']}, in one process ({threads})"
     lines = ["", f"Packed inference (`onebit export` of seed 0's model, run from the file){setup}. "
              "Accuracy (%) as PyTorch / packed; few-shot rows swap in the packed encoder under the same "
              "head and episodes, and \"same output\" counts identical embeddings instead of identical "
