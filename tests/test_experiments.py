@@ -203,6 +203,9 @@ def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
     assert _train_time({**row, "train_cpu_seconds_mean": None, "train_cpu_runs": 0}) == "1200 s"
     assert _train_time({**row, "train_cpu_runs": 3, "precision": ["fp32"]}) == "1200 s (15.0 CPU-min, fp32)"
     assert _train_time({**row, "train_cpu_seconds_mean": None, "precision": ["bf16", "fp32"]}) == "1200 s (bf16/fp32)"
+    machines = {"precision": ["bf16"], "cpu": ["AMD EPYC family 26 model 2 (AVX512-BF16)", "Intel Xeon 8488C (AMX)"]}
+    assert _train_time({**row, "train_cpu_runs": 3, **machines}) == (
+        "1200 s (15.0 CPU-min, bf16, on AMD EPYC family 26 model 2 (AVX512-BF16) and Intel Xeon 8488C (AMX))")
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from onebit.data import ImageSet
 from onebit.nn import BinaryLinear
 from onebit.quantizers import BinaryNeuron
 from onebit.training import ClassificationTask, TrainConfig, Trainer, TrainingDiverged
+from onebit._cpu import cpu_label
 from onebit.training.trainer import resolve_precision
 
 
@@ -58,6 +59,7 @@ def test_training_learns_and_writes_run_files(tmp_path):
     assert history[-1]["slope"] == pytest.approx(1.12)  # linear annealing, epoch index 3
     assert final["test_acc"] > 0.5  # chance is 0.25
     assert 0 < final["train_cpu_seconds"] and 0 < final["train_seconds"]
+    assert final["cpu"] == cpu_label()  # which machine the record comes from
     assert json.loads((run / "final.json").read_text()) == final
 
 

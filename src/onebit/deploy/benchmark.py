@@ -32,20 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .._cpu import cpu_name
 from . import kernels as K
 
 __all__ = ["numpy_blas", "compare", "bench_gemm", "bench_conv", "end_to_end", "kernels_main", "end_to_end_main", "main"]
-
-
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read()
-    except OSError:
-        return platform.processor()
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
-    flags = sorted({w for w in info.split() if w.startswith("avx512") or w == "avx2"})
-    return f"{name}; {' '.join(flags)}"
 
 
 def numpy_blas() -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 from pathlib import Path
 from typing import Any
@@ -79,6 +78,7 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
             out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
         out["threads"] = [f["threads"] for _, f, _ in runs if "threads" in f]  # older runs lack it
         out["precision"] = sorted({f["precision"] for _, f, _ in runs if "precision" in f})
+        out["cpu"] = sorted({f["cpu"] for _, f, _ in runs if "cpu" in f})  # recorded since session 6
         # runs trained (or resumed) before the field existed lack it: mean over the runs that have it
         cpu = [f["train_cpu_seconds"] for _, f, _ in runs if f.get("train_cpu_seconds") is not None]
         out["train_cpu_seconds_mean"] = statistics.fmean(cpu) if cpu else None
@@ -120,14 +120,19 @@ def _with_carried_over_rows(exp_dir: Path, experiment: registry.Experiment, rows
 
 
 def _train_time(row: dict) -> str:
-    wall = f"{row['train_seconds_mean']:.0f} s"
-    precision = "/".join(row.get("precision", []))
+    """Wall time per run, then what the runs recorded of CPU time, precision and machine."""
+    details = []
     cpu = row.get("train_cpu_seconds_mean")
-    if cpu is None:
-        return f"{wall} ({precision})" if precision else wall
-    runs = row.get("train_cpu_runs", len(row["seeds"]))
-    partial = "" if runs == len(row["seeds"]) else f", {runs} of {len(row['seeds'])} runs"
-    return f"{wall} ({cpu / 60:.1f} CPU-min{partial}{', ' + precision if precision else ''})"
+    if cpu is not None:
+        runs = row.get("train_cpu_runs", len(row["seeds"]))
+        partial = "" if runs == len(row["seeds"]) else f", {runs} of {len(row['seeds'])} runs"
+        details.append(f"{cpu / 60:.1f} CPU-min{partial}")
+    if row.get("precision"):
+        details.append("/".join(row["precision"]))
+    if row.get("cpu"):
+        details.append("on " + " and ".join(row["cpu"]))
+    wall = f"{row['train_seconds_mean']:.0f} s"
+    return f"{wall} ({', '.join(details)})" if details else wall
 
 
 def _packed_table(rows: list[dict]) -> list[str]:
@@ -175,9 +180,8 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
         f"# {experiment.name}: {experiment.description}",
         "",
         f"Produced by {_commands(commands)}, then `onebit report`. Test accuracy of the best-validation epoch, "
-        "mean +- std over seeds; time is training wall time per run (and its CPU time, where the run "
-        "recorded it) on this machine "
-        f"({platform.processor() or platform.machine()}, {_threads(rows)} torch threads per run).",
+        "mean +- std over seeds; time is training wall time per run (and, where the run recorded them, its "
+        f"CPU time, precision and CPU) with {_threads(rows)} torch threads per run.",
         "",
         "| row | test acc (%) | target | test loss | seeds | epochs | binary / float params | packed size | "
         "train time / run | published |",

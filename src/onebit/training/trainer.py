@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import reinforce, schedules
+from .._cpu import cpu_label
 from ..nn import QuantizedLayer, clip_latent_weights
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .runlock import run_dir_lock
@@ -471,6 +472,7 @@ class Trainer:
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingDiverged(f"final metrics are not finite: {final}")
         final["precision"] = self.precision
+        final["cpu"] = cpu_label()
         final_evaluation = getattr(self.task, "final_evaluation", None)
         if final_evaluation is not None:
             final["evaluations"] = final_evaluation(final_model)
