@@ -112,11 +112,12 @@ def _budget_note() -> str:
         f"{r.name} {EPOCH_CPU_MINUTES[r.name]:.1f} min x {r.train['epochs']} = "
         f"{EPOCH_CPU_MINUTES[r.name] * r.train['epochs'] / 60:.1f} h" for r in ROWS
     )
-    return ("Budget: at most 3 CPU-hours per row on a 2-core Xeon (AVX-512), one seed, one thread per run "
+    return ("Budget: at most 3 CPU-hours per row on a 2-core machine, one seed, one thread per run "
             "(`--jobs 2` trains two rows side by side, one thread each), so a row's training time in the table "
             "is close to its CPU time (the report also shows the CPU time the run recorded, which leaves out "
-            "inductor's compile workers). Measured CPU time per "
-            f"epoch, validation included, and expected per row: {per_row}.")
+            "inductor's compile workers, and, for runs since session 6, the CPU it trained on; bnn trained on "
+            "session 4's AMX Xeon). Measured CPU time per epoch on that Xeon, validation included, and "
+            f"expected per row: {per_row}.")
 
 
 register(
