@@ -126,6 +126,26 @@ def test_set_overrides_training_options(shared_datasets, tmp_path):
     assert main(["run", "mnist-cnn", "--quick", "--set", "lr", "--out", str(out)]) == 2
 
 
+def test_set_model_overrides_replace_constructor_arguments():
+    from onebit.experiments import registry
+    from onebit.experiments.runner import parse_overrides, run_configs
+
+    cifar = registry.get("cifar10")
+    overrides = parse_overrides(["model.width=0.75", "lr=0.002"])
+    config, = run_configs(cifar, seeds=1, rows=["bnn"], overrides=overrides)
+    assert config["model"] == {"name": "vgg_small", "recipe": "bnn", "width": 0.75}
+    assert config["train"]["lr"] == 0.002 and "model.width" not in config["train"]
+    quick, = run_configs(cifar, quick=True, seeds=1, rows=["bnn"], overrides=overrides)
+    assert quick["model"]["width"] == 0.75  # an explicit override beats the quick width
+    with pytest.raises(ValueError, match="row 'bnn' .*model.depth=3"):
+        run_configs(cifar, seeds=1, rows=["bnn"], overrides={"model.depth": 3})
+    with pytest.raises(ValueError, match="row .float. .*width multiplier must be positive"):
+        run_configs(cifar, seeds=1, rows=["float"], overrides={"model.width": -1})
+    for bad in ("model.name=mlp", "model.=1"):
+        with pytest.raises(ValueError, match="model.ARGUMENT=VALUE"):
+            parse_overrides([bad])
+
+
 def test_runs_stored_before_a_new_training_option_stay_resumable(shared_datasets, tmp_path, capsys):
     out = tmp_path / "runs"
     args = ["run", "mnist-cnn", "--quick", "--rows", "none", "--seeds", "1", "--out", str(out), "--no-progress"]

@@ -39,23 +39,42 @@ def run_configs(
     overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The JSON config of every run of ``experiment`` (what ``config.json`` holds).
-    ``overrides`` replace training options of every row (``onebit run --set KEY=VALUE``)."""
+    ``overrides`` replace training options of every row (``onebit run --set KEY=VALUE``);
+    keys ``model.NAME`` replace the model's constructor argument ``NAME`` instead."""
     selected = [experiment.row(r) for r in rows] if rows else list(experiment.rows)
+    train_overrides, model_overrides = {}, {}
+    for key, value in (overrides or {}).items():
+        if key.startswith(MODEL_PREFIX):
+            model_overrides[key.removeprefix(MODEL_PREFIX)] = value
+        else:
+            train_overrides[key] = value
     configs = []
     for row in selected:
         for seed in range(seeds):
-            options = {**experiment.train, **row.train, **(overrides or {}), "seed": seed, "device": device}
+            options = {**experiment.train, **row.train, **train_overrides, "seed": seed, "device": device}
             train = TrainConfig.from_dict(options)
             if epochs is not None:
                 train.epochs = epochs
             if quick:
                 train.epochs = 1
                 train.compile = False  # compiling takes longer than a smoke run trains
-            model = {**row.model, **experiment.quick_model} if quick else dict(row.model)
+            model = {**row.model, **(experiment.quick_model if quick else {}), **model_overrides}
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
                       "model": model, "train": _train_dict(train)}
             configs.append({**config, "task": dict(row.task)} if row.task else config)
+        if model_overrides:
+            _check_model(configs[-1], model_overrides)
     return configs
+
+
+def _check_model(config: dict[str, Any], model_overrides: dict[str, Any]) -> None:
+    """Build a run's model once, so that a ``--set model.X`` the row's model does not take fails
+    before any training, naming the row."""
+    try:
+        build_model(config)
+    except (TypeError, ValueError) as err:
+        given = ", ".join(f"{MODEL_PREFIX}{k}={v!r}" for k, v in model_overrides.items())
+        raise ValueError(f"row {config['row']!r} ({config['model']['name']}) rejects {given}: {err}") from err
 
 
 def _train_dict(train: TrainConfig) -> dict[str, Any]:
@@ -75,14 +94,18 @@ def _same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
     return {**stored, "train": train} == config
 
 
+#: Prefix of ``--set`` keys that replace a model constructor argument (``model.width=0.75``).
+MODEL_PREFIX = "model."
+
+
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
-    """``["lr=0.01", "reinforce_baseline=self-critical"]`` -> ``{"lr": 0.01, ...}``: the values
+    """``["lr=0.01", "model.width=0.75"]`` -> ``{"lr": 0.01, "model.width": 0.75}``: the values
     of ``onebit run --set KEY=VALUE`` (JSON values, else strings)."""
     overrides = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--set expects KEY=VALUE, got {pair!r}")
+        if not sep or not key or key in (MODEL_PREFIX, "model.name"):
+            raise ValueError(f"--set expects KEY=VALUE or model.ARGUMENT=VALUE (not the model's name), got {pair!r}")
         try:
             overrides[key] = json.loads(value)
         except json.JSONDecodeError:
