@@ -80,16 +80,25 @@ def omniglot_task(root: str | None, quick: bool, batch_size: int, **train_episod
 PROTONET_EPISODES = {"shot": 5, "queries": 3}
 
 
+def _model(name: str, binary_blocks: list[int] | None = None, **options) -> dict:
+    """A row's model spec. An encoder whose last block (the embedding) is binary gets a learned
+    similarity scale (the softmax temperature): its distances are bit counts of fixed range, while
+    a real embedding learns its scale through the last batch norm (see the experiment's notes)."""
+    if not binary_blocks:
+        return {"name": name, **options}
+    learn_scale = {"learn_scale": True} if 4 in binary_blocks else {}
+    return {"name": name, "binary_blocks": binary_blocks, **options, **learn_scale}
+
+
 def _rows(prefix: str, model: str, task: dict | None = None) -> list[Row]:
     """float, binary-block1..4, binary-all, binary-all-hamming for one model."""
     task = task or {}
     annealed = {"slope_schedule": "linear"}  # study B: deterministic straight-through, slope annealing
-    rows = [Row(f"{prefix}float", {"name": model}, task=task)]
-    rows += [Row(f"{prefix}binary-block{b}", {"name": model, "binary_blocks": [b]}, annealed, task)
-             for b in (1, 2, 3, 4)]
-    rows.append(Row(f"{prefix}binary-all", {"name": model, "binary_blocks": [1, 2, 3, 4]}, annealed, task))
-    rows.append(Row(f"{prefix}binary-all-hamming", {"name": model, "binary_blocks": [1, 2, 3, 4], "quantizer": "sign",
-                                                    "weight_quantizer": "sign", "distance": "hamming"}, task=task))
+    rows = [Row(f"{prefix}float", _model(model), task=task)]
+    rows += [Row(f"{prefix}binary-block{b}", _model(model, [b]), annealed, task) for b in (1, 2, 3, 4)]
+    rows.append(Row(f"{prefix}binary-all", _model(model, [1, 2, 3, 4]), annealed, task))
+    rows.append(Row(f"{prefix}binary-all-hamming", _model(model, [1, 2, 3, 4], quantizer="sign",
+                                                          weight_quantizer="sign", distance="hamming"), task=task))
     return rows
 
 
@@ -118,7 +127,11 @@ register(
             "Encoder: 4 x [Conv3x3(64)-BN-act-MaxPool2] on 28x28 images -> 64-d embedding; act is ReLU, "
             "or a deterministic binary neuron (outputs {0, 1}, straight-through through the hard sigmoid, "
             "slope annealed by min(5, 1 + 0.04 epoch)) in the binary blocks. Squared-l2 attention, no full "
-            "context embeddings (as study B). binary-all-hamming: binary (sign) weights in every conv and "
+            "context embeddings (as study B). Rows whose last block is binary (binary-block4, binary-all*, "
+            "protonet-binary-all*) learn the similarity scale (the softmax temperature, "
+            "`learn_scale=True`): a binary embedding's distances are bit counts with no scale of their own, "
+            "which a real embedding learns through its last batch norm. Without it (session 5-6 records), "
+            "binary-block4 scored 92.85 +- 0.24 over 3 seeds (92.75, 92.69, 93.13). binary-all-hamming: binary (sign) weights in every conv and "
             "sign activations in every block; the embedding is 64 sign bits and the attention uses the "
             "Hamming distance (straight-through estimator). protonet-*: the same encoders with a "
             "Prototypical Networks head (class means; with Hamming, the mean Hamming distance to the "
