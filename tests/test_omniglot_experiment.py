@@ -4,6 +4,7 @@ omniglot --quick` end to end on the real data."""
 import json
 
 import pytest
+import torch
 
 from onebit.cli import main
 from onebit.experiments import get
@@ -36,6 +37,9 @@ def test_grid_has_the_issue_rows_with_binary_blocks_where_named():
         else:
             assert acts == [SignSTE] * 4 and model.distance == "hamming"
             assert model.encoder.weight_quantizer == "sign"
+        # a binary embedding (last block binary) learns its similarity scale; a real one has it in its last BN
+        binary_embedding = acts[-1] in (BinaryNeuron, SignSTE)
+        assert isinstance(model.log_scale, torch.nn.Parameter) == binary_embedding == model.learn_scale
         protonet = config["row"].startswith("protonet")
         assert type(model).__name__ == ("PrototypicalNetwork" if protonet else "MatchingNetwork")
         assert config.get("task") == ({"shot": 5, "queries": 3} if protonet else None)
