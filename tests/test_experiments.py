@@ -261,6 +261,13 @@ def test_checkpoints_kept_outside_the_run_directories(shared_datasets, tmp_path,
     assert main(args) == 0
     assert "starting over" in capsys.readouterr().out and checkpoint.exists()
 
+    # the same configuration in another --out shares the checkpoint: it waits for no one, it fails
+    from onebit.training import run_dir_lock
+
+    with run_dir_lock(checkpoint.parent):  # as a process training that checkpoint holds it
+        assert main([*args[:5], "--out", str(tmp_path / "elsewhere"), "--no-progress", "--resume"]) == 2
+    assert f"{checkpoint.parent} is in use" in capsys.readouterr().err
+
 
 def test_experiment_json_keeps_every_command_that_ran_there(tmp_path):
     from onebit.experiments.runner import _record_command

@@ -268,9 +268,15 @@ class Trainer:
         evaluate the best-validation model on the test split. Returns the final metrics.
 
         Raises:
-            RunDirBusy: another process is training into the same run directory.
+            RunDirBusy: another process is training into the same run directory, or into the
+                same checkpoint kept outside it (two run directories of one configuration under
+                ``$ONEBIT_CHECKPOINTS``).
         """
-        with run_dir_lock(self.run_dir) if self.is_main else contextlib.nullcontext():
+        with contextlib.ExitStack() as locks:
+            if self.is_main:
+                locks.enter_context(run_dir_lock(self.run_dir))
+                if self.checkpoint_path.parent.resolve() != self.run_dir.resolve():
+                    locks.enter_context(run_dir_lock(self.checkpoint_path.parent))
             return self._fit(resume)
 
     def _fit(self, resume: bool) -> dict[str, Any]:
