@@ -250,12 +250,16 @@ def test_checkpoints_kept_outside_the_run_directories(shared_datasets, tmp_path,
     assert checkpoint_path(run) != checkpoint
     (run / "config.json").write_text(json.dumps(config))
 
-    # a run killed after its last checkpoint (no final.json) resumes from the external file
+    # a run killed after its last checkpoint (no final.json) resumes from the external file, also
+    # in a recreated run directory (a fresh checkout keeps only config.json): the epochs come back
     final = json.loads((run / "final.json").read_text())
+    metrics = (run / "metrics.jsonl").read_text()
     (run / "final.json").unlink()
+    (run / "metrics.jsonl").unlink()
     assert main([*args, "--resume"]) == 0
     resumed = json.loads((run / "final.json").read_text())
     assert resumed["test_acc"] == final["test_acc"] and resumed["train_seconds"] == final["train_seconds"]
+    assert (run / "metrics.jsonl").read_text() == metrics
     # without --resume it starts over, removing the stale checkpoint first
     (run / "final.json").unlink()
     assert main(args) == 0

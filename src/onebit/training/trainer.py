@@ -301,8 +301,7 @@ class Trainer:
                 self.state.epoch = epoch + 1
                 if self.is_main:
                     self._save()
-                    lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
-                    (self.run_dir / "metrics.jsonl").write_text(lines)
+                    self._write_metrics()
                     for key, value in record.items():
                         if key != "epoch":
                             writer.add_scalar(key.replace("_", "/", 1), value, epoch)
@@ -311,6 +310,12 @@ class Trainer:
             if writer is not None:
                 writer.close()
         return self._finish()
+
+    def _write_metrics(self) -> None:
+        """``metrics.jsonl`` from the history (a checkpoint's too: a run directory recreated
+        beside a finished external checkpoint gets its epochs back)."""
+        lines = "".join(json.dumps(r) + "\n" for r in self.state.history)
+        (self.run_dir / "metrics.jsonl").write_text(lines)
 
     def _tensorboard(self):
         from torch.utils.tensorboard import SummaryWriter  # imported lazily: slow import
@@ -483,5 +488,6 @@ class Trainer:
         if final_evaluation is not None:
             final["evaluations"] = final_evaluation(final_model)
         if self.is_main:
+            self._write_metrics()
             write_json(final, self.run_dir / "final.json")
         return final
