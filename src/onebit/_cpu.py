@@ -30,6 +30,11 @@ def _cpuinfo() -> dict[str, str] | None:
     return fields
 
 
+def _platform_name() -> str:
+    """What Python knows of the CPU where ``/proc/cpuinfo`` is missing."""
+    return platform.processor() or platform.machine()
+
+
 def _model(info: dict[str, str]) -> str:
     """Model name, with the family and model numbers when the name carries none (``AMD EPYC``)."""
     name = info.get("model name", "?")
@@ -43,7 +48,7 @@ def cpu_name() -> str:
     avx512_bf16 avx512f ...``; :func:`platform.processor` where ``/proc/cpuinfo`` is missing."""
     info = _cpuinfo()
     if info is None:
-        return platform.processor() or platform.machine()
+        return _platform_name()
     flags = sorted(f for f in info.get("flags", "").split() if f == "avx2" or f.startswith(("avx512", "amx")))
     return f"{_model(info)}; {' '.join(flags)}"
 
@@ -53,7 +58,7 @@ def cpu_label() -> str:
     ``AMD EPYC family 26 model 2 (AVX512-BF16)``."""
     info = _cpuinfo()
     if info is None:
-        return platform.processor() or platform.machine()
+        return _platform_name()
     flags = set(info.get("flags", "").split())
     tier = next((label for flag, label in _TIERS if flag in flags), None)
     return f"{_model(info)} ({tier})" if tier else _model(info)
