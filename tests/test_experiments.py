@@ -340,11 +340,23 @@ def test_workers_of_a_killed_runner_stop(tmp_path):
             time.sleep(0.2)
 
 
-@pytest.mark.parametrize("args", [
-    ["run", "mnist-mlp", "--seeds", "0"], ["run", "mnist-mlp", "--jobs", "-1"], ["run", "mnist-mlp", "--epochs", "x"],
-    ["bench", "--threads", "0"], ["infer", "model.onebit", "--batch-size", "0"],
+@pytest.mark.parametrize("args, minimum", [
+    (["run", "mnist-mlp", "--seeds", "0"], 1), (["run", "mnist-mlp", "--jobs", "-1"], 1),
+    (["run", "mnist-mlp", "--epochs", "x"], 1), (["run", "mnist-mlp", "--first-seed", "-1"], 0),
+    (["bench", "--threads", "0"], 1), (["infer", "model.onebit", "--batch-size", "0"], 1),
 ])
-def test_cli_rejects_counts_below_one(args, capsys):
+def test_cli_rejects_counts_below_their_minimum(args, minimum, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(args)
-    assert exit_info.value.code == 2 and "expected a positive integer" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"expected an integer >= {minimum}" in capsys.readouterr().err
+
+
+def test_first_seed_numbers_the_runs_from_there(tmp_path):
+    from onebit.experiments import registry, run_experiment
+    from onebit.experiments.runner import run_configs, run_dir_of
+
+    configs = run_configs(registry.get("mnist-mlp"), seeds=2, first_seed=1, rows=["float"])
+    assert [(c["seed"], c["train"]["seed"]) for c in configs] == [(1, 1), (2, 2)]
+    assert [run_dir_of(tmp_path, c).name for c in configs] == ["seed1", "seed2"]
+    with pytest.raises(ValueError, match="--first-seed must be at least 0"):
+        run_experiment("mnist-mlp", out=tmp_path, first_seed=-1)

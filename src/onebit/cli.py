@@ -9,15 +9,23 @@ import sys
 from pathlib import Path
 
 
-def _positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+def _int_at_least(minimum: int):
+    """argparse type: an integer >= ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -25,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     exp_dir = run_experiment(
         args.experiment, out=args.out, data=args.data, quick=args.quick, epochs=args.epochs, seeds=args.seeds,
-        rows=args.rows, jobs=args.jobs, resume=args.resume, device=args.device, progress=not args.no_progress,
+        first_seed=args.first_seed, rows=args.rows, jobs=args.jobs, resume=args.resume, device=args.device, progress=not args.no_progress,
         command="onebit " + shlex.join(sys.argv[1:]), overrides=runner.parse_overrides(args.set),
     )
     print(f"results: {exp_dir / 'results.md'}")
@@ -134,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="smoke version: tiny data subset, 1 epoch, 1 seed, no torch.compile")
     run.add_argument("--epochs", type=_positive_int, help="override the experiment's number of epochs")
     run.add_argument("--seeds", type=_positive_int, help="seeds per row (default 3; 1 with --quick)")
+    run.add_argument("--first-seed", type=_non_negative_int, default=0,
+                     help="number seeds from here: --first-seed 1 --seeds 2 trains seeds 1 and 2 (default 0)")
     run.add_argument("--rows", nargs="+", metavar="ROW", help="only these rows")
     run.add_argument("--out", default="runs", help="run directory root (default: runs)")
     run.add_argument("--data", help="dataset root (default: $ONEBIT_DATA or ~/.cache/onebit)")

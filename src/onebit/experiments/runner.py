@@ -34,11 +34,13 @@ def run_configs(
     quick: bool = False,
     epochs: int | None = None,
     seeds: int = 3,
+    first_seed: int = 0,
     rows: Iterable[str] | None = None,
     device: str = "auto",
     overrides: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The JSON config of every run of ``experiment`` (what ``config.json`` holds).
+    """The JSON config of every run of ``experiment`` (what ``config.json`` holds), seeds
+    ``first_seed`` .. ``first_seed + seeds - 1`` of each row.
     ``overrides`` replace training options of every row (``onebit run --set KEY=VALUE``);
     keys ``model.NAME`` replace the model's constructor argument ``NAME`` instead."""
     selected = [experiment.row(r) for r in rows] if rows else list(experiment.rows)
@@ -50,7 +52,7 @@ def run_configs(
             train_overrides[key] = value
     configs = []
     for row in selected:
-        for seed in range(seeds):
+        for seed in range(first_seed, first_seed + seeds):
             options = {**experiment.train, **row.train, **train_overrides, "seed": seed, "device": device}
             train = TrainConfig.from_dict(options)
             if epochs is not None:
@@ -190,6 +192,7 @@ def run_experiment(
     quick: bool = False,
     epochs: int | None = None,
     seeds: int | None = None,
+    first_seed: int = 0,
     rows: Iterable[str] | None = None,
     jobs: int = 1,
     resume: bool = False,
@@ -208,6 +211,8 @@ def run_experiment(
         quick: smoke version: tiny data subset, one epoch.
         epochs: override the experiment's epoch count.
         seeds: seeds per row (default 3; 1 with ``quick``).
+        first_seed: the first of them: seeds ``first_seed .. first_seed + seeds - 1`` train (say,
+            seeds 1-2 in a second process while seed 0 trains in the first).
         rows: only these rows.
         jobs: runs trained in parallel processes (threads are split between them).
         resume: continue interrupted runs from their checkpoints.
@@ -227,9 +232,11 @@ def run_experiment(
         seeds = 1 if quick else 3
     if seeds < 1 or jobs < 1:
         raise ValueError("--seeds and --jobs must be at least 1")
+    if first_seed < 0:
+        raise ValueError(f"--first-seed must be at least 0, got {first_seed}")
     exp_dir = Path(out) / name
-    configs = run_configs(experiment, quick=quick, epochs=epochs, seeds=seeds, rows=rows, device=device,
-                          overrides=overrides)
+    configs = run_configs(experiment, quick=quick, epochs=epochs, seeds=seeds, first_seed=first_seed, rows=rows,
+                          device=device, overrides=overrides)
     distributed = _init_distributed(device)
     main_process = not distributed or torch.distributed.get_rank() == 0
     todo = None
