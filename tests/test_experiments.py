@@ -360,3 +360,17 @@ def test_first_seed_numbers_the_runs_from_there(tmp_path):
     assert [run_dir_of(tmp_path, c).name for c in configs] == ["seed1", "seed2"]
     with pytest.raises(ValueError, match="--first-seed must be at least 0"):
         run_experiment("mnist-mlp", out=tmp_path, first_seed=-1)
+
+
+def test_report_orders_seeds_by_number(tmp_path):
+    from onebit.experiments.report import _runs
+
+    for seed in (10, 2, 1):
+        run = tmp_path / "float" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"seed": seed}))
+        (run / "final.json").write_text(json.dumps({"test_acc": seed / 100}))
+        (run / "metrics.jsonl").write_text("")
+    (tmp_path / "float" / "seed3").mkdir()  # unfinished: left out
+    (tmp_path / "float" / "seed-notes").mkdir()  # not a seed directory
+    assert [config["seed"] for config, _, _ in _runs(tmp_path, "float")] == [1, 2, 10]

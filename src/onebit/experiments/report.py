@@ -49,9 +49,10 @@ def aggregate_evaluations(finals: list[dict]) -> dict[str, dict[str, Any]]:
 
 
 def _runs(exp_dir: Path, row: str) -> list[tuple[dict, dict, list[dict]]]:
-    """(config, final, metrics) of every finished seed of ``row``."""
+    """(config, final, metrics) of every finished seed of ``row``, lowest seed first."""
     runs = []
-    for seed_dir in sorted((exp_dir / row).glob("seed*")):
+    seed_dirs = [d for d in (exp_dir / row).glob("seed*") if d.name.removeprefix("seed").isdigit()]
+    for seed_dir in sorted(seed_dirs, key=lambda d: int(d.name.removeprefix("seed"))):
         final_path = seed_dir / "final.json"
         if not final_path.exists():
             continue
@@ -136,7 +137,7 @@ def _train_time(row: dict) -> str:
 
 
 def _packed_table(rows: list[dict]) -> list[str]:
-    """Markdown table of each row's packed model (seed 0) beside its PyTorch model."""
+    """Markdown table of each row's packed model (its first seed) beside its PyTorch model."""
     evaluated = [r for r in rows if "packed" in r]
     if not evaluated:
         return []
@@ -147,7 +148,7 @@ def _packed_table(rows: list[dict]) -> list[str]:
         threads = (f"{count} thread{'s' * (count != 1)} each" if first.get("packed_threads") == count
                    else f"{first['torch_threads']} torch threads")  # records from before packed_threads
         setup = f" on {first['images']:,} test images at batch {first['batch_size']}, in one process ({threads})"
-    lines = ["", f"Packed inference (`onebit export` of seed 0's model, run from the file){setup}. "
+    lines = ["", f"Packed inference (`onebit export` of each row's first seed, seed 0 unless `--first-seed` skipped it, run from the file){setup}. "
              "Accuracy (%) as PyTorch / packed; few-shot rows swap in the packed encoder under the same "
              "head and episodes, and \"same output\" counts identical embeddings instead of identical "
              "predictions. Classifiers take raw uint8 pixels when packed. Throughput in images/s. The "
@@ -212,7 +213,7 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
     lines += ["", "![curves](curves.png)", ""]
     lines += [f"- {note}" for note in experiment.notes]
     if heatmaps:
-        lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, seed 0)", ""]
+        lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, each row's first seed)", ""]
         lines += [f"![{h}]({h})" for h in heatmaps]
     return "\n".join(lines) + "\n"
 
@@ -360,7 +361,7 @@ def _plot_mosaic(plt, maps: torch.Tensor, cols: int, rows: int, title: str, path
 
 
 def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> list[str]:
-    """Plot seed 0's firing rates of every row with binary activations into ``heatmaps/``; a row
+    """Plot the first seed's firing rates of every row with binary activations into ``heatmaps/``; a row
     whose checkpoint is not kept (a committed record, a carried-over row) keeps the heatmaps
     plotted earlier."""
     written = []
@@ -387,7 +388,7 @@ _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on
 
 
 def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None) -> None:
-    """Add ``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed` of seed 0) to
+    """Add ``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed` of the first seed) to
     every row with binary weights, and keep it as ``packed.json`` in that run's directory: a row
     whose checkpoint is not kept (a committed record) reports the evaluation stored there."""
     for r in rows:
