@@ -158,6 +158,11 @@ register(
             "85%. What more compute buys: width 1 (BinaryNet's own network, about 4x the CPU per epoch, "
             "about 7.5 CPU-hours for these 56 epochs) is the published route to 88.6%; longer schedules "
             "at width 0.5 would add little while training accuracy stays this close to validation.",
+            "float falls short of 92% (session 7, one seed: 87.98% test, 99 CPU-minutes on the Zen 5 EPYC, "
+            "2.5 minutes per epoch with a second row training beside it). Unlike bnn it overfits: training "
+            "accuracy reached 99% while validation reached 88.8%, so the likely route to 92 is regularization "
+            "within the same 40 epochs (stronger augmentation, dropout, label smoothing; untested), not "
+            "more epochs; width 1 would cost about 4x the CPU per epoch (about 6.5 CPU-hours).",
         ),
     )
 )
