@@ -33,7 +33,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     exp_dir = run_experiment(
         args.experiment, out=args.out, data=args.data, quick=args.quick, epochs=args.epochs, seeds=args.seeds,
-        first_seed=args.first_seed, rows=args.rows, jobs=args.jobs, resume=args.resume, device=args.device, progress=not args.no_progress,
+        first_seed=args.first_seed, rows=args.rows, jobs=args.jobs, resume=args.resume, device=args.device,
+        progress=not args.no_progress,
         command="onebit " + shlex.join(sys.argv[1:]), overrides=runner.parse_overrides(args.set),
     )
     print(f"results: {exp_dir / 'results.md'}")

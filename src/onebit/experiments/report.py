@@ -51,8 +51,8 @@ def aggregate_evaluations(finals: list[dict]) -> dict[str, dict[str, Any]]:
 def _runs(exp_dir: Path, row: str) -> list[tuple[dict, dict, list[dict]]]:
     """(config, final, metrics) of every finished seed of ``row``, lowest seed first."""
     runs = []
-    seed_dirs = [d for d in (exp_dir / row).glob("seed*") if d.name.removeprefix("seed").isdigit()]
-    for seed_dir in sorted(seed_dirs, key=lambda d: int(d.name.removeprefix("seed"))):
+    seed_dirs = {d.name.removeprefix("seed"): d for d in (exp_dir / row).glob("seed*")}
+    for _, seed_dir in sorted((int(k), d) for k, d in seed_dirs.items() if k.isdigit()):
         final_path = seed_dir / "final.json"
         if not final_path.exists():
             continue
