@@ -1,6 +1,7 @@
 """The cifar10 experiment: its grid, its task on the real archive, and `onebit run cifar10 --quick`."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -9,6 +10,8 @@ from onebit.cli import main
 from onebit.data import augment, data_root
 from onebit.experiments import Experiment, Row, get
 from onebit.experiments import cifar10 as exp
+from onebit.experiments.packed import load_trained
+from onebit.experiments.report import binary_activations
 from onebit.experiments.runner import build_model, run_configs
 
 ROWS = ("float", "binaryconnect", "bnn", "xnor", "bireal", "float-bireal")
@@ -86,3 +89,13 @@ def test_quick_run_end_to_end(shared_datasets, tmp_path, capsys, one_thread):
 
     assert main(argv) == 0  # finished runs are reused
     assert f"{len(rows)} already finished" in capsys.readouterr().out
+
+    # heatmaps follow the network (features.10 after features.2), with or without the checkpoints
+    bnn_layers = list(binary_activations(load_trained(exp_dir / "bnn" / "seed0")[0]))
+    assert len(bnn_layers) > 3 and "features.10.input" in bnn_layers
+    order = re.findall(r"!\[(heatmaps/bnn__[^\]]+)\]", markdown)
+    assert order == [f"heatmaps/bnn__{layer}.png" for layer in bnn_layers]
+    for row in rows:
+        (exp_dir / row / "seed0" / "checkpoint.pt").unlink()
+    assert main(["report", str(exp_dir)]) == 0
+    assert re.findall(r"!\[(heatmaps/bnn__[^\]]+)\]", (exp_dir / "results.md").read_text()) == order

@@ -369,7 +369,7 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
     for r in rows:
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
         if r.get("carried_over") or not checkpoint_path(seed_dir).exists():
-            written += sorted(f"heatmaps/{p.name}" for p in (exp_dir / "heatmaps").glob(f"{r['name']}__*.png"))
+            written += _kept_heatmaps(exp_dir, r["name"], seed_dir / _HEATMAP_LIST)
             continue
         model, config = load_trained(seed_dir)
         if not binary_activations(model):
@@ -377,11 +377,26 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
         if images is None:
             task = experiment.task_of(config, data)
             images = torch.cat([batch[0] for batch in task.eval_batches("test")])[:1000]  # inputs first
+        names = []
         for layer, rate in firing_rates(model, images).items():
             name = f"heatmaps/{r['name']}__{layer}.png"
             _plot_heatmap(rate, f"{experiment.name} {r['name']}: {layer} (mean {rate.mean():.2f})", exp_dir / name)
-            written.append(name)
+            names.append(name)
+        write_json(names, seed_dir / _HEATMAP_LIST)
+        written += names
     return written
+
+
+#: A run's heatmap files in network order, kept beside its records for reports made without the checkpoint.
+_HEATMAP_LIST = "heatmaps.json"
+
+
+def _kept_heatmaps(exp_dir: Path, row: str, listed: Path) -> list[str]:
+    """The heatmaps plotted earlier for ``row``: in the network order ``listed`` kept, else (records
+    from before the list was kept, carried-over rows) sorted by name."""
+    if listed.exists():
+        return [name for name in json.loads(listed.read_text()) if (exp_dir / name).exists()]
+    return sorted(f"heatmaps/{p.name}" for p in (exp_dir / "heatmaps").glob(f"{row}__*.png"))
 
 
 _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
