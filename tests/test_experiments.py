@@ -228,6 +228,23 @@ def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
         "1200 s (15.0 CPU-min, bf16, on AMD EPYC family 26 model 2 (AVX512-BF16) and Intel Xeon 8488C (AMX))")
 
 
+def test_packed_table_names_threads_per_row_when_evaluations_differ():
+    from onebit.experiments.report import _packed_table
+
+    def row(name, threads):
+        packed = {"accuracy": {"test": {"torch": 0.8, "packed": 0.8}}, "agreement": 1.0, "max_output_diff": 0.0,
+                  "torch_images_per_s": 100.0, "packed_images_per_s": 200.0, "speedup": 2.0, "file_bytes": 2048,
+                  "size_ratio": 30.0, "images": 10000, "batch_size": 256, "torch_threads": threads,
+                  "packed_threads": threads}
+        return {"name": name, "packed": packed}
+
+    same = "\n".join(_packed_table([row("a", 1), row("b", 1)]))
+    assert "in one process (1 thread each)" in same and "200 (1 thread" not in same
+    mixed = "\n".join(_packed_table([row("a", 2), row("b", 1)]))
+    assert "in one process per row" in mixed
+    assert "| a |" in mixed and "100 / 200 (2 threads each) |" in mixed and "100 / 200 (1 thread each) |" in mixed
+
+
 @pytest.mark.slow
 def test_checkpoints_kept_outside_the_run_directories(shared_datasets, tmp_path, monkeypatch, capsys):
     """$ONEBIT_CHECKPOINTS: run records in one tree (e.g. results/ in a recreated work tree),

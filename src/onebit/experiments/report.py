@@ -136,18 +136,26 @@ def _train_time(row: dict) -> str:
     return f"{wall} ({', '.join(details)})" if details else wall
 
 
+def _packed_threads(packed: dict) -> str:
+    """The threads a packed evaluation timed PyTorch and the packed model with."""
+    count = packed["torch_threads"]
+    if packed.get("packed_threads") == count:
+        return f"{count} thread{'s' * (count != 1)} each"
+    return f"{count} torch thread{'s' * (count != 1)}"  # records from before packed_threads
+
+
 def _packed_table(rows: list[dict]) -> list[str]:
     """Markdown table of each row's packed model (its first seed) beside its PyTorch model."""
     evaluated = [r for r in rows if "packed" in r]
     if not evaluated:
         return []
-    first = next((r["packed"] for r in evaluated if "error" not in r["packed"]), None)
+    measured = [r["packed"] for r in evaluated if "error" not in r["packed"]]
+    threads = {_packed_threads(p) for p in measured}
+    per_row_threads = len(threads) > 1  # evaluations kept from runs with other thread counts
     setup = ""
-    if first is not None:
-        count = first["torch_threads"]
-        threads = (f"{count} thread{'s' * (count != 1)} each" if first.get("packed_threads") == count
-                   else f"{first['torch_threads']} torch threads")  # records from before packed_threads
-        setup = f" on {first['images']:,} test images at batch {first['batch_size']}, in one process ({threads})"
+    if measured:
+        setup = (f" on {measured[0]['images']:,} test images at batch {measured[0]['batch_size']}, in one process "
+                 + ("per row (threads as each row's throughput says)" if per_row_threads else f"({threads.pop()})"))
     lines = ["", f"Packed inference (`onebit export` of each row's first seed, seed 0 unless `--first-seed` skipped it, run from the file){setup}. "
              "Accuracy (%) as PyTorch / packed; few-shot rows swap in the packed encoder under the same "
              "head and episodes, and \"same output\" counts identical embeddings instead of identical "
@@ -167,7 +175,8 @@ def _packed_table(rows: list[dict]) -> list[str]:
                              for key, a in p["accuracy"].items())
         lines.append(
             f"| {r['name']} | {accuracy} | {100 * p['agreement']:.2f} | {p['max_output_diff']:.2g} | "
-            f"{p['torch_images_per_s']:,.0f} / {p['packed_images_per_s']:,.0f} | {p['speedup']:.1f}x | "
+            f"{p['torch_images_per_s']:,.0f} / {p['packed_images_per_s']:,.0f}"
+            f"{f' ({_packed_threads(p)})' if per_row_threads else ''} | {p['speedup']:.1f}x | "
             f"{p['file_bytes'] / 1024:,.1f} KiB ({p['size_ratio']:.1f}x) |")
     return lines
 
