@@ -155,7 +155,7 @@ def _packed_table(rows: list[dict]) -> list[str]:
     setup = ""
     if measured:
         setup = (f" on {measured[0]['images']:,} test images at batch {measured[0]['batch_size']}, in one process "
-                 + ("per row (threads as each row's throughput says)" if per_row_threads else f"({threads.pop()})"))
+                 + ("per row (threads as each row's throughput says)" if per_row_threads else f"({next(iter(threads))})"))
     lines = ["", f"Packed inference (`onebit export` of each row's first seed, seed 0 unless `--first-seed` skipped it, run from the file){setup}. "
              "Accuracy (%) as PyTorch / packed; few-shot rows swap in the packed encoder under the same "
              "head and episodes, and \"same output\" counts identical embeddings instead of identical "
@@ -369,6 +369,10 @@ def _plot_mosaic(plt, maps: torch.Tensor, cols: int, rows: int, title: str, path
     plt.close(fig)
 
 
+#: A run's heatmap files in network order, kept beside its records for reports made without the checkpoint.
+_HEATMAP_LIST = "heatmaps.json"
+
+
 def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> list[str]:
     """Plot the first seed's firing rates of every row with binary activations into ``heatmaps/``; a row
     whose checkpoint is not kept (a committed record, a carried-over row) keeps the heatmaps
@@ -394,10 +398,6 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
         write_json(names, seed_dir / _HEATMAP_LIST)
         written += names
     return written
-
-
-#: A run's heatmap files in network order, kept beside its records for reports made without the checkpoint.
-_HEATMAP_LIST = "heatmaps.json"
 
 
 def _kept_heatmaps(exp_dir: Path, row: str, listed: Path) -> list[str]:
