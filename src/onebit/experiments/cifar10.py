@@ -122,7 +122,8 @@ def _budget_note() -> str:
             "on session 7's Zen 5 EPYC (float) and 4.3 on session 8's Zen 4 EPYC (binaryconnect, one thread), "
             "where a 40-epoch row cannot finish inside a 3-hour session at one thread: binaryconnect trained "
             "its last 35 epochs with two threads (140 s per epoch, about 4.6 CPU-minutes), and its 3.1 "
-            "CPU-hours overrun the budget by that CPU's speed. `python benchmarks/bench_training.py cifar10 "
+            "CPU-hours overrun the budget by that CPU's speed; xnor, trained there with two threads throughout "
+            "(131 s per epoch), took 2.9 CPU-hours. `python benchmarks/bench_training.py cifar10 "
             "xnor bireal float-bireal` there: 4.2, 4.2 and 3.8 CPU-minutes per epoch at one thread (2.8, 2.8 "
             "and 2.6 CPU-hours per row).")
 
@@ -160,11 +161,15 @@ register(
             "Packed models: every row converts (`onebit export runs/cifar10/<row> -o model.onebit`); the "
             "packed table gives their accuracy and speed beside PyTorch. The speed-up comes from binary "
             "activations: binaryconnect keeps real-valued activations, so its packed layers multiply floats "
-            "by unpacked +-1 weights instead of XNOR-popcounting, and run at about PyTorch's speed "
-            "while its file is 30x smaller than float32; bnn's run 14.6x faster.",
+            "by unpacked +-1 weights instead of XNOR-popcounting, and run at 0.8-0.9x PyTorch's speed "
+            "while its file is 30x smaller than float32; bnn's and xnor's run 14x faster.",
             "binaryconnect (session 8, one seed): 87.29% test, best validation 87.9% at epoch 39 of 40, "
             "training accuracy 97.6%: within a point of float at the same width and epochs, 2.8 points "
             "under the published 90.10 (width 1, hundreds of epochs).",
+            "xnor (session 9, one seed): 80.67% test, best validation 81.0% at epoch 40 of 40, training "
+            "accuracy 84.2%: within a point of bnn (81.22, 56 epochs). The per-filter scale of the weights "
+            "buys nothing here, as expected where a batch norm follows every binary convolution and "
+            "absorbs it; like bnn the row is capacity-bound at width 0.5.",
             "bnn falls short of 85% (session 4, one seed: 81.22% test, 113 CPU-minutes on the Xeon, within "
             "the 3 CPU-hour budget). It is capacity-bound, not time-bound: validation accuracy flattened "
             "at 81-82% from epoch 44 while training accuracy (augmented, sampled in train mode) reached only "
