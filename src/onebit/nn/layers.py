@@ -87,7 +87,9 @@ class BinaryLinear(nn.Linear, QuantizedLayer):
         weight_quantizer: quantizer name (see :func:`onebit.quantizers.names`), module, or
             ``None`` for float weights. Default ``"sign"``.
         input_quantizer: same, for the input; default ``None`` (real-valued inputs).
-        scaling: ``None`` or ``"xnor"``.
+        scaling: ``None`` or ``"xnor"``: XNOR-Net's per-output-channel weight scale
+            :math:`\alpha`. XNOR-Net's input scale :math:`K` (mean :math:`|x|` over each
+            receptive field) is not applied.
 
     Shape:
         - Input: ``(*, in_features)``
