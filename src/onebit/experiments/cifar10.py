@@ -159,7 +159,8 @@ register(
             "Bi-Real row: binary weights scaled by the per-filter mean |W| (the `xnor` recipe), sign "
             "activations with Bi-Real's piecewise-polynomial gradient (`approx-sign`).",
             "Packed models: every row converts (`onebit export runs/cifar10/<row> -o model.onebit`); the "
-            "packed table gives their accuracy and speed beside PyTorch. The speed-up comes from binary "
+            "packed table (measured by `OMP_NUM_THREADS=1 onebit report results/cifar10`) gives their accuracy and "
+            "speed beside PyTorch. The speed-up comes from binary "
             "activations: binaryconnect keeps real-valued activations, so its packed layers multiply floats "
             "by unpacked +-1 weights instead of XNOR-popcounting, and run at 0.8-0.9x PyTorch's speed "
             "while its file is 30x smaller than float32; bnn's and xnor's run 14x faster.",
