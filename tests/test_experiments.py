@@ -54,6 +54,16 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     (exp_dir / "results.md").unlink()
     assert main(["report", str(exp_dir)]) == 0
     assert (exp_dir / "results.md").exists()
+    # --stored-packed reports each run's packed.json as stored; a plain report measures again
+    for row in packed:
+        stored = exp_dir / row / "seed0" / "packed.json"
+        stored.write_text(json.dumps({**json.loads(stored.read_text()), "packed_images_per_s": -1.0}))
+    assert main(["report", str(exp_dir), "--stored-packed"]) == 0
+    rows_packed = [r["packed"] for r in json.loads((exp_dir / "results.json").read_text())["rows"] if "packed" in r]
+    assert len(rows_packed) == len(packed) and all(p["packed_images_per_s"] == -1.0 for p in rows_packed)
+    assert main(["report", str(exp_dir)]) == 0
+    rows_packed = [r["packed"] for r in json.loads((exp_dir / "results.json").read_text())["rows"] if "packed" in r]
+    assert all(p["packed_images_per_s"] > 0 for p in rows_packed)
 
     # committed records (a fresh clone: no checkpoints, no TensorBoard logs) still make the report,
     # keeping the heatmaps and packed evaluations computed while the checkpoints were there
@@ -391,3 +401,10 @@ def test_report_orders_seeds_by_number(tmp_path):
     (tmp_path / "float" / "seed3").mkdir()  # unfinished: left out
     (tmp_path / "float" / "seed-notes").mkdir()  # not a seed directory
     assert [config["seed"] for config, _, _ in _runs(tmp_path, "float")] == [1, 2, 10]
+
+
+def test_report_rejects_unknown_packed_mode(tmp_path):
+    from onebit.experiments import write_report
+
+    with pytest.raises(ValueError, match="'measure', 'stored' or 'skip'"):
+        write_report(tmp_path, packed="yes")

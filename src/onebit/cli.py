@@ -44,7 +44,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     from .experiments import write_report
 
-    path = write_report(args.run_dir, data=args.data, heatmaps=not args.no_heatmaps, packed=not args.no_packed)
+    packed = "skip" if args.no_packed else "stored" if args.stored_packed else "measure"
+    path = write_report(args.run_dir, data=args.data, heatmaps=not args.no_heatmaps, packed=packed)
     print(f"wrote {path}")
     return 0
 
@@ -162,8 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir")
     report.add_argument("--data", help="dataset root (for activation heatmaps and packed evaluation)")
     report.add_argument("--no-heatmaps", action="store_true")
-    report.add_argument("--no-packed", action="store_true",
+    packed = report.add_mutually_exclusive_group()
+    packed.add_argument("--no-packed", action="store_true",
                         help="skip converting each binary row's seed-0 model and evaluating it beside PyTorch")
+    packed.add_argument("--stored-packed", action="store_true",
+                        help="report each run's stored packed.json instead of measuring it again (measure only "
+                             "runs without one): rebuilds the text without the timing")
     report.set_defaults(func=_cmd_report)
 
     lst = sub.add_parser("list", help="experiments, their rows and finished runs")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -411,25 +411,36 @@ def _kept_heatmaps(exp_dir: Path, row: str, listed: Path) -> list[str]:
 _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
 
 
-def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None) -> None:
+def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None, remeasure: bool) -> None:
     """Add ``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed` of the first seed) to
     every row with binary weights, and keep it as ``packed.json`` in that run's directory: a row
-    whose checkpoint is not kept (a committed record) reports the evaluation stored there."""
+    whose checkpoint is not kept (a committed record), or any row with a ``packed.json`` unless
+    ``remeasure``, reports the evaluation stored there."""
     for r in rows:
         if not r["binary_params"] or r.get("carried_over"):
             continue
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
-        if checkpoint_path(seed_dir).exists():
+        stored = seed_dir / "packed.json"
+        if checkpoint_path(seed_dir).exists() and (remeasure or not stored.exists()):
             r["packed"] = evaluate_packed(seed_dir, data, max_images=_QUICK_PACKED_IMAGES if r["quick"] else None)
-            write_json(r["packed"], seed_dir / "packed.json")
-        elif (seed_dir / "packed.json").exists():
-            r["packed"] = json.loads((seed_dir / "packed.json").read_text())
+            write_json(r["packed"], stored)
+        elif stored.exists():
+            r["packed"] = json.loads(stored.read_text())
 
 
-def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = True, packed: bool = True) -> Path:
+PackedMode = Literal["measure", "stored", "skip"]
+
+
+def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = True,
+                 packed: PackedMode = "measure") -> Path:
     """Write ``results.json``, ``results.md``, ``curves.png`` and ``heatmaps/*.png`` into
-    ``exp_dir`` (``runs/<experiment>``) from its finished runs, and, with ``packed``, evaluate
-    each binary row's packed model beside PyTorch. Returns the results.md path."""
+    ``exp_dir`` (``runs/<experiment>``) from its finished runs. ``packed`` says what the packed
+    table reports for each binary row: ``"measure"`` converts seed 0's model and evaluates it
+    beside PyTorch (reading the stored ``packed.json`` of runs without a checkpoint),
+    ``"stored"`` measures only runs without a stored ``packed.json``, ``"skip"`` leaves the table
+    out. Returns the results.md path."""
+    if packed not in ("measure", "stored", "skip"):
+        raise ValueError(f"packed must be 'measure', 'stored' or 'skip', got {packed!r}")
     exp_dir = Path(exp_dir)
     if not (exp_dir / "experiment.json").exists():
         raise FileNotFoundError(f"{exp_dir} is not an experiment directory (no experiment.json); "
@@ -443,8 +454,8 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     (exp_dir / "heatmaps").mkdir(exist_ok=True)
     _plot_curves(rows, exp_dir / "curves.png")
     maps = _heatmaps(exp_dir, experiment, rows, data) if heatmaps else []
-    if packed:
-        _evaluate_packed(exp_dir, rows, data)
+    if packed != "skip":
+        _evaluate_packed(exp_dir, rows, data, remeasure=packed == "measure")
     write_json({"experiment": experiment.name, "command": info["command"], "commands": commands, "rows": rows},
                exp_dir / "results.json")
     path = exp_dir / "results.md"
