@@ -123,7 +123,9 @@ def _budget_note() -> str:
             "where a 40-epoch row cannot finish inside a 3-hour session at one thread: binaryconnect trained "
             "its last 35 epochs with two threads (140 s per epoch, about 4.6 CPU-minutes), and its 3.1 "
             "CPU-hours overrun the budget by that CPU's speed; xnor, trained there with two threads throughout "
-            "(131 s per epoch), took 2.9 CPU-hours. `python benchmarks/bench_training.py cifar10 "
+            "(131 s per epoch), took 2.9 CPU-hours, and bireal (two threads, median 135 s per epoch) 3.2: over "
+            "the budget by its two compilations (it resumed in a second session) and three epochs that shared "
+            "the cores with the test suite (420-510 s each); at its median epoch it would take about 3.0. `python benchmarks/bench_training.py cifar10 "
             "xnor bireal float-bireal` there: 4.2, 4.2 and 3.8 CPU-minutes per epoch at one thread (2.8, 2.8 "
             "and 2.6 CPU-hours per row).")
 
@@ -163,7 +165,9 @@ register(
             "speed beside PyTorch. The speed-up comes from binary "
             "activations: binaryconnect keeps real-valued activations, so its packed layers multiply floats "
             "by unpacked +-1 weights instead of XNOR-popcounting, and run at 0.8-0.9x PyTorch's speed "
-            "while its file is 30x smaller than float32; bnn's and xnor's run 14x faster.",
+            "while its file is 30x smaller than float32; bnn's and xnor's run 14x faster. bireal's runs 2.1x "
+            "faster (measured at two threads) and is 20x smaller: its stem, downsampling shortcuts and "
+            "classifier keep float weights, and every block adds its real-valued shortcut in float.",
             "binaryconnect (session 8, one seed): 87.29% test, best validation 87.9% at epoch 39 of 40, "
             "training accuracy 97.6%: within a point of float at the same width and epochs, 2.8 points "
             "under the published 90.10 (width 1, hundreds of epochs).",
@@ -171,6 +175,11 @@ register(
             "accuracy 84.2%: within a point of bnn (81.22, 56 epochs). The per-filter scale of the weights "
             "buys nothing here, as expected where a batch norm follows every binary convolution and "
             "absorbs it; like bnn the row is capacity-bound at width 0.5.",
+            "bireal (sessions 9-10, one seed): 79.06% test, best validation 79.7% at epoch 35 of 40, "
+            "training accuracy 83.5%: 1.6 points under xnor on VGG-small. At width 0.5 (2.8M parameters "
+            "against VGG-small's 3.5M) the real shortcuts do not make up for the narrower binary "
+            "convolutions; like bnn and xnor it is capacity-bound (training accuracy within 4 points of "
+            "validation), so width, not epochs, is what more compute would buy.",
             "bnn falls short of 85% (session 4, one seed: 81.22% test, 113 CPU-minutes on the Xeon, within "
             "the 3 CPU-hour budget). It is capacity-bound, not time-bound: validation accuracy flattened "
             "at 81-82% from epoch 44 while training accuracy (augmented, sampled in train mode) reached only "
