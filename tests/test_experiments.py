@@ -48,22 +48,31 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     if packed:
         assert " each)" in (exp_dir / "results.md").read_text()
 
-    # a second run reuses the finished runs; report rewrites the outputs
-    assert main(["run", experiment, "--quick", "--rows", *rows, "--out", str(out), "--no-progress"]) == 0
-    assert f"{len(rows)} already finished" in capsys.readouterr().out
-    (exp_dir / "results.md").unlink()
-    assert main(["report", str(exp_dir)]) == 0
-    assert (exp_dir / "results.md").exists()
-    # --stored-packed reports each run's packed.json as stored; a plain report measures again
+    # a second run reuses the finished runs and the packed evaluations stored with them (it measures
+    # only runs without one); `onebit report` measures again unless told --stored-packed
+    def packed_speeds() -> list[float]:
+        rows_ = json.loads((exp_dir / "results.json").read_text())["rows"]
+        return [r["packed"]["packed_images_per_s"] for r in rows_ if "packed" in r]
+
     for row in packed:
         stored = exp_dir / row / "seed0" / "packed.json"
         stored.write_text(json.dumps({**json.loads(stored.read_text()), "packed_images_per_s": -1.0}))
+    assert main(["run", experiment, "--quick", "--rows", *rows, "--out", str(out), "--no-progress"]) == 0
+    assert f"{len(rows)} already finished" in capsys.readouterr().out
+    assert packed_speeds() == [-1.0] * len(packed)
+    (exp_dir / "results.md").unlink()
     assert main(["report", str(exp_dir), "--stored-packed"]) == 0
-    rows_packed = [r["packed"] for r in json.loads((exp_dir / "results.json").read_text())["rows"] if "packed" in r]
-    assert len(rows_packed) == len(packed) and all(p["packed_images_per_s"] == -1.0 for p in rows_packed)
+    assert (exp_dir / "results.md").exists() and packed_speeds() == [-1.0] * len(packed)
     assert main(["report", str(exp_dir)]) == 0
-    rows_packed = [r["packed"] for r in json.loads((exp_dir / "results.json").read_text())["rows"] if "packed" in r]
-    assert all(p["packed_images_per_s"] > 0 for p in rows_packed)
+    assert len(packed_speeds()) == len(packed) and all(speed > 0 for speed in packed_speeds())
+    for row in packed:  # --stored-packed measures a run that has none stored
+        (exp_dir / row / "seed0" / "packed.json").unlink()
+    assert main(["report", str(exp_dir), "--stored-packed"]) == 0
+    assert all((exp_dir / row / "seed0" / "packed.json").exists() for row in packed)
+    assert len(packed_speeds()) == len(packed) and all(speed > 0 for speed in packed_speeds())
+    assert main(["report", str(exp_dir), "--no-packed"]) == 0
+    assert packed_speeds() == [] and "Packed inference" not in (exp_dir / "results.md").read_text()
+    assert main(["report", str(exp_dir), "--stored-packed"]) == 0
 
     # committed records (a fresh clone: no checkpoints, no TensorBoard logs) still make the report,
     # keeping the heatmaps and packed evaluations computed while the checkpoints were there

@@ -165,10 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-heatmaps", action="store_true")
     packed = report.add_mutually_exclusive_group()
     packed.add_argument("--no-packed", action="store_true",
-                        help="skip converting each binary row's seed-0 model and evaluating it beside PyTorch")
+                        help="leave the packed table out: no converting each binary row's seed-0 model and "
+                             "evaluating it beside PyTorch, no stored packed.json reported")
     packed.add_argument("--stored-packed", action="store_true",
                         help="report each run's stored packed.json instead of measuring it again (measure only "
-                             "runs without one): rebuilds the text without the timing")
+                             "runs without one, as `onebit run` does): rebuilds the report without re-timing")
     report.set_defaults(func=_cmd_report)
 
     lst = sub.add_parser("list", help="experiments, their rows and finished runs")

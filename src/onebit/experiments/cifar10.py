@@ -123,9 +123,10 @@ def _budget_note() -> str:
             "where a 40-epoch row cannot finish inside a 3-hour session at one thread: binaryconnect trained "
             "its last 35 epochs with two threads (140 s per epoch, about 4.6 CPU-minutes), and its 3.1 "
             "CPU-hours overrun the budget by that CPU's speed; xnor, trained there with two threads throughout "
-            "(131 s per epoch), took 2.9 CPU-hours, and bireal (two threads, median 135 s per epoch) 3.2: over "
-            "the budget by its two compilations (it resumed in a second session) and three epochs that shared "
-            "the cores with the test suite (420-510 s each); at its median epoch it would take about 3.0. `python benchmarks/bench_training.py cifar10 "
+            "(131 s per epoch), took 2.9 CPU-hours, and bireal (two threads, median 135 s per epoch) 3.2: "
+            "over the budget by three epochs that shared the cores with the test suite (420-510 s each) and "
+            "a second compilation when it resumed in a second session; at its median epoch it would take "
+            "about 3.0. `python benchmarks/bench_training.py cifar10 "
             "xnor bireal float-bireal` there: 4.2, 4.2 and 3.8 CPU-minutes per epoch at one thread (2.8, 2.8 "
             "and 2.6 CPU-hours per row).")
 

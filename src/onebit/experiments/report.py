@@ -437,8 +437,9 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     ``exp_dir`` (``runs/<experiment>``) from its finished runs. ``packed`` says what the packed
     table reports for each binary row: ``"measure"`` converts seed 0's model and evaluates it
     beside PyTorch (reading the stored ``packed.json`` of runs without a checkpoint),
-    ``"stored"`` measures only runs without a stored ``packed.json``, ``"skip"`` leaves the table
-    out. Returns the results.md path."""
+    ``"stored"`` reads every stored ``packed.json`` and measures only runs with a checkpoint and
+    none stored (what ``onebit run`` does), ``"skip"`` evaluates nothing (rows carried over from
+    an earlier report keep their entry). Returns the results.md path."""
     if packed not in ("measure", "stored", "skip"):
         raise ValueError(f"packed must be 'measure', 'stored' or 'skip', got {packed!r}")
     exp_dir = Path(exp_dir)

@@ -267,8 +267,8 @@ def run_experiment(
             for future in futures:
                 config, final = futures[future], future.result()
                 print(f"{config['row']} seed {config['seed']}: test acc {final['test_acc']:.4f}")
-    if main_process:
-        write_report(exp_dir, data=data)
+    if main_process:  # new runs get their packed evaluation; stored ones are kept (`onebit report` re-times)
+        write_report(exp_dir, data=data, packed="stored")
     return exp_dir
 
 
