@@ -415,5 +415,5 @@ def test_report_orders_seeds_by_number(tmp_path):
 def test_report_rejects_unknown_packed_mode(tmp_path):
     from onebit.experiments import write_report
 
-    with pytest.raises(ValueError, match="'measure', 'stored' or 'skip'"):
+    with pytest.raises(ValueError, match="one of \\('measure', 'stored', 'skip'\\)"):
         write_report(tmp_path, packed="yes")

@@ -162,13 +162,11 @@ register(
             "Bi-Real row: binary weights scaled by the per-filter mean |W| (the `xnor` recipe), sign "
             "activations with Bi-Real's piecewise-polynomial gradient (`approx-sign`).",
             "Packed models: every row converts (`onebit export runs/cifar10/<row> -o model.onebit`); the "
-            "packed table (measured by `OMP_NUM_THREADS=1 onebit report results/cifar10`) gives their accuracy and "
-            "speed beside PyTorch. The speed-up comes from binary "
-            "activations: binaryconnect keeps real-valued activations, so its packed layers multiply floats "
+            "packed table (measured by `OMP_NUM_THREADS=1 onebit report results/cifar10`) gives their "
+            "accuracy and speed beside PyTorch. The speed-up comes from binary activations: binaryconnect keeps real-valued activations, so its packed layers multiply floats "
             "by unpacked +-1 weights instead of XNOR-popcounting, and run at 0.8-0.9x PyTorch's speed "
             "while its file is 30x smaller than float32; bnn's and xnor's run 14x faster. bireal's runs 3.7x "
-            "faster and is 20x smaller: its stem, downsampling shortcuts and "
-            "classifier keep float weights, and every block adds its real-valued shortcut in float.",
+            "faster and is 20x smaller: its stem, downsampling shortcuts and classifier keep float weights, and every block adds its real-valued shortcut in float.",
             "binaryconnect (session 8, one seed): 87.29% test, best validation 87.9% at epoch 39 of 40, "
             "training accuracy 97.6%: within a point of float at the same width and epochs, 2.8 points "
             "under the published 90.10 (width 1, hundreds of epochs).",

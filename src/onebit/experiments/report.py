@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import statistics
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 from torch import nn
@@ -440,8 +440,8 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     ``"stored"`` reads every stored ``packed.json`` and measures only runs with a checkpoint and
     none stored (what ``onebit run`` does), ``"skip"`` evaluates nothing (rows carried over from
     an earlier report keep their entry). Returns the results.md path."""
-    if packed not in ("measure", "stored", "skip"):
-        raise ValueError(f"packed must be 'measure', 'stored' or 'skip', got {packed!r}")
+    if packed not in get_args(PackedMode):
+        raise ValueError(f"packed must be one of {get_args(PackedMode)}, got {packed!r}")
     exp_dir = Path(exp_dir)
     if not (exp_dir / "experiment.json").exists():
         raise FileNotFoundError(f"{exp_dir} is not an experiment directory (no experiment.json); "
