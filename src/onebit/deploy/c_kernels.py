@@ -1,0 +1,467 @@
+"""The C functions an exported model calls (:func:`onebit.deploy.export_c.export_c`).
+
+Each entry of :data:`KERNELS` is one static C99 function, with the names of the entries it
+calls; the exporter copies into ``NAME.c`` exactly the functions the model uses, so the file
+compiles without unused-function warnings. They follow the numpy runtime op for op
+(:mod:`onebit.deploy.runtime`), for one image:
+
+- packed ±1 activations are 32-bit words (Cortex-M has no 64-bit popcount): element ``j``
+  of a vector is bit ``j % 32`` of word ``j / 32``, bit 1 = +1, tail bits 0; feature maps are
+  NHWC with each pixel's channels in ``ceil(C / 32)`` words;
+- float maps are NCHW, as PyTorch and the numpy runtime keep them;
+- a binary layer's pre-activation on packed input is the exact integer
+  ``K - 2 popcount(a XOR w)`` (zero padding adds 0); its epilogue is either packed bits
+  ``(d >= t) XOR flip`` or floats ``d * scale + shift``, the same two the runtime has
+  (:class:`onebit.deploy.runtime._BinaryLayer`); max pooling before the epilogue takes the
+  max of ``d`` (for bits the same as the OR of the thresholded bits, since ``d >= t`` is
+  monotone).
+
+No function allocates, calls the C library or writes anything but its output argument.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class Kernel(NamedTuple):
+    code: str
+    needs: tuple[str, ...] = ()
+
+
+KERNELS: dict[str, Kernel] = {}
+
+
+def _kernel(name: str, code: str, needs: tuple[str, ...] = ()) -> None:
+    KERNELS[name] = Kernel(code.strip("\n") + "\n", needs)
+
+
+def closure(names: set[str]) -> list[str]:
+    """``names`` and every kernel they call, callees first (each once)."""
+    ordered: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in ordered:
+            return
+        for dependency in KERNELS[name].needs:
+            visit(dependency)
+        ordered.append(name)
+
+    for name in sorted(names):
+        visit(name)
+    return ordered
+
+
+_kernel("popcount", """
+static int ob_popcount(uint32_t v)
+{
+#if defined(__GNUC__) && (defined(__POPCNT__) || defined(__aarch64__))
+    return __builtin_popcount(v);
+#else
+    v = v - ((v >> 1) & 0x55555555u);
+    v = (v & 0x33333333u) + ((v >> 2) & 0x33333333u);
+    v = (v + (v >> 4)) & 0x0f0f0f0fu;
+    return (int)((v * 0x01010101u) >> 24);
+#endif
+}
+""")
+
+_kernel("put_bit", """
+/* Channel o of a row of packed output bits: set while counting, flipped word by word. */
+static void ob_put_bit(uint32_t *row, int o, int n, int bit, uint32_t *word, const uint32_t *flip)
+{
+    if (bit)
+        *word |= 1u << (o & 31);
+    if ((o & 31) == 31 || o == n - 1) {
+        row[o >> 5] = *word ^ flip[o >> 5];
+        *word = 0;
+    }
+}
+""")
+
+_kernel("dense_bits", """
+/* Binary dense layer on packed input x (k features in kw words), weights w (n rows of kw words).
+   Bits out (thr, flip) when ybits is given, else floats d * scale + shift into yf. */
+static void ob_dense_bits(const uint32_t *x, int kw, int k, const uint32_t *w, int n,
+                          const int32_t *thr, const uint32_t *flip, uint32_t *ybits,
+                          const float *scale, const float *shift, float *yf)
+{
+    uint32_t word = 0;
+    int o, j;
+    for (o = 0; o < n; o++) {
+        const uint32_t *row = w + (long)o * kw;
+        int32_t mismatches = 0, d;
+        for (j = 0; j < kw; j++)
+            mismatches += ob_popcount(x[j] ^ row[j]);
+        d = k - 2 * mismatches;
+        if (ybits)
+            ob_put_bit(ybits, o, n, d >= thr[o], &word, flip);
+        else
+            yf[o] = (float)d * scale[o] + shift[o];
+    }
+}
+""", ("popcount", "put_bit"))
+
+_kernel("dense_u8", """
+/* Binary dense layer on k uint8 pixels x = s * code + o: the integer product P = code . w is
+   exact. Bits out compare P with integer thresholds that already hold s and o; floats are
+   (float)(P * s + ow[o]) * scale + shift, in the numpy runtime's float64 order. */
+static void ob_dense_u8(const uint8_t *x, int k, const uint32_t *w, int kw, int n,
+                        const int32_t *thr, const uint32_t *flip, uint32_t *ybits,
+                        double s, const double *ow, const float *scale, const float *shift, float *yf)
+{
+    uint32_t word = 0;
+    int32_t total = 0;
+    int o, j;
+    for (j = 0; j < k; j++)
+        total += x[j];
+    for (o = 0; o < n; o++) {
+        const uint32_t *row = w + (long)o * kw;
+        int32_t positive = 0, p;
+        for (j = 0; j < k; j++)
+            if ((row[j >> 5] >> (j & 31)) & 1u)
+                positive += x[j];
+        p = 2 * positive - total;
+        if (ybits)
+            ob_put_bit(ybits, o, n, p >= thr[o], &word, flip);
+        else
+            yf[o] = (float)((double)p * s + ow[o]) * scale[o] + shift[o];
+    }
+}
+""", ("put_bit",))
+
+_kernel("dense_float", """
+/* Binary dense layer on real input x (k floats): d = sum of +-x, in float. */
+static void ob_dense_float(const float *x, int k, const uint32_t *w, int kw, int n,
+                           const float *thr, const uint32_t *flip, uint32_t *ybits,
+                           const float *scale, const float *shift, float *yf)
+{
+    uint32_t word = 0;
+    int o, j;
+    for (o = 0; o < n; o++) {
+        const uint32_t *row = w + (long)o * kw;
+        float d = 0.0f;
+        for (j = 0; j < k; j++)
+            d += ((row[j >> 5] >> (j & 31)) & 1u) ? x[j] : -x[j];
+        if (ybits)
+            ob_put_bit(ybits, o, n, d >= thr[o], &word, flip);
+        else
+            yf[o] = d * scale[o] + shift[o];
+    }
+}
+""", ("put_bit",))
+
+_kernel("conv_bits", """
+/* Binary convolution of packed NHWC input (h x w pixels, cin channels in cw words per pixel),
+   weights (cout, kh, kw, cw words), zero padding, then max pooling (pk x pk, stride ps; pk = 1:
+   none) of the integer pre-activations. Bits out: NHWC, thr / flip; floats out: NCHW. */
+static void ob_conv_bits(const uint32_t *x, int h, int w, int cin, int cw, const uint32_t *wt, int cout,
+                         int kh, int kw, int stride, int pad, int pk, int ps,
+                         const int32_t *thr, const uint32_t *flip, uint32_t *ybits,
+                         const float *scale, const float *shift, float *yf)
+{
+    int ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
+    int hp = (ho - pk) / ps + 1, wp = (wo - pk) / ps + 1, cow = (cout + 31) / 32;
+    int py, px, o, qy, qx, dy, dx, j;
+    for (py = 0; py < hp; py++)
+        for (px = 0; px < wp; px++) {
+            uint32_t word = 0;
+            for (o = 0; o < cout; o++) {
+                int32_t best = 0;
+                int first = 1;
+                for (qy = 0; qy < pk; qy++)
+                    for (qx = 0; qx < pk; qx++) {
+                        int iy0 = (py * ps + qy) * stride - pad, ix0 = (px * ps + qx) * stride - pad;
+                        int32_t d = 0;
+                        for (dy = 0; dy < kh; dy++) {
+                            int iy = iy0 + dy;
+                            if (iy < 0 || iy >= h)
+                                continue;
+                            for (dx = 0; dx < kw; dx++) {
+                                int ix = ix0 + dx;
+                                const uint32_t *a, *b;
+                                int32_t mismatches = 0;
+                                if (ix < 0 || ix >= w)
+                                    continue;
+                                a = x + ((long)iy * w + ix) * cw;
+                                b = wt + (((long)o * kh + dy) * kw + dx) * cw;
+                                for (j = 0; j < cw; j++)
+                                    mismatches += ob_popcount(a[j] ^ b[j]);
+                                d += cin - 2 * mismatches;
+                            }
+                        }
+                        if (first || d > best)
+                            best = d;
+                        first = 0;
+                    }
+                if (ybits)
+                    ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, best >= thr[o], &word, flip);
+                else
+                    yf[((long)o * hp + py) * wp + px] = (float)best * scale[o] + shift[o];
+            }
+        }
+}
+""", ("popcount", "put_bit"))
+
+_kernel("conv_float", """
+/* Binary convolution of real NCHW input (cin x h x w floats), weights (cout, kh, kw, cw words:
+   the channels of one tap), zero padding, then max pooling (pk = 1: none), in float. */
+static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const uint32_t *wt, int cout,
+                          int kh, int kw, int stride, int pad, int pk, int ps,
+                          const float *thr, const uint32_t *flip, uint32_t *ybits,
+                          const float *scale, const float *shift, float *yf)
+{
+    int ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
+    int hp = (ho - pk) / ps + 1, wp = (wo - pk) / ps + 1, cow = (cout + 31) / 32;
+    int py, px, o, qy, qx, dy, dx, c;
+    for (py = 0; py < hp; py++)
+        for (px = 0; px < wp; px++) {
+            uint32_t word = 0;
+            for (o = 0; o < cout; o++) {
+                float best = 0.0f;
+                int first = 1;
+                for (qy = 0; qy < pk; qy++)
+                    for (qx = 0; qx < pk; qx++) {
+                        int iy0 = (py * ps + qy) * stride - pad, ix0 = (px * ps + qx) * stride - pad;
+                        float d = 0.0f;
+                        for (dy = 0; dy < kh; dy++) {
+                            int iy = iy0 + dy;
+                            if (iy < 0 || iy >= h)
+                                continue;
+                            for (dx = 0; dx < kw; dx++) {
+                                int ix = ix0 + dx;
+                                const uint32_t *b = wt + (((long)o * kh + dy) * kw + dx) * cw;
+                                if (ix < 0 || ix >= w)
+                                    continue;
+                                for (c = 0; c < cin; c++) {
+                                    float v = x[((long)c * h + iy) * w + ix];
+                                    d += ((b[c >> 5] >> (c & 31)) & 1u) ? v : -v;
+                                }
+                            }
+                        }
+                        if (first || d > best)
+                            best = d;
+                        first = 0;
+                    }
+                if (ybits)
+                    ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, best >= thr[o], &word, flip);
+                else
+                    yf[((long)o * hp + py) * wp + px] = best * scale[o] + shift[o];
+            }
+        }
+}
+""", ("put_bit",))
+
+_kernel("conv2d", """
+/* Float convolution, NCHW in and out, weights (cout, cin, kh, kw), zero padding, plus bias. */
+static void ob_conv2d(const float *x, int cin, int h, int w, const float *wt, const float *bias, int cout,
+                      int kh, int kw, int stride, int pad, float *y)
+{
+    int ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
+    int o, oy, ox, c, dy, dx;
+    for (o = 0; o < cout; o++)
+        for (oy = 0; oy < ho; oy++)
+            for (ox = 0; ox < wo; ox++) {
+                float acc = 0.0f;
+                for (c = 0; c < cin; c++)
+                    for (dy = 0; dy < kh; dy++) {
+                        int iy = oy * stride - pad + dy;
+                        if (iy < 0 || iy >= h)
+                            continue;
+                        for (dx = 0; dx < kw; dx++) {
+                            int ix = ox * stride - pad + dx;
+                            if (ix >= 0 && ix < w)
+                                acc += x[((long)c * h + iy) * w + ix] * wt[(((long)o * cin + c) * kh + dy) * kw + dx];
+                        }
+                    }
+                y[((long)o * ho + oy) * wo + ox] = acc + bias[o];
+            }
+}
+""")
+
+_kernel("linear", """
+/* Float fully connected layer: y = W x + b, W (n, k). */
+static void ob_linear(const float *x, int k, const float *wt, const float *bias, int n, float *y)
+{
+    int o, j;
+    for (o = 0; o < n; o++) {
+        const float *row = wt + (long)o * k;
+        float acc = 0.0f;
+        for (j = 0; j < k; j++)
+            acc += x[j] * row[j];
+        y[o] = acc + bias[o];
+    }
+}
+""")
+
+_kernel("dequantize", """
+/* uint8 pixels -> floats code * scale[c] + offset[c] (channels of inner values each). */
+static void ob_dequantize(const uint8_t *x, int channels, int inner, const float *scale, const float *offset,
+                          float *y)
+{
+    int c, i;
+    for (c = 0; c < channels; c++)
+        for (i = 0; i < inner; i++)
+            y[c * inner + i] = (float)x[c * inner + i] * scale[c] + offset[c];
+}
+""")
+
+_kernel("affine", """
+/* y = x * scale[c] + shift[c] per channel (channels of inner values each); y may be x. */
+static void ob_affine(const float *x, int channels, int inner, const float *scale, const float *shift, float *y)
+{
+    int c, i;
+    for (c = 0; c < channels; c++)
+        for (i = 0; i < inner; i++)
+            y[c * inner + i] = x[c * inner + i] * scale[c] + shift[c];
+}
+""")
+
+_kernel("relu", """
+static void ob_relu(const float *x, int n, float *y)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+""")
+
+_kernel("hard_sigmoid", """
+/* clip((slope * x + 1) / 2, 0, 1) */
+static void ob_hard_sigmoid(const float *x, int n, float slope, float *y)
+{
+    int i;
+    for (i = 0; i < n; i++) {
+        float v = (slope * x[i] + 1.0f) / 2.0f;
+        y[i] = v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v;
+    }
+}
+""")
+
+_kernel("step", """
+/* A binary neuron at eval: 1 where x >= 0, else 0. */
+static void ob_step(const float *x, int n, float *y)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        y[i] = x[i] >= 0.0f ? 1.0f : 0.0f;
+}
+""")
+
+_kernel("sign", """
+static void ob_sign(const float *x, int n, float *y)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        y[i] = x[i] >= 0.0f ? 1.0f : -1.0f;
+}
+""")
+
+_kernel("add", """
+static void ob_add(const float *a, const float *b, int n, float *y)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        y[i] = a[i] + b[i];
+}
+""")
+
+_kernel("pool_float", """
+/* Unpadded max (mean = 0) or average (mean = 1) pooling of NCHW floats, taps summed in row order. */
+static void ob_pool_float(const float *x, int channels, int h, int w, int k, int stride, int mean, float *y)
+{
+    int ho = (h - k) / stride + 1, wo = (w - k) / stride + 1;
+    int c, oy, ox, dy, dx;
+    for (c = 0; c < channels; c++)
+        for (oy = 0; oy < ho; oy++)
+            for (ox = 0; ox < wo; ox++) {
+                const float *p = x + ((long)c * h + oy * stride) * w + ox * stride;
+                float acc = p[0];
+                for (dy = 0; dy < k; dy++)
+                    for (dx = 0; dx < k; dx++) {
+                        float v = p[dy * w + dx];
+                        if (dy == 0 && dx == 0)
+                            continue;
+                        if (mean)
+                            acc += v;
+                        else if (v > acc)
+                            acc = v;
+                    }
+                y[((long)c * ho + oy) * wo + ox] = mean ? acc / (float)(k * k) : acc;
+            }
+}
+""")
+
+_kernel("pool_bits", """
+/* Max pooling of packed NHWC maps: the OR of the words in each window. */
+static void ob_pool_bits(const uint32_t *x, int h, int w, int cw, int k, int stride, uint32_t *y)
+{
+    int ho = (h - k) / stride + 1, wo = (w - k) / stride + 1;
+    int oy, ox, dy, dx, j;
+    for (oy = 0; oy < ho; oy++)
+        for (ox = 0; ox < wo; ox++) {
+            uint32_t *out = y + ((long)oy * wo + ox) * cw;
+            for (j = 0; j < cw; j++)
+                out[j] = 0;
+            for (dy = 0; dy < k; dy++)
+                for (dx = 0; dx < k; dx++) {
+                    const uint32_t *in = x + ((long)(oy * stride + dy) * w + ox * stride + dx) * cw;
+                    for (j = 0; j < cw; j++)
+                        out[j] |= in[j];
+                }
+        }
+}
+""")
+
+_kernel("pack", """
+/* Signs of floats (x >= 0 is bit 1) packed: channels (of inner values each) become the packed
+   axis of each of the inner positions (NCHW maps -> NHWC bits; inner = 1: a vector). */
+static void ob_pack(const float *x, int channels, int inner, uint32_t *y)
+{
+    int cw = (channels + 31) / 32, i, c;
+    for (i = 0; i < inner; i++) {
+        uint32_t *out = y + (long)i * cw;
+        for (c = 0; c < cw; c++)
+            out[c] = 0;
+        for (c = 0; c < channels; c++)
+            if (x[(long)c * inner + i] >= 0.0f)
+                out[c >> 5] |= 1u << (c & 31);
+    }
+}
+""")
+
+_kernel("unpack", """
+/* Packed bits -> +-1 floats: the inverse of ob_pack. */
+static void ob_unpack(const uint32_t *x, int channels, int inner, float *y)
+{
+    int cw = (channels + 31) / 32, i, c;
+    for (i = 0; i < inner; i++)
+        for (c = 0; c < channels; c++)
+            y[(long)c * inner + i] = ((x[(long)i * cw + (c >> 5)] >> (c & 31)) & 1u) ? 1.0f : -1.0f;
+}
+""")
+
+_kernel("flatten_bits", """
+/* Packed NHWC map (channels x inner pixels) -> a packed vector in PyTorch's order (c, y, x). */
+static void ob_flatten_bits(const uint32_t *x, int channels, int inner, uint32_t *y)
+{
+    int cw = (channels + 31) / 32, n = channels * inner, i, c, j;
+    for (j = 0; j < (n + 31) / 32; j++)
+        y[j] = 0;
+    for (i = 0; i < inner; i++)
+        for (c = 0; c < channels; c++)
+            if ((x[(long)i * cw + (c >> 5)] >> (c & 31)) & 1u) {
+                j = c * inner + i;
+                y[j >> 5] |= 1u << (j & 31);
+            }
+}
+""")
+
+_kernel("copy", """
+static void ob_copy(const float *x, int n, float *y)
+{
+    int i;
+    for (i = 0; i < n; i++)
+        y[i] = x[i];
+}
+""")
