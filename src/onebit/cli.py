@@ -87,15 +87,49 @@ def _first_run_config(path: Path) -> dict:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .experiments.packed import float32_state_bytes, pack_run
+    source = Path(args.source)
+    if source.is_file():
+        from .deploy import load
 
-    run_dir = _first_run_dir(Path(args.run_dir))
-    model, packed = pack_run(run_dir)
+        model, packed = None, load(source)
+    else:
+        from .experiments.packed import pack_run
+
+        model, packed = pack_run(_first_run_dir(source))
+    if args.format == "c":
+        return _export_c(packed, Path(args.output), args.name, args.target)
+    if args.target:
+        raise ValueError("--target builds C code: use it with --format c")
     packed.save(args.output)
-    float_bytes = float32_state_bytes(model)
     size = Path(args.output).stat().st_size
-    print(f"{run_dir} -> {args.output}: {size:,} bytes (float32 state dict {float_bytes:,} bytes, "
+    if model is None:
+        print(f"{source} -> {args.output}: {size:,} bytes")
+        return 0
+    from .experiments.packed import float32_state_bytes
+
+    float_bytes = float32_state_bytes(model)
+    print(f"{source} -> {args.output}: {size:,} bytes (float32 state dict {float_bytes:,} bytes, "
           f"{float_bytes / size:.1f}x smaller)")
+    return 0
+
+
+def _export_c(packed, directory: Path, name: str, target: str | None) -> int:
+    from .deploy import targets
+    from .deploy.export_c import export_c
+
+    exported = export_c(packed, directory, name)
+    print(f"wrote {exported.header}, {exported.source}, {exported.main}: weights {exported.weights_bytes:,} bytes, "
+          f"arena {exported.arena_bytes:,} bytes")
+    if target == "host":
+        print(f"built {targets.build_host(directory, name)}")
+    elif target == "aarch64":
+        print(f"built {targets.build_aarch64(directory, name)}")
+    elif target == "cortex-m4":
+        elf = targets.build_cortex_m4(directory, name)
+        report = targets.size_report(elf, directory, name)
+        (directory / f"{name}_cortex_m4.json").write_text(json.dumps(report, indent=2) + "\n")
+        print(f"built {elf}")
+        print("\n".join(f"  {key}: {value:,}" for key, value in report.items() if isinstance(value, int)))
     return 0
 
 
@@ -178,9 +212,19 @@ def build_parser() -> argparse.ArgumentParser:
                           "the committed ones: results)")
     lst.set_defaults(func=_cmd_list)
 
-    export = sub.add_parser("export", help="convert a trained run into a bit-packed model file")
-    export.add_argument("run_dir", help="a run directory (runs/<experiment>/<row>[/seed<k>])")
-    export.add_argument("-o", "--output", required=True, help="output file, e.g. model.onebit")
+    export = sub.add_parser("export", help="convert a trained run into a bit-packed model file, or into C code")
+    export.add_argument("source", help="a run directory (runs/<experiment>/<row>[/seed<k>]: its best-validation "
+                                       "weights) or, with --format c, a .onebit file")
+    export.add_argument("-o", "--output", required=True,
+                        help="output file, e.g. model.onebit; with --format c, a directory")
+    export.add_argument("--format", choices=("onebit", "c"), default="onebit",
+                        help="onebit: the packed model file (default); c: NAME.h, NAME.c and the host harness "
+                             "NAME_main.c (plain C99, for microcontrollers and any C compiler)")
+    export.add_argument("--name", default="model", help="with --format c: the C prefix and file name (default: model)")
+    export.add_argument("--target", choices=("host", "aarch64", "cortex-m4"),
+                        help="with --format c, also build: the host harness (cc), the ARM64 harness "
+                             "(aarch64-linux-gnu-gcc), or a Cortex-M4 ELF for QEMU mps2-an386 with its size "
+                             "report NAME_cortex_m4.json (arm-none-eabi-gcc)")
     export.set_defaults(func=_cmd_export)
 
     infer = sub.add_parser("infer", help="accuracy and speed of a packed model on a test set (no torch in the model)")

@@ -102,25 +102,44 @@ static void ob_dense_bits(const uint32_t *x, int kw, int k, const uint32_t *w, i
 }
 """, ("popcount", "put_bit"))
 
+_kernel("bit_planes", """
+/* k uint8 values -> their 8 bit planes, each packed in kw words: planes[b * kw + j / 32] holds
+   bit b of x[j] at bit j % 32. */
+static void ob_bit_planes(const uint8_t *x, int k, int kw, uint32_t *planes)
+{
+    int b, j;
+    for (j = 0; j < 8 * kw; j++)
+        planes[j] = 0;
+    for (j = 0; j < k; j++)
+        for (b = 0; b < 8; b++)
+            planes[b * kw + (j >> 5)] |= (uint32_t)((x[j] >> b) & 1u) << (j & 31);
+}
+""")
+
 _kernel("dense_u8", """
-/* Binary dense layer on k uint8 pixels x = s * code + o: the integer product P = code . w is
-   exact. Bits out compare P with integer thresholds that already hold s and o; floats are
-   (float)(P * s + ow[o]) * scale + shift, in the numpy runtime's float64 order. */
-static void ob_dense_u8(const uint8_t *x, int k, const uint32_t *w, int kw, int n,
+/* Binary dense layer on k uint8 pixels x = s * code + o, given as bit planes: the integer
+   product P = code . w = 2 * sum(codes where w = +1) - sum(codes) is exact, one popcount per
+   plane and word. Bits out compare P with integer thresholds that already hold s and o; floats
+   are (float)(P * s + ow[o]) * scale + shift, in the numpy runtime's float64 order. */
+static void ob_dense_u8(const uint32_t *planes, int kw, const uint32_t *w, int n,
                         const int32_t *thr, const uint32_t *flip, uint32_t *ybits,
                         double s, const double *ow, const float *scale, const float *shift, float *yf)
 {
     uint32_t word = 0;
     int32_t total = 0;
-    int o, j;
-    for (j = 0; j < k; j++)
-        total += x[j];
+    int o, j, b;
+    for (b = 0; b < 8; b++)
+        for (j = 0; j < kw; j++)
+            total += ob_popcount(planes[b * kw + j]) << b;
     for (o = 0; o < n; o++) {
         const uint32_t *row = w + (long)o * kw;
         int32_t positive = 0, p;
-        for (j = 0; j < k; j++)
-            if ((row[j >> 5] >> (j & 31)) & 1u)
-                positive += x[j];
+        for (b = 0; b < 8; b++) {
+            int32_t count = 0;
+            for (j = 0; j < kw; j++)
+                count += ob_popcount(planes[b * kw + j] & row[j]);
+            positive += count << b;
+        }
         p = 2 * positive - total;
         if (ybits)
             ob_put_bit(ybits, o, n, p >= thr[o], &word, flip);
@@ -128,7 +147,7 @@ static void ob_dense_u8(const uint8_t *x, int k, const uint32_t *w, int kw, int 
             yf[o] = (float)((double)p * s + ow[o]) * scale[o] + shift[o];
     }
 }
-""", ("put_bit",))
+""", ("popcount", "put_bit"))
 
 _kernel("dense_float", """
 /* Binary dense layer on real input x (k floats): d = sum of +-x, in float. */

@@ -258,7 +258,8 @@ def _binary_dense(p: _Program, op: runtime.BinaryDense, x: _Value, label: str, q
             args, out_bits = _binary_epilogue(p, op, label, (n,))
             ow = p.array(f"{label}_ow", np.float64(offset) * sums.astype(np.float64), "double")
         thr, flip, ybits, fscale, fshift, yf = args.split(", ")
-        call = (f"ob_dense_u8({{0}}, {k}, {w}, {kw}, {n}, {thr}, {flip}, {ybits}, {float(scale)!r}, {ow}, "
+        x = p.step("bit_planes", f"ob_bit_planes({{0}}, {k}, {kw}, {{1}})", [x], p.new_value("bits", (8 * kw * 32,)))
+        call = (f"ob_dense_u8({{0}}, {kw}, {w}, {n}, {thr}, {flip}, {ybits}, {float(scale)!r}, {ow}, "
                 f"{fscale}, {fshift}, {yf})")
         kernel = "dense_u8"
     else:
