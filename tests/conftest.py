@@ -3,6 +3,8 @@ from pathlib import Path
 
 import pytest
 
+from onebit.deploy import targets
+
 
 @pytest.fixture(autouse=True)
 def _checkpoints_in_run_directories(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -55,3 +57,20 @@ def train_briefly(tmp_path_factory):
         return trainer.model.eval()
 
     return train
+
+
+@pytest.fixture
+def require_tools():
+    """``require_tools(*tools)`` skips the test if a tool is not on PATH, or fails it when the
+    environment says ``CI=true`` (CI must run every target)."""
+
+    def require(*tools: str) -> None:
+        for tool in tools:
+            try:
+                targets.require_tool(tool)
+            except targets.MissingToolError as e:
+                if os.environ.get("CI") == "true":
+                    pytest.fail(str(e))
+                pytest.skip(str(e))
+
+    return require

@@ -83,7 +83,7 @@ _kernel("dense_bits", """
 /* Binary dense layer on packed input x (k features in kw words), weights w (n rows of kw words).
    Bits out (thr, flip) when ybits is given, else floats d * scale + shift into yf. */
 static void ob_dense_bits(const uint32_t *x, int kw, int k, const uint32_t *w, int n,
-                          const int32_t *thr, const uint32_t *flip, uint32_t *ybits,
+                          const ob_threshold_t *thr, const uint32_t *flip, uint32_t *ybits,
                           const float *scale, const float *shift, float *yf)
 {
     uint32_t word = 0;
@@ -122,7 +122,7 @@ _kernel("dense_u8", """
    plane and word. Bits out compare P with integer thresholds that already hold s and o; floats
    are (float)(P * s + ow[o]) * scale + shift, in the numpy runtime's float64 order. */
 static void ob_dense_u8(const uint32_t *planes, int kw, const uint32_t *w, int n,
-                        const int32_t *thr, const uint32_t *flip, uint32_t *ybits,
+                        const ob_threshold_t *thr, const uint32_t *flip, uint32_t *ybits,
                         double s, const double *ow, const float *scale, const float *shift, float *yf)
 {
     uint32_t word = 0;
@@ -150,22 +150,23 @@ static void ob_dense_u8(const uint32_t *planes, int kw, const uint32_t *w, int n
 """, ("popcount", "put_bit"))
 
 _kernel("dense_float", """
-/* Binary dense layer on real input x (k floats): d = sum of +-x, in float. */
+/* Binary dense layer on real input x (k floats): d = sum of +-x, in double (exact for inputs such
+   as normalized pixels, so its bits do not depend on the order of summation). */
 static void ob_dense_float(const float *x, int k, const uint32_t *w, int kw, int n,
-                           const float *thr, const uint32_t *flip, uint32_t *ybits,
+                           const double *thr, const uint32_t *flip, uint32_t *ybits,
                            const float *scale, const float *shift, float *yf)
 {
     uint32_t word = 0;
     int o, j;
     for (o = 0; o < n; o++) {
         const uint32_t *row = w + (long)o * kw;
-        float d = 0.0f;
+        double d = 0.0;
         for (j = 0; j < k; j++)
             d += ((row[j >> 5] >> (j & 31)) & 1u) ? x[j] : -x[j];
         if (ybits)
             ob_put_bit(ybits, o, n, d >= thr[o], &word, flip);
         else
-            yf[o] = d * scale[o] + shift[o];
+            yf[o] = (float)d * scale[o] + shift[o];
     }
 }
 """, ("put_bit",))
@@ -176,7 +177,7 @@ _kernel("conv_bits", """
    none) of the integer pre-activations. Bits out: NHWC, thr / flip; floats out: NCHW. */
 static void ob_conv_bits(const uint32_t *x, int h, int w, int cin, int cw, const uint32_t *wt, int cout,
                          int kh, int kw, int stride, int pad, int pk, int ps,
-                         const int32_t *thr, const uint32_t *flip, uint32_t *ybits,
+                         const ob_threshold_t *thr, const uint32_t *flip, uint32_t *ybits,
                          const float *scale, const float *shift, float *yf)
 {
     int ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
@@ -222,12 +223,59 @@ static void ob_conv_bits(const uint32_t *x, int h, int w, int cin, int cw, const
 }
 """, ("popcount", "put_bit"))
 
+_kernel("conv_u8", """
+/* Binary convolution of uint8 NCHW pixels x = s * code + o (cin x h x w), no padding, then max
+   pooling (pk = 1: none) of the exact integer products P = code * w: each output channel's
+   weights are kwords words, bit (dy * kw + dx) * cin + c for tap (dy, dx) of channel c.
+   Bits out (NHWC) compare P with integer thresholds that already hold s and o; floats out
+   (NCHW) are (float)(P * s + ow[o]) * scale + shift, in the numpy runtime's float64 order. */
+static void ob_conv_u8(const uint8_t *x, int h, int w, int cin, const uint32_t *wt, int kwords, int cout,
+                       int kh, int kw, int stride, int pk, int ps,
+                       const ob_threshold_t *thr, const uint32_t *flip, uint32_t *ybits,
+                       double s, const double *ow, const float *scale, const float *shift, float *yf)
+{
+    int ho = (h - kh) / stride + 1, wo = (w - kw) / stride + 1;
+    int hp = (ho - pk) / ps + 1, wp = (wo - pk) / ps + 1, cow = (cout + 31) / 32;
+    int py, px, o, qy, qx, dy, dx, c;
+    for (py = 0; py < hp; py++)
+        for (px = 0; px < wp; px++) {
+            uint32_t word = 0;
+            for (o = 0; o < cout; o++) {
+                const uint32_t *row = wt + (long)o * kwords;
+                int32_t best = 0;
+                int first = 1;
+                for (qy = 0; qy < pk; qy++)
+                    for (qx = 0; qx < pk; qx++) {
+                        int iy0 = (py * ps + qy) * stride, ix0 = (px * ps + qx) * stride, t = 0;
+                        int32_t positive = 0, total = 0, p;
+                        for (dy = 0; dy < kh; dy++)
+                            for (dx = 0; dx < kw; dx++)
+                                for (c = 0; c < cin; c++, t++) {
+                                    int32_t v = x[((long)c * h + iy0 + dy) * w + ix0 + dx];
+                                    positive += v & -(int32_t)((row[t >> 5] >> (t & 31)) & 1u);
+                                    total += v;
+                                }
+                        p = 2 * positive - total;
+                        if (first || p > best)
+                            best = p;
+                        first = 0;
+                    }
+                if (ybits)
+                    ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, best >= thr[o], &word, flip);
+                else
+                    yf[((long)o * hp + py) * wp + px] = (float)((double)best * s + ow[o]) * scale[o] + shift[o];
+            }
+        }
+}
+""", ("put_bit",))
+
 _kernel("conv_float", """
 /* Binary convolution of real NCHW input (cin x h x w floats), weights (cout, kh, kw, cw words:
-   the channels of one tap), zero padding, then max pooling (pk = 1: none), in float. */
+   the channels of one tap), zero padding, then max pooling (pk = 1: none), summed in double as
+   ob_dense_float does. */
 static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const uint32_t *wt, int cout,
                           int kh, int kw, int stride, int pad, int pk, int ps,
-                          const float *thr, const uint32_t *flip, uint32_t *ybits,
+                          const double *thr, const uint32_t *flip, uint32_t *ybits,
                           const float *scale, const float *shift, float *yf)
 {
     int ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
@@ -237,12 +285,12 @@ static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const u
         for (px = 0; px < wp; px++) {
             uint32_t word = 0;
             for (o = 0; o < cout; o++) {
-                float best = 0.0f;
+                double best = 0.0;
                 int first = 1;
                 for (qy = 0; qy < pk; qy++)
                     for (qx = 0; qx < pk; qx++) {
                         int iy0 = (py * ps + qy) * stride - pad, ix0 = (px * ps + qx) * stride - pad;
-                        float d = 0.0f;
+                        double d = 0.0;
                         for (dy = 0; dy < kh; dy++) {
                             int iy = iy0 + dy;
                             if (iy < 0 || iy >= h)
@@ -253,7 +301,7 @@ static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const u
                                 if (ix < 0 || ix >= w)
                                     continue;
                                 for (c = 0; c < cin; c++) {
-                                    float v = x[((long)c * h + iy) * w + ix];
+                                    double v = x[((long)c * h + iy) * w + ix];
                                     d += ((b[c >> 5] >> (c & 31)) & 1u) ? v : -v;
                                 }
                             }
@@ -265,14 +313,15 @@ static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const u
                 if (ybits)
                     ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, best >= thr[o], &word, flip);
                 else
-                    yf[((long)o * hp + py) * wp + px] = best * scale[o] + shift[o];
+                    yf[((long)o * hp + py) * wp + px] = (float)best * scale[o] + shift[o];
             }
         }
 }
 """, ("put_bit",))
 
 _kernel("conv2d", """
-/* Float convolution, NCHW in and out, weights (cout, cin, kh, kw), zero padding, plus bias. */
+/* Float convolution, NCHW in and out, weights (cout, cin, kh, kw), zero padding: products summed
+   in double, rounded to float, plus the bias (as the numpy runtime computes it). */
 static void ob_conv2d(const float *x, int cin, int h, int w, const float *wt, const float *bias, int cout,
                       int kh, int kw, int stride, int pad, float *y)
 {
@@ -281,7 +330,7 @@ static void ob_conv2d(const float *x, int cin, int h, int w, const float *wt, co
     for (o = 0; o < cout; o++)
         for (oy = 0; oy < ho; oy++)
             for (ox = 0; ox < wo; ox++) {
-                float acc = 0.0f;
+                double acc = 0.0;
                 for (c = 0; c < cin; c++)
                     for (dy = 0; dy < kh; dy++) {
                         int iy = oy * stride - pad + dy;
@@ -290,25 +339,25 @@ static void ob_conv2d(const float *x, int cin, int h, int w, const float *wt, co
                         for (dx = 0; dx < kw; dx++) {
                             int ix = ox * stride - pad + dx;
                             if (ix >= 0 && ix < w)
-                                acc += x[((long)c * h + iy) * w + ix] * wt[(((long)o * cin + c) * kh + dy) * kw + dx];
+                                acc += (double)x[((long)c * h + iy) * w + ix] * wt[(((long)o * cin + c) * kh + dy) * kw + dx];
                         }
                     }
-                y[((long)o * ho + oy) * wo + ox] = acc + bias[o];
+                y[((long)o * ho + oy) * wo + ox] = (float)acc + bias[o];
             }
 }
 """)
 
 _kernel("linear", """
-/* Float fully connected layer: y = W x + b, W (n, k). */
+/* Float fully connected layer: y = W x + b, W (n, k), summed in double as ob_conv2d. */
 static void ob_linear(const float *x, int k, const float *wt, const float *bias, int n, float *y)
 {
     int o, j;
     for (o = 0; o < n; o++) {
         const float *row = wt + (long)o * k;
-        float acc = 0.0f;
+        double acc = 0.0;
         for (j = 0; j < k; j++)
-            acc += x[j] * row[j];
-        y[o] = acc + bias[o];
+            acc += (double)x[j] * row[j];
+        y[o] = (float)acc + bias[o];
     }
 }
 """)

@@ -111,9 +111,10 @@ class _Step:
 class _Program:
     name: str
     steps: list[_Step] = field(default_factory=list)
-    arrays: list[str] = field(default_factory=list)
+    arrays: list[tuple[str, np.ndarray, str]] = field(default_factory=list)
     kernels: set[str] = field(default_factory=set)
-    weights_bytes: int = 0
+    #: the largest |pre-activation| an integer threshold is compared with
+    threshold_bound: int = 0
 
     def new_value(self, kind: str, shape: tuple[int, ...]) -> _Value:
         size = _words(shape) if kind == "bits" else int(np.prod(shape))
@@ -125,12 +126,34 @@ class _Program:
         return output
 
     def array(self, label: str, values: np.ndarray, ctype: str) -> str:
-        """Declare a ``static const`` array; returns its C name."""
+        """Declare a ``static const`` array (``ctype`` ``"threshold"``: integer thresholds, whose
+        C type is chosen once all are known); returns its C name."""
         name = f"{self.name}_{label}"
-        values = np.asarray(values).reshape(-1)
-        self.arrays.append(f"static const {ctype} {name}[{max(1, values.size)}] = {{\n{_literals(values, ctype)}\n}};")
-        self.weights_bytes += values.size * {"uint32_t": 4, "int32_t": 4, "float": 4, "double": 8}[ctype]
+        self.arrays.append((name, np.asarray(values).reshape(-1), ctype))
         return name
+
+    def thresholds(self, label: str, thresholds: np.ndarray, bound: int) -> str:
+        """Integer thresholds on pre-activations with ``|d| <= bound``, clipped to
+        ``[-bound - 1, bound + 1]`` (the same comparisons), so that most models store 16 bits each."""
+        self.threshold_bound = max(self.threshold_bound, bound + 1)
+        return self.array(label, np.clip(thresholds, -bound - 1, bound + 1), "threshold")
+
+    @property
+    def threshold_type(self) -> str:
+        return "int16_t" if self.threshold_bound <= np.iinfo(np.int16).max else "int32_t"
+
+    @property
+    def weights_bytes(self) -> int:
+        """Bytes of every constant array: weights, thresholds, flips, scales, shifts."""
+        sizes = {"uint32_t": 4, "int16_t": 2, "int32_t": 4, "float": 4, "double": 8}
+        return sum(v.size * sizes[self.threshold_type if t == "threshold" else t] for _, v, t in self.arrays)
+
+    def declarations(self) -> str:
+        lines = []
+        for name, values, ctype in self.arrays:
+            ctype = self.threshold_type if ctype == "threshold" else ctype
+            lines.append(f"static const {ctype} {name}[{max(1, values.size)}] = {{\n{_literals(values, ctype)}\n}};")
+        return "\n\n".join(lines)
 
 
 def _words(shape: tuple[int, ...]) -> int:
@@ -155,7 +178,7 @@ def _float_literal(v: float) -> str:
 def _literals(values: np.ndarray, ctype: str) -> str:
     if ctype == "uint32_t":
         items = [f"0x{int(v):08x}u" for v in values]
-    elif ctype == "int32_t":
+    elif ctype in ("int16_t", "int32_t"):
         items = [str(int(v)) if v != _INT32.min else "(-2147483647 - 1)" for v in values]
     elif ctype == "float":
         items = [_float_literal(v) for v in values.astype(np.float32)]
@@ -179,16 +202,6 @@ def _flip_words(flip: np.ndarray) -> np.ndarray:
     bits = np.zeros(-(-len(flip) // 32) * 32, np.uint8)
     bits[: len(flip)] = np.asarray(flip, bool)
     return np.packbits(bits, bitorder="little").view("<u4")
-
-
-def _float_thresholds(thresholds: np.ndarray) -> np.ndarray:
-    """The smallest float32 ``f >= t`` for each float64 ``t``, so that ``d >= f`` in float32
-    equals the runtime's ``d >= t`` for every float32 ``d``."""
-    t = np.asarray(thresholds, np.float64)
-    f = t.astype(np.float32)
-    low = f.astype(np.float64) < t
-    f[low] = np.nextafter(f[low], np.float32(np.inf))
-    return f
 
 
 def _pixel_thresholds(thresholds: np.ndarray, scale: float, offset: float, weight_sums: np.ndarray) -> np.ndarray:
@@ -221,20 +234,37 @@ def _pixel_thresholds(thresholds: np.ndarray, scale: float, offset: float, weigh
 # -- ops ----------------------------------------------------------------------------------------
 
 
-def _binary_epilogue(p: _Program, op: runtime._BinaryLayer, label: str, out_shape, float_thresholds=None,
-                     int_thresholds=None) -> tuple[str, _Value]:
-    """The epilogue arguments ``thr, flip, ybits, scale, shift, yf`` (with ``{out}`` for the
-    output) and the output value."""
+def _binary_epilogue(p: _Program, op: runtime._BinaryLayer, label: str, out_shape, *, bound: int = 0,
+                     int_thresholds=None, real_input: bool = False) -> tuple[str, _Value | None]:
+    """The epilogue arguments ``thr, flip, ybits, scale, shift, yf`` (``{out}`` stands for the
+    output) and, for bits, the output value. Integer thresholds act on ``|d| <= bound``; a
+    layer on real input compares its double ``d`` with the float64 thresholds themselves."""
     if op.output == "bits":
-        if float_thresholds is not None:
-            thr = p.array(f"{label}_thr", float_thresholds, "float")
+        if real_input:
+            thr = p.array(f"{label}_thr", op.thresholds, "double")
         else:
-            thr = p.array(f"{label}_thr", int_thresholds, "int32_t")
+            thr = p.thresholds(f"{label}_thr", int_thresholds, bound)
         flip = p.array(f"{label}_flip", _flip_words(op.flip), "uint32_t")
         return f"{thr}, {flip}, {{out}}, 0, 0, 0", p.new_value("bits", out_shape)
     scale = p.array(f"{label}_scale", op.scale, "float")
     shift = p.array(f"{label}_shift", op.shift, "float")
     return f"0, 0, 0, {scale}, {shift}, {{out}}", None
+
+
+def _pixel_epilogue(p: _Program, op: runtime._BinaryLayer, label: str, out_shape, k: int, quant,
+                    sums: np.ndarray) -> tuple[str, _Value | None]:
+    """The epilogue arguments ``thr, flip, ybits, s, ow, scale, shift, yf`` of a binary layer on
+    uint8 pixels (``k`` of them per output), and for bits the output value."""
+    scale, offset = quant
+    if op.output == "bits":
+        args, out = _binary_epilogue(p, op, label, out_shape, bound=255 * k,
+                                     int_thresholds=_pixel_thresholds(op.thresholds, scale, offset, sums))
+        ow = "0"
+    else:
+        args, out = _binary_epilogue(p, op, label, out_shape)
+        ow = p.array(f"{label}_ow", np.float64(offset) * sums.astype(np.float64), "double")
+    thr, flip, ybits, fscale, fshift, yf = args.split(", ")
+    return f"{thr}, {flip}, {ybits}, {float(scale)!r}, {ow}, {fscale}, {fshift}, {yf}", out
 
 
 def _binary_dense(p: _Program, op: runtime.BinaryDense, x: _Value, label: str, quant) -> _Value:
@@ -244,34 +274,23 @@ def _binary_dense(p: _Program, op: runtime.BinaryDense, x: _Value, label: str, q
     w = p.array(f"{label}_w", _words32(op.weight_bits, k), "uint32_t")
     kw = -(-k // 32)
     if x.kind == "bits":
-        args, out_bits = _binary_epilogue(p, op, label, (n,), int_thresholds=op._int_thresholds)
+        args, out_bits = _binary_epilogue(p, op, label, (n,), bound=k, int_thresholds=op._int_thresholds)
         call = f"ob_dense_bits({{0}}, {kw}, {k}, {w}, {n}, {args})"
         kernel = "dense_bits"
     elif x.kind == "pixels":
-        scale, offset = quant
-        sums = runtime.kernels.sign_sums(op.weight_bits, k)
-        if op.output == "bits":
-            args, out_bits = _binary_epilogue(p, op, label, (n,),
-                                              int_thresholds=_pixel_thresholds(op.thresholds, scale, offset, sums))
-            ow = "0"
-        else:
-            args, out_bits = _binary_epilogue(p, op, label, (n,))
-            ow = p.array(f"{label}_ow", np.float64(offset) * sums.astype(np.float64), "double")
-        thr, flip, ybits, fscale, fshift, yf = args.split(", ")
+        args, out_bits = _pixel_epilogue(p, op, label, (n,), k, quant, runtime.kernels.sign_sums(op.weight_bits, k))
         x = p.step("bit_planes", f"ob_bit_planes({{0}}, {k}, {kw}, {{1}})", [x], p.new_value("bits", (8 * kw * 32,)))
-        call = (f"ob_dense_u8({{0}}, {kw}, {w}, {n}, {thr}, {flip}, {ybits}, {float(scale)!r}, {ow}, "
-                f"{fscale}, {fshift}, {yf})")
+        call = f"ob_dense_u8({{0}}, {kw}, {w}, {n}, {args})"
         kernel = "dense_u8"
     else:
-        ft = _float_thresholds(op.thresholds) if op.output == "bits" else None
-        args, out_bits = _binary_epilogue(p, op, label, (n,), float_thresholds=ft)
+        args, out_bits = _binary_epilogue(p, op, label, (n,), real_input=True)
         call = f"ob_dense_float({{0}}, {k}, {w}, {kw}, {n}, {args})"
         kernel = "dense_float"
     out = out_bits or p.new_value("float", (n,))
     return p.step(kernel, call.replace("{out}", "{1}"), [x], out)
 
 
-def _binary_conv(p: _Program, op: runtime.BinaryConv2d, x: _Value, label: str) -> _Value:
+def _binary_conv(p: _Program, op: runtime.BinaryConv2d, x: _Value, label: str, quant) -> _Value:
     co, kh, kw_, _ = op.weight_bits.shape
     c_in = op.c_in
     if not x.is_map:
@@ -285,13 +304,22 @@ def _binary_conv(p: _Program, op: runtime.BinaryConv2d, x: _Value, label: str) -
     pk, ps = (op.pool_kernel, op.pool_stride) if op.pool_kernel > 0 else (1, 1)
     hp, wp = (ho - pk) // ps + 1, (wo - pk) // ps + 1
     cw = -(-c_in // 32)
+    if x.kind == "pixels":  # runtime.BinaryConv2d takes pixels only unpadded: every tap sees one
+        k = kh * kw_ * c_in
+        signs = runtime.kernels.unpack_signs(op.weight_bits, c_in).reshape(co, k)  # tap-major, channel fastest
+        weights = p.array(f"{label}_w", _words32(runtime.kernels.pack_signs(signs), k), "uint32_t")
+        args, out_bits = _pixel_epilogue(p, op, label, (hp, wp, co), k, quant, op.weight_sums)
+        out = out_bits or p.new_value("float", (co, hp, wp))
+        call = (f"ob_conv_u8({{0}}, {h}, {w}, {c_in}, {weights}, {-(-k // 32)}, {co}, {kh}, {kw_}, {op.stride}, "
+                f"{pk}, {ps}, {args.replace('{out}', '{1}')})")
+        return p.step("conv_u8", call, [x], out)
     weights = p.array(f"{label}_w", _words32(op.weight_bits, c_in), "uint32_t")
     if x.kind == "bits":
-        args, out_bits = _binary_epilogue(p, op, label, (hp, wp, co), int_thresholds=op._int_thresholds)
+        args, out_bits = _binary_epilogue(p, op, label, (hp, wp, co), bound=kh * kw_ * c_in,
+                                          int_thresholds=op._int_thresholds)
         kernel = "conv_bits"
     else:
-        ft = _float_thresholds(op.thresholds) if op.output == "bits" else None
-        args, out_bits = _binary_epilogue(p, op, label, (hp, wp, co), float_thresholds=ft)
+        args, out_bits = _binary_epilogue(p, op, label, (hp, wp, co), real_input=True)
         kernel = "conv_float"
     out = out_bits or p.new_value("float", (co, hp, wp))
     call = (f"ob_{kernel}({{0}}, {h}, {w}, {c_in}, {cw}, {weights}, {co}, {kh}, {kw_}, {op.stride}, {op.padding}, "
@@ -318,7 +346,7 @@ def _emit(p: _Program, op: runtime.Op, x: _Value, stack: list[_Value], label: st
     if kind == "binary_dense":
         return _binary_dense(p, op, x, label, quant)
     if kind == "binary_conv2d":
-        return _binary_conv(p, op, x, label)
+        return _binary_conv(p, op, x, label, quant)
     if kind == "maxpool2d" and x.kind == "bits":
         h, w, c = x.shape
         ho, wo = (h - op.kernel) // op.stride + 1, (w - op.kernel) // op.stride + 1
@@ -536,11 +564,13 @@ def _source(p: _Program, sizes: dict[str, int]) -> str:
         if step.output is not None:
             pointers.append(_pointer(step.output, name))
         body.append("    " + step.call.format(*pointers) + ";")
-    arrays = "\n\n".join(p.arrays)
+    arrays = p.declarations()
     needs_math = "INFINITY" in arrays
     return f"""/* Generated by onebit.deploy.export_c: the network {name}, plain C99 (see {name}.h). */
 #include "{name}.h"
 {'#include <math.h> /* INFINITY only: no libm function is called */' + chr(10) if needs_math else ''}
+typedef {p.threshold_type} ob_threshold_t;
+
 {arrays}
 
 static struct {{

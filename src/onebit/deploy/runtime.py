@@ -105,7 +105,7 @@ def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.nd
 
 
 def _conv_matmul(x: np.ndarray, weight_blocks, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
-    """Float convolution of NCHW ``x`` as im2col products: float32 ``(N, Ho, Wo, C_out)``.
+    """Float convolution of NCHW ``x`` as im2col products: ``(N, Ho, Wo, C_out)`` in ``x``'s dtype.
 
     ``weight_blocks`` yields ``(start, w)`` with ``w`` float ``(rows, kh * kw * C)`` (tap-major,
     channel fastest), the weights of output channels ``start .. start + rows - 1``. The
@@ -115,8 +115,8 @@ def _conv_matmul(x: np.ndarray, weight_blocks, kh: int, kw: int, stride: int, pa
     n, c, h, wd = x.shape
     ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
     blocks = list(weight_blocks)
-    out = np.empty((n, ho, wo, sum(w.shape[0] for _, w in blocks)), np.float32)
-    images = max(1, _IM2COL_BYTES // (4 * ho * wo * kh * kw * c))
+    out = np.empty((n, ho, wo, sum(w.shape[0] for _, w in blocks)), x.dtype)
+    images = max(1, _IM2COL_BYTES // (x.itemsize * ho * wo * kh * kw * c))
     for first in range(0, n, images):
         cols = _im2col(x[first : first + images], kh, kw, stride, padding)
         cols = cols.reshape(-1, cols.shape[-1])  # one 2-D product (a 4-D one runs per image row)
@@ -310,20 +310,28 @@ class ResidualAdd(Op):
 
 @dataclass
 class Linear(Op):
-    """Float fully connected layer, ``y = x W^T + b``."""
+    """Float fully connected layer, ``y = x W^T + b``: the products summed in float64 and
+    rounded once to float32 before the bias is added (float32 products are exact in float64, so
+    the result hardly depends on the order of summation, and the exported C code gets the
+    same float32 values)."""
 
     weight: np.ndarray
     bias: np.ndarray
     kind = "linear"
     array_names = ("weight", "bias")
 
+    def __post_init__(self) -> None:
+        self._weight64 = self.weight.astype(np.float64)
+
     def __call__(self, x):
-        return _float(x, self.kind) @ self.weight.T + self.bias
+        products = _float(x, self.kind).astype(np.float64) @ self._weight64.T
+        return products.astype(np.float32) + self.bias
 
 
 @dataclass
 class Conv2d(Op):
-    """Float convolution (im2col + matmul), NCHW like ``F.conv2d``."""
+    """Float convolution (im2col + matmul), NCHW like ``F.conv2d``, summed in float64 and
+    rounded once to float32 before the bias is added, as :class:`Linear`."""
 
     weight: np.ndarray
     bias: np.ndarray
@@ -335,10 +343,14 @@ class Conv2d(Op):
     def params(self):
         return {"stride": self.stride, "padding": self.padding}
 
+    def __post_init__(self) -> None:
+        co = self.weight.shape[0]
+        self._weight64 = self.weight.transpose(0, 2, 3, 1).reshape(co, -1).astype(np.float64)
+
     def __call__(self, x):
-        co, _, kh, kw = self.weight.shape
-        weight = self.weight.transpose(0, 2, 3, 1).reshape(co, -1)
-        out = _conv_matmul(_float(x, self.kind), [(0, weight)], kh, kw, self.stride, self.padding)
+        _, _, kh, kw = self.weight.shape
+        x = _float(x, self.kind).astype(np.float64)
+        out = _conv_matmul(x, [(0, self._weight64)], kh, kw, self.stride, self.padding).astype(np.float32)
         out += self.bias
         return out.transpose(0, 3, 1, 2)
 
@@ -379,8 +391,11 @@ class _BinaryLayer(Op):
     the epilogue applied to the pre-activation ``d`` (output channels on the last axis).
 
     ``d`` is the exact integer XNOR-popcount product when the input is :class:`Bits` and a
-    float product (weights unpacked block by block, never stored as float32) when the input
-    is real. Output, per output channel ``c``:
+    float64 sum of the ±inputs (weights unpacked block by block, never stored as floats) when
+    the input is real: float32 inputs whose exponents span less than about 50 - log2(K) binades,
+    such as normalized 8-bit pixels, sum exactly in float64, so ``d`` does not depend on the
+    order of summation and the exported C code (:mod:`onebit.deploy.export_c`) computes the
+    same bits. Output, per output channel ``c``:
 
     - ``"bits"``: :math:`(d_c \ge t_c) \oplus \text{flip}_c`, i.e. the sign of
       :math:`\text{scale}_c\, d_c + \text{shift}_c` (XNOR scale, bias, batch norm and the
@@ -470,7 +485,7 @@ class BinaryDense(_BinaryLayer):
         else:
             if x.shape[1] != self.k:
                 raise ValueError(f"binary_dense expects {self.k} input features, got {x.shape[1]}")
-            dot = kernels.signs_matmul(np.ascontiguousarray(x, np.float32), self.weight_bits, self.k)
+            dot = kernels.signs_matmul(np.ascontiguousarray(x, np.float64), self.weight_bits, self.k)
         return self._epilogue(dot, self.out_features)
 
 
@@ -483,6 +498,13 @@ class BinaryConv2d(_BinaryLayer):
     :math:`d = x \star S`: on packed NHWC :class:`Bits` with
     :func:`~onebit.deploy.kernels.binary_conv2d` (padding contributes exactly 0), on real NCHW
     input as a float im2col product.
+
+    Raw 8-bit images given as :class:`Pixels` ``x = s c + o`` reach an unpadded convolution
+    (``padding == 0``, so every tap sees a pixel) undequantized: :math:`d = s\,(c \star S) +
+    o\,\Sigma S`, with the integer product :math:`c \star S` exact (a float32 product of
+    integers below :math:`2^{24}`, float64 beyond) and :math:`\Sigma S` each output channel's
+    sum of weights, evaluated in float64 as :class:`BinaryDense` does. A padded convolution
+    gets the dequantized floats: its border taps see zeros, not pixels.
 
     Pooling comes *before* the batch norm here (``conv -> MaxPool -> BN -> sign``, as in
     BinaryNet). The comparison :math:`d \ge t` is monotone non-decreasing in ``d``, so
@@ -523,19 +545,42 @@ class BinaryConv2d(_BinaryLayer):
                 "pool_kernel": self.pool_kernel, "pool_stride": self.pool_stride}
 
     @property
+    def accepts_pixels(self) -> bool:  # type: ignore[override]
+        return self.padding == 0
+
+    @property
+    def weight_sums(self) -> np.ndarray:
+        """Sum of each output channel's ±1 weights over its whole receptive field: int64 ``(C_out,)``."""
+        signs = kernels.unpack_signs(self.weight_bits, self.c_in, dtype=np.int64)
+        return signs.sum(axis=(1, 2, 3))
+
+    @property
     def out_channels(self) -> int:
         return self.weight_bits.shape[0]
 
     def _float_conv(self, x: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` real input -> float32 ``(N, Ho, Wo, C_out)``."""
+        """``(N, C, H, W)`` real input -> ``(N, Ho, Wo, C_out)`` in ``x``'s float dtype."""
         co, kh, kw, _ = self.weight_bits.shape
         rows = max(1, _WEIGHT_CHUNK // max(1, kh * kw * self.c_in))
-        blocks = ((start, _unpack_float(self.weight_bits[start : start + rows], self.c_in).reshape(
+        blocks = ((start, _unpack_float(self.weight_bits[start : start + rows], self.c_in).astype(x.dtype).reshape(
             min(rows, co - start), -1)) for start in range(0, co, rows))  # (rows, kh * kw * C_in) ±1
         return _conv_matmul(x, blocks, kh, kw, self.stride, self.padding)
 
+    def _pixel_products(self, x: Pixels) -> np.ndarray:
+        """Exact integer products ``c * S`` of uint8 NCHW codes: int64 ``(N, Ho, Wo, C_out)``."""
+        _, kh, kw, _ = self.weight_bits.shape
+        dtype = np.float32 if 255 * kh * kw * self.c_in < 2**24 else np.float64
+        return self._float_conv(x.codes.astype(dtype)).astype(np.int64)
+
     def __call__(self, x):
         pooled = self.pool_kernel > 0
+        if isinstance(x, Pixels):
+            if x.codes.ndim != 4 or x.codes.shape[1] != self.c_in:
+                raise ValueError(f"binary_conv2d expects (N, {self.c_in}, H, W) input, got {x.codes.shape}")
+            products = self._pixel_products(x)
+            if pooled:  # d increases with the product (s > 0): pool the exact integers
+                products = _pool(products, self.pool_kernel, self.pool_stride, axes=(1, 2))
+            return self._finish(products * x.scale + x.offset * self.weight_sums.astype(np.float64))
         if isinstance(x, Bits):
             if x.k != self.c_in or x.words.ndim != 4:
                 raise ValueError(f"binary_conv2d expects packed NHWC maps of {self.c_in} channels, got {x.k} "
@@ -551,9 +596,13 @@ class BinaryConv2d(_BinaryLayer):
         else:
             if x.ndim != 4 or x.shape[1] != self.c_in:
                 raise ValueError(f"binary_conv2d expects (N, {self.c_in}, H, W) input, got {x.shape}")
-            dot = self._float_conv(np.ascontiguousarray(x, np.float32))
+            dot = self._float_conv(np.ascontiguousarray(x, np.float64))
         if pooled:
             dot = _pool(dot, self.pool_kernel, self.pool_stride, axes=(1, 2))
+        return self._finish(dot)
+
+    def _finish(self, dot: np.ndarray):
+        """The epilogue of pooled pre-activations ``(N, Ho, Wo, C_out)``: NHWC bits or NCHW floats."""
         out = self._epilogue(dot, self.out_channels)
         return out if isinstance(out, Bits) else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 

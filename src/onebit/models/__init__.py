@@ -8,14 +8,16 @@ from torch import nn
 
 from .cifar import BiRealResNet, VGGSmall
 from .matching_net import MatchingNetwork, PrototypicalNetwork
+from .mcu_cnn import McuCNN
 from .mlp import MLP
 from .small_cnn import SmallCNN
 
-__all__ = ["BiRealResNet", "MLP", "MatchingNetwork", "PrototypicalNetwork", "SmallCNN", "VGGSmall", "build", "names"]
+__all__ = ["BiRealResNet", "MLP", "MatchingNetwork", "McuCNN", "PrototypicalNetwork", "SmallCNN", "VGGSmall", "build", "names"]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,
     "small_cnn": SmallCNN,
+    "mcu_cnn": McuCNN,
     "vgg_small": VGGSmall,
     "bireal_resnet": BiRealResNet,
     "matching_net": MatchingNetwork,
