@@ -90,18 +90,13 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert main(["run", experiment, "--quick", "--rows", *rows, "--out", str(out), "--no-progress"]) == 0
     assert f"{len(rows)} already finished" in capsys.readouterr().out
 
-    # a row whose records are gone altogether is carried over from the earlier report, marked
+    # a row whose records are gone altogether leaves the table: a report holds only what its records say
     lost = rows[-1]
-    earlier = next(r for r in json.loads((exp_dir / "results.json").read_text())["rows"] if r["name"] == lost)
     shutil.rmtree(exp_dir / lost)
     assert main(["report", str(exp_dir)]) == 0
-    carried = {r["name"]: r for r in json.loads((exp_dir / "results.json").read_text())["rows"]}
-    assert sorted(carried) == sorted(rows) and carried[lost]["carried_over"]
-    assert carried[lost]["test_acc"] == earlier["test_acc"] and carried[lost].get("packed") == earlier.get("packed")
-    assert not any(carried[r].get("carried_over") for r in rows[:-1])
+    assert [r["name"] for r in json.loads((exp_dir / "results.json").read_text())["rows"]] == rows[:-1]
     markdown = (exp_dir / "results.md").read_text()
-    assert f"| {lost}†" in markdown and "Carried over" in markdown
-    assert carried[lost]["commands"] == json.loads((exp_dir / "experiment.json").read_text())["commands"]
+    assert f"| {lost} |" not in markdown and lost in markdown.split("Not run yet: ")[1].split(" (")[0].split(", ")
 
 
 def test_unknown_experiment_and_row(capsys):
@@ -233,17 +228,14 @@ def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datas
     assert abs(run_hours - epoch_minutes * 10 / 60) < 0.01  # mnist-cnn trains 10 epochs
 
 
-def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
+def test_report_train_time_names_cpu_time_precision_and_the_machines_recorded():
     from onebit.experiments.report import _train_time
 
-    row = {"train_seconds_mean": 1200.0, "train_cpu_seconds_mean": 900.0, "train_cpu_runs": 2, "seeds": [0, 1, 2]}
-    assert _train_time(row) == "1200 s (15.0 CPU-min, 2 of 3 runs)"
-    assert _train_time({**row, "train_cpu_runs": 3}) == "1200 s (15.0 CPU-min)"
-    assert _train_time({**row, "train_cpu_seconds_mean": None, "train_cpu_runs": 0}) == "1200 s"
-    assert _train_time({**row, "train_cpu_runs": 3, "precision": ["fp32"]}) == "1200 s (15.0 CPU-min, fp32)"
-    assert _train_time({**row, "train_cpu_seconds_mean": None, "precision": ["bf16", "fp32"]}) == "1200 s (bf16/fp32)"
-    machines = {"precision": ["bf16"], "cpu": ["AMD EPYC family 26 model 2 (AVX512-BF16)", "Intel Xeon 8488C (AMX)"]}
-    assert _train_time({**row, "train_cpu_runs": 3, **machines}) == (
+    row = {"train_seconds_mean": 1200.0, "train_cpu_seconds_mean": 900.0, "precision": ["bf16"], "cpu": []}
+    assert _train_time(row) == "1200 s (15.0 CPU-min, bf16)"
+    assert _train_time({**row, "precision": ["bf16", "fp32"]}) == "1200 s (15.0 CPU-min, bf16/fp32)"
+    machines = ["AMD EPYC family 26 model 2 (AVX512-BF16)", "Intel Xeon 8488C (AMX)"]
+    assert _train_time({**row, "cpu": machines}) == (
         "1200 s (15.0 CPU-min, bf16, on AMD EPYC family 26 model 2 (AVX512-BF16) and Intel Xeon 8488C (AMX))")
 
 
@@ -313,9 +305,8 @@ def test_experiment_json_keeps_every_command_that_ran_there(tmp_path):
     from onebit.experiments.runner import _record_command
 
     path = tmp_path / "experiment.json"
-    path.write_text(json.dumps({"experiment": "mnist-mlp", "command": "onebit run mnist-mlp"}))  # older file
-    _record_command(path, "mnist-mlp", "onebit run mnist-mlp --rows xnor")
-    _record_command(path, "mnist-mlp", "onebit run mnist-mlp --rows xnor")
+    for command in ("onebit run mnist-mlp", "onebit run mnist-mlp --rows xnor", "onebit run mnist-mlp --rows xnor"):
+        _record_command(path, "mnist-mlp", command)
     info = json.loads(path.read_text())
     assert info["command"] == "onebit run mnist-mlp --rows xnor"
     assert info["commands"] == ["onebit run mnist-mlp", "onebit run mnist-mlp --rows xnor"]

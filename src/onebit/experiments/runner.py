@@ -289,7 +289,7 @@ def _record_command(path: Path, name: str, command: str) -> None:
     """Write ``experiment.json``: the experiment, the latest command and every distinct command
     that ran in this directory (runs of one directory may come from several)."""
     info = json.loads(path.read_text()) if path.exists() else {}
-    commands = info.get("commands", [info["command"]] if "command" in info else [])
+    commands = info.get("commands", [])
     write_json({"experiment": name, "command": command,
                 "commands": commands + ([command] if command not in commands else [])}, path)
 
