@@ -154,7 +154,12 @@ def _commands(commands: list[str]) -> str:
     return ", ".join(f"`{c}`" for c in commands)
 
 
-def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[dict], heatmaps: list[str]) -> str:
+#: Dated observations kept beside a results directory's report, which the report links to.
+NOTES_FILE = "NOTES.md"
+
+
+def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[dict], heatmaps: list[str],
+              has_notes_file: bool) -> str:
     lines = [
         f"# {experiment.name}: {experiment.description}",
         "",
@@ -184,6 +189,9 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
         lines += ["", "**Quick (smoke) runs: tiny data subset, one epoch. These numbers mean nothing.**"]
     lines += ["", "![curves](curves.png)", ""]
     lines += [f"- {note}" for note in experiment.notes]
+    if has_notes_file:
+        lines += ["", f"Measured observations (costs per machine, probes, what was tried, why a target was missed), "
+                  f"each dated with the command that measures it again: [{NOTES_FILE}]({NOTES_FILE})."]
     if heatmaps:
         lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, each row's first seed)", ""]
         lines += [f"![{h}]({h})" for h in heatmaps]
@@ -419,5 +427,5 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     write_json({"experiment": experiment.name, "command": info["command"], "commands": commands, "rows": rows},
                exp_dir / "results.json")
     path = exp_dir / "results.md"
-    path.write_text(_markdown(experiment, commands, rows, maps))
+    path.write_text(_markdown(experiment, commands, rows, maps, (exp_dir / NOTES_FILE).exists()))
     return path
