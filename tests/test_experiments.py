@@ -99,6 +99,14 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert f"| {lost} |" not in markdown and lost in markdown.split("Not run yet: ")[1].split(" (")[0].split(", ")
 
 
+def test_experiment_notes_are_fixed_text():
+    """A note states the protocol: plain text, the same whether or not data or runs are at hand."""
+    from onebit.experiments import names
+
+    for name in names():
+        assert all(type(note) is str for note in get(name).notes), name
+
+
 def test_unknown_experiment_and_row(capsys):
     assert main(["run", "mnist-resnet", "--quick"]) == 2
     assert "valid experiments" in capsys.readouterr().err
