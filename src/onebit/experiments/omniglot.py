@@ -142,8 +142,9 @@ register(
             f"{VAL.episodes} {VAL.key} episodes of the 5 held-out alphabets; test on the 20 evaluation "
             "alphabets (659 characters, not rotated), touched once. Study B trained on only 100 episodes "
             "and scored 50 episodes with 1 query each (about +-2.5%).",
-            "CPU budget: 40 CPU-minutes per row, one thread per run (bfloat16 + torch.compile; fp32 "
-            "validation and test); `--jobs 2` trains two rows side by side on a 2-core machine.",
+            "CPU budget: 40 CPU-minutes per row, one thread per run, through torch.compile with bfloat16 "
+            "autocast where the CPU computes bf16 natively (fp32 validation and test); `--jobs 2` trains two "
+            "rows side by side on a 2-core machine.",
             "protonet-* rows train on 20-way 5-shot episodes with 3 queries per class (Snell et al. 2017 "
             "match the training shot to the test shot): with one support image per class a Prototypical "
             "Network computes the same function as a Matching Network, so 1-shot training would only "
