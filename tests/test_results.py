@@ -43,3 +43,24 @@ def test_committed_report_rebuilds_from_its_records(committed: Path, tmp_path: P
         assert rebuilt == kept, f"results/{committed.name}/{name} is not what its records give: " \
                                 f"rebuild it with `onebit report results/{committed.name} --stored-packed`"
         assert (copy / name).read_bytes() == (committed / name).read_bytes()
+
+
+def test_readme_results_table_is_rendered_from_the_committed_results() -> None:
+    from onebit.experiments.overview import results_table, with_results_table
+
+    readme = (RESULTS.parent / "README.md").read_text()
+    assert with_results_table(readme, results_table(RESULTS)) == readme, (
+        "README.md's results table is not what results/*/results.json say: "
+        "rewrite it with `python -m onebit.experiments.overview`")
+
+
+def test_overview_rewrites_only_the_table(tmp_path: Path) -> None:
+    from onebit.experiments.overview import BEGIN, END, main, results_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{BEGIN}\nstale\n{END}\n\nafter\n")
+    main([str(readme), str(RESULTS)])
+    assert readme.read_text() == f"# title\n\n{BEGIN}\n{results_table(RESULTS)}{END}\n\nafter\n"
+    readme.write_text("no markers\n")
+    with pytest.raises(ValueError, match="no results table"):
+        main([str(readme), str(RESULTS)])
