@@ -45,6 +45,8 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
         assert abs(p["accuracy"]["test"]["packed"] - p["accuracy"]["test"]["torch"]) <= 0.01
         assert p["size_ratio"] > 20 and p["file_bytes"] > 0
         assert p["packed_threads"] == p["torch_threads"]  # compared at equal thread counts
+    for row in packed:  # the evaluated file is kept beside packed.json, as committed results ship it
+        assert (exp_dir / row / "seed0" / "model.onebit").stat().st_size == packed[row]["file_bytes"]
     if packed:
         assert " each)" in (exp_dir / "results.md").read_text()
 
@@ -208,6 +210,7 @@ def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
     final = json.loads((out / "mnist-mlp" / "bnn" / "seed0" / "final.json").read_text())
     packed = tmp_path / "bnn.onebit"
     assert main(["export", str(out / "mnist-mlp" / "bnn"), "-o", str(packed)]) == 0
+    assert packed.read_bytes() == (out / "mnist-mlp" / "bnn" / "seed0" / "model.onebit").read_bytes()  # as shipped
     capsys.readouterr()
     assert main(["infer", str(packed)]) == 0  # the dataset comes from the file's metadata
     printed = capsys.readouterr().out

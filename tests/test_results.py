@@ -1,6 +1,7 @@
 """Every committed results directory rebuilds from its run records alone."""
 
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -64,3 +65,16 @@ def test_overview_rewrites_only_the_table(tmp_path: Path) -> None:
     readme.write_text("no markers\n")
     with pytest.raises(ValueError, match="no results table"):
         main([str(readme), str(RESULTS)])
+
+
+def test_committed_packed_models_are_not_git_ignored() -> None:
+    """Each committed row's ``model.onebit`` is tracked; other packed files are not."""
+    git = shutil.which("git")
+    if git is None or not (RESULTS.parent / ".git").exists():
+        pytest.skip("not a git checkout")
+
+    def ignored(path: str) -> bool:
+        return subprocess.run([git, "check-ignore", "-q", path], cwd=RESULTS.parent).returncode == 0
+
+    assert not ignored("results/mnist-mlp/bnn/seed0/model.onebit")
+    assert ignored("bnn.onebit") and ignored("runs/mnist-mlp/bnn/seed0/model.onebit")
