@@ -203,16 +203,28 @@ def test_test_arrays_match_the_training_normalization(shared_datasets, name, sha
     assert np.array_equal(labels[: len(first)], first_labels.numpy())
 
 
+@pytest.fixture(scope="module")
+def trained_bnn(shared_datasets_dir, tmp_path_factory):
+    """``(run_dir, checkpoints)``: a quick mnist-mlp bnn run (one epoch on a tiny subset) trained with
+    ``$ONEBIT_CHECKPOINTS=checkpoints``, so its checkpoint is kept outside its run directory."""
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEBIT_CHECKPOINTS", str(root / "checkpoints"))
+        assert main(["run", "mnist-mlp", "--quick", "--rows", "bnn", "--out", str(root / "runs"),
+                     "--data", str(shared_datasets_dir), "--no-progress"]) == 0
+    return root / "runs" / "mnist-mlp" / "bnn" / "seed0", root / "checkpoints"
+
+
 @pytest.mark.slow
-def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
-    out = tmp_path / "runs"
-    assert main(["run", "mnist-mlp", "--quick", "--rows", "bnn", "--out", str(out), "--no-progress"]) == 0
-    final = json.loads((out / "mnist-mlp" / "bnn" / "seed0" / "final.json").read_text())
+def test_export_and_infer_a_trained_run(trained_bnn, shared_datasets, tmp_path, monkeypatch, capsys):
+    run, checkpoints = trained_bnn
+    monkeypatch.setenv("ONEBIT_CHECKPOINTS", str(checkpoints))
+    final = json.loads((run / "final.json").read_text())
     packed = tmp_path / "bnn.onebit"
-    assert main(["export", str(out / "mnist-mlp" / "bnn"), "-o", str(packed)]) == 0
-    assert packed.read_bytes() == (out / "mnist-mlp" / "bnn" / "seed0" / "model.onebit").read_bytes()  # as shipped
+    assert main(["export", str(run.parent), "-o", str(packed)]) == 0
+    assert packed.read_bytes() == (run / "model.onebit").read_bytes()  # what the run's report shipped
     capsys.readouterr()
-    assert main(["infer", str(packed)]) == 0  # the dataset comes from the file's metadata
+    assert main(["infer", str(run / "model.onebit")]) == 0  # the dataset comes from the file's metadata
     printed = capsys.readouterr().out
     assert "on mnist test (10,000 images, uint8 input)" in printed  # exported with the input normalization
     accuracy = float(printed.split("accuracy ")[1].split()[0])
@@ -224,6 +236,30 @@ def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
     (normalized, labels), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
     assert codes.dtype == np.uint8 and normalized.dtype == np.float32
     assert (model.predict(codes) == model.predict(normalized)).mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_summary_of_a_trained_run(trained_bnn, capsys):
+    run, _ = trained_bnn
+    printed = []
+    for path in (run, run.parent, run.parent.parent):  # a run, a row, an experiment directory
+        assert main(["summary", str(path)]) == 0
+        printed.append(capsys.readouterr().out)
+    assert "BinaryLinear" in printed[0] and "Compression ratio" in printed[0]
+    assert printed[1] == printed[2] == printed[0]
+
+
+@pytest.mark.slow
+def test_bench_reads_a_trained_runs_checkpoint_where_it_is_kept(trained_bnn, monkeypatch, capsys):
+    run, checkpoints = trained_bnn
+    assert main(["bench", "--run-dir", str(run.parent), "--quick", "--threads", "1"]) == 2
+    assert "ONEBIT_CHECKPOINTS" in capsys.readouterr().err  # nothing beside the run: it says where to look
+    monkeypatch.setenv("ONEBIT_CHECKPOINTS", str(checkpoints))
+    assert main(["bench", "--run-dir", str(run.parent), "--quick", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "binary GEMM vs torch" in printed and "end to end: mnist-mlp/bnn;" in printed
+    end_to_end = [line.split() for line in printed.split("end to end:")[1].splitlines()[4:]]
+    assert [row[0] for row in end_to_end] == ["1", "256"]  # one line per batch size
 
 
 @pytest.mark.slow
