@@ -45,6 +45,8 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
         assert abs(p["accuracy"]["test"]["packed"] - p["accuracy"]["test"]["torch"]) <= 0.01
         assert p["size_ratio"] > 20 and p["file_bytes"] > 0
         assert p["packed_threads"] == p["torch_threads"]  # compared at equal thread counts
+    for row in packed:  # the evaluated file is kept beside packed.json, as committed results ship it
+        assert (exp_dir / row / "seed0" / "model.onebit").stat().st_size == packed[row]["file_bytes"]
     if packed:
         assert " each)" in (exp_dir / "results.md").read_text()
 
@@ -90,18 +92,21 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     assert main(["run", experiment, "--quick", "--rows", *rows, "--out", str(out), "--no-progress"]) == 0
     assert f"{len(rows)} already finished" in capsys.readouterr().out
 
-    # a row whose records are gone altogether is carried over from the earlier report, marked
+    # a row whose records are gone altogether leaves the table: a report holds only what its records say
     lost = rows[-1]
-    earlier = next(r for r in json.loads((exp_dir / "results.json").read_text())["rows"] if r["name"] == lost)
     shutil.rmtree(exp_dir / lost)
     assert main(["report", str(exp_dir)]) == 0
-    carried = {r["name"]: r for r in json.loads((exp_dir / "results.json").read_text())["rows"]}
-    assert sorted(carried) == sorted(rows) and carried[lost]["carried_over"]
-    assert carried[lost]["test_acc"] == earlier["test_acc"] and carried[lost].get("packed") == earlier.get("packed")
-    assert not any(carried[r].get("carried_over") for r in rows[:-1])
+    assert [r["name"] for r in json.loads((exp_dir / "results.json").read_text())["rows"]] == rows[:-1]
     markdown = (exp_dir / "results.md").read_text()
-    assert f"| {lost}†" in markdown and "Carried over" in markdown
-    assert carried[lost]["commands"] == json.loads((exp_dir / "experiment.json").read_text())["commands"]
+    assert f"| {lost} |" not in markdown and lost in markdown.split("Not run yet: ")[1].split(" (")[0].split(", ")
+
+
+def test_experiment_notes_are_fixed_text():
+    """A note states the protocol: plain text, the same whether or not data or runs are at hand."""
+    from onebit.experiments import names
+
+    for name in names():
+        assert all(type(note) is str for note in get(name).notes), name
 
 
 def test_unknown_experiment_and_row(capsys):
@@ -198,15 +203,28 @@ def test_test_arrays_match_the_training_normalization(shared_datasets, name, sha
     assert np.array_equal(labels[: len(first)], first_labels.numpy())
 
 
+@pytest.fixture(scope="module")
+def trained_bnn(shared_datasets_dir, tmp_path_factory):
+    """``(run_dir, checkpoints)``: a quick mnist-mlp bnn run (one epoch on a tiny subset) trained with
+    ``$ONEBIT_CHECKPOINTS=checkpoints``, so its checkpoint is kept outside its run directory."""
+    root = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ONEBIT_CHECKPOINTS", str(root / "checkpoints"))
+        assert main(["run", "mnist-mlp", "--quick", "--rows", "bnn", "--out", str(root / "runs"),
+                     "--data", str(shared_datasets_dir), "--no-progress"]) == 0
+    return root / "runs" / "mnist-mlp" / "bnn" / "seed0", root / "checkpoints"
+
+
 @pytest.mark.slow
-def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
-    out = tmp_path / "runs"
-    assert main(["run", "mnist-mlp", "--quick", "--rows", "bnn", "--out", str(out), "--no-progress"]) == 0
-    final = json.loads((out / "mnist-mlp" / "bnn" / "seed0" / "final.json").read_text())
+def test_export_and_infer_a_trained_run(trained_bnn, shared_datasets, tmp_path, monkeypatch, capsys):
+    run, checkpoints = trained_bnn
+    monkeypatch.setenv("ONEBIT_CHECKPOINTS", str(checkpoints))
+    final = json.loads((run / "final.json").read_text())
     packed = tmp_path / "bnn.onebit"
-    assert main(["export", str(out / "mnist-mlp" / "bnn"), "-o", str(packed)]) == 0
+    assert main(["export", str(run.parent), "-o", str(packed)]) == 0
+    assert packed.read_bytes() == (run / "model.onebit").read_bytes()  # what the run's report shipped
     capsys.readouterr()
-    assert main(["infer", str(packed)]) == 0  # the dataset comes from the file's metadata
+    assert main(["infer", str(run / "model.onebit")]) == 0  # the dataset comes from the file's metadata
     printed = capsys.readouterr().out
     assert "on mnist test (10,000 images, uint8 input)" in printed  # exported with the input normalization
     accuracy = float(printed.split("accuracy ")[1].split()[0])
@@ -218,6 +236,30 @@ def test_export_and_infer_a_trained_run(shared_datasets, tmp_path, capsys):
     (normalized, labels), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
     assert codes.dtype == np.uint8 and normalized.dtype == np.float32
     assert (model.predict(codes) == model.predict(normalized)).mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_summary_of_a_trained_run(trained_bnn, capsys):
+    run, _ = trained_bnn
+    printed = []
+    for path in (run, run.parent, run.parent.parent):  # a run, a row, an experiment directory
+        assert main(["summary", str(path)]) == 0
+        printed.append(capsys.readouterr().out)
+    assert "BinaryLinear" in printed[0] and "Compression ratio" in printed[0]
+    assert printed[1] == printed[2] == printed[0]
+
+
+@pytest.mark.slow
+def test_bench_reads_a_trained_runs_checkpoint_where_it_is_kept(trained_bnn, monkeypatch, capsys):
+    run, checkpoints = trained_bnn
+    assert main(["bench", "--run-dir", str(run.parent), "--quick", "--threads", "1"]) == 2
+    assert "ONEBIT_CHECKPOINTS" in capsys.readouterr().err  # nothing beside the run: it says where to look
+    monkeypatch.setenv("ONEBIT_CHECKPOINTS", str(checkpoints))
+    assert main(["bench", "--run-dir", str(run.parent), "--quick", "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "binary GEMM vs torch" in printed and "end to end: mnist-mlp/bnn;" in printed
+    end_to_end = [line.split() for line in printed.split("end to end:")[1].splitlines()[4:]]
+    assert [row[0] for row in end_to_end] == ["1", "256"]  # one line per batch size
 
 
 @pytest.mark.slow
@@ -233,17 +275,14 @@ def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datas
     assert abs(run_hours - epoch_minutes * 10 / 60) < 0.01  # mnist-cnn trains 10 epochs
 
 
-def test_report_train_time_says_when_cpu_time_covers_only_some_runs():
+def test_report_train_time_names_cpu_time_precision_and_the_machines_recorded():
     from onebit.experiments.report import _train_time
 
-    row = {"train_seconds_mean": 1200.0, "train_cpu_seconds_mean": 900.0, "train_cpu_runs": 2, "seeds": [0, 1, 2]}
-    assert _train_time(row) == "1200 s (15.0 CPU-min, 2 of 3 runs)"
-    assert _train_time({**row, "train_cpu_runs": 3}) == "1200 s (15.0 CPU-min)"
-    assert _train_time({**row, "train_cpu_seconds_mean": None, "train_cpu_runs": 0}) == "1200 s"
-    assert _train_time({**row, "train_cpu_runs": 3, "precision": ["fp32"]}) == "1200 s (15.0 CPU-min, fp32)"
-    assert _train_time({**row, "train_cpu_seconds_mean": None, "precision": ["bf16", "fp32"]}) == "1200 s (bf16/fp32)"
-    machines = {"precision": ["bf16"], "cpu": ["AMD EPYC family 26 model 2 (AVX512-BF16)", "Intel Xeon 8488C (AMX)"]}
-    assert _train_time({**row, "train_cpu_runs": 3, **machines}) == (
+    row = {"train_seconds_mean": 1200.0, "train_cpu_seconds_mean": 900.0, "precision": ["bf16"], "cpu": []}
+    assert _train_time(row) == "1200 s (15.0 CPU-min, bf16)"
+    assert _train_time({**row, "precision": ["bf16", "fp32"]}) == "1200 s (15.0 CPU-min, bf16/fp32)"
+    machines = ["AMD EPYC family 26 model 2 (AVX512-BF16)", "Intel Xeon 8488C (AMX)"]
+    assert _train_time({**row, "cpu": machines}) == (
         "1200 s (15.0 CPU-min, bf16, on AMD EPYC family 26 model 2 (AVX512-BF16) and Intel Xeon 8488C (AMX))")
 
 
@@ -313,9 +352,8 @@ def test_experiment_json_keeps_every_command_that_ran_there(tmp_path):
     from onebit.experiments.runner import _record_command
 
     path = tmp_path / "experiment.json"
-    path.write_text(json.dumps({"experiment": "mnist-mlp", "command": "onebit run mnist-mlp"}))  # older file
-    _record_command(path, "mnist-mlp", "onebit run mnist-mlp --rows xnor")
-    _record_command(path, "mnist-mlp", "onebit run mnist-mlp --rows xnor")
+    for command in ("onebit run mnist-mlp", "onebit run mnist-mlp --rows xnor", "onebit run mnist-mlp --rows xnor"):
+        _record_command(path, "mnist-mlp", command)
     info = json.loads(path.read_text())
     assert info["command"] == "onebit run mnist-mlp --rows xnor"
     assert info["commands"] == ["onebit run mnist-mlp", "onebit run mnist-mlp --rows xnor"]

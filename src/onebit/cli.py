@@ -67,23 +67,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_summary(args: argparse.Namespace) -> int:
     from ._summary import summary
     from .experiments import get
-    from .experiments.runner import build_model
+    from .experiments.runner import build_model, find_run_dir
 
-    config = _first_run_config(Path(args.run_dir))
+    config = json.loads((find_run_dir(args.run_dir) / "config.json").read_text())
     print(summary(build_model(config), get(config["experiment"]).input_size))
     return 0
-
-
-def _first_run_dir(path: Path) -> Path:
-    """``path`` if it is a run (seed) directory, else the first run directory below it."""
-    candidates = [path / "config.json"] if (path / "config.json").exists() else sorted(path.glob("**/config.json"))
-    if not candidates:
-        raise FileNotFoundError(f"no run (config.json) found under {path}")
-    return candidates[0].parent
-
-
-def _first_run_config(path: Path) -> dict:
-    return json.loads((_first_run_dir(path) / "config.json").read_text())
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -94,8 +82,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
         model, packed = None, load(source)
     else:
         from .experiments.packed import pack_run
+        from .experiments.runner import find_run_dir
 
-        model, packed = pack_run(_first_run_dir(source))
+        model, packed = pack_run(find_run_dir(source))
     if args.format == "c":
         return _export_c(packed, Path(args.output), args.name, args.target)
     if args.target:

@@ -26,7 +26,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -191,24 +191,31 @@ def kernels_main(argv: list[str] | None = None) -> None:
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
-def _model_from_run(run_dir: Path) -> tuple[torch.nn.Module, tuple[int, ...], str, str]:
-    """A trained run's model (best-validation weights), input size, name and dataset."""
-    import json
+class _Subject(NamedTuple):
+    """The model an end-to-end benchmark times, with what it needs to say and feed."""
 
+    model: torch.nn.Module
+    input_size: tuple[int, ...]
+    name: str
+    dataset: str
+
+
+def _subject(run_dir: str | os.PathLike | None) -> _Subject:
+    """A trained run's best-validation model, its checkpoint found where reports find it (under
+    ``$ONEBIT_CHECKPOINTS`` when set); without ``run_dir``, an untrained study A BNN MLP (the
+    same speed and size)."""
+    if run_dir is None:
+        from ..models import MLP
+
+        torch.manual_seed(0)
+        return _Subject(MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn", "mnist")
     from ..experiments import get
-    from ..experiments.runner import build_model
-    from ..training import load_checkpoint
+    from ..experiments.packed import load_trained
+    from ..experiments.runner import find_run_dir
 
-    config_path = next(iter(sorted(run_dir.glob("**/config.json"))), None) if not (run_dir / "config.json").exists() \
-        else run_dir / "config.json"
-    if config_path is None:
-        raise FileNotFoundError(f"no run (config.json) under {run_dir}")
-    config = json.loads(config_path.read_text())
-    model = build_model(config)
-    state = load_checkpoint(config_path.parent / "checkpoint.pt")
-    model.load_state_dict(state["best_model"] or state["model"])
+    model, config = load_trained(find_run_dir(run_dir))
     experiment = get(config["experiment"])
-    return model, experiment.input_size, f"{config['experiment']}/{config['row']}", experiment.dataset
+    return _Subject(model, experiment.input_size, f"{config['experiment']}/{config['row']}", experiment.dataset)
 
 
 def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=(1, 256), repeats: int = 5,
@@ -249,50 +256,46 @@ def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=
     return rows
 
 
-def end_to_end_main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="packed model vs torch float eval")
-    parser.add_argument("--run-dir", type=Path, help="a trained run (default: untrained study A BNN MLP, "
-                        "same speed and size)")
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
-    parser.add_argument("--threads", type=int, help="threads for both torch and the packed model (default: "
-                        "their defaults)")
-    args = parser.parse_args(argv)
+def _end_to_end_table(subject: _Subject, quick: bool) -> None:
+    """Print :func:`end_to_end` of ``subject`` with the setup it ran in."""
     from ..experiments.datasets import normalization
 
-    _set_threads(args.threads)
-
-    if args.run_dir:
-        model, input_size, name, dataset = _model_from_run(args.run_dir)
-    else:
-        from ..models import MLP
-
-        torch.manual_seed(0)
-        model, input_size, name = MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn"
-        dataset = "mnist"
-    repeats, min_seconds = (3, 0.05) if args.quick else (7, 0.3)
-    print(f"end to end: {name}; torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "
+    repeats, min_seconds = (3, 0.05) if quick else (7, 0.3)
+    print(f"end to end: {subject.name}; torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "
           f"packed {K.get_num_threads()}")
     print(f"numpy {np.__version__}, BLAS {numpy_blas()} (the packed models' float layers run on it)")
     print("torch and 'packed' get normalized float32 inputs; 'packed u8' gets the raw uint8 images")
     print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
           f"{'state dict':>12} {'packed file':>12} {'smaller':>8}")
-    rows = end_to_end(model, input_size, repeats=repeats, min_seconds=min_seconds,
-                      input_normalization=normalization(dataset, missing_ok=True))
+    rows = end_to_end(subject.model, subject.input_size, repeats=repeats, min_seconds=min_seconds,
+                      input_normalization=normalization(subject.dataset, missing_ok=True))
     for r in rows:
         u8 = f"{r['packed_u8_ms']:>10.3f} {r['speedup_u8']:>8.1f}x" if "packed_u8_ms" in r else f"{'-':>10} {'-':>9}"
         print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x {u8} "
               f"{r['state_dict_bytes']:>12,} {r['packed_bytes']:>12,} {r['size_ratio']:>7.1f}x")
 
 
+def _parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--run-dir", help="a trained run, runs/<experiment>/<row>[/seed<k>] (default: an untrained "
+                        "study A BNN MLP, same speed and size)")
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
+    parser.add_argument("--threads", type=int, help="threads for both torch and the packed model (default: "
+                        "their defaults)")
+    return parser
+
+
+def end_to_end_main(argv: list[str] | None = None) -> None:
+    """``benchmarks/bench_end_to_end.py``: the end-to-end table."""
+    args = _parser("packed model vs torch float eval").parse_args(argv)
+    _set_threads(args.threads)
+    _end_to_end_table(_subject(args.run_dir), args.quick)
+
 
 def main(argv: list[str] | None = None) -> None:
     """``onebit bench``: the kernel table, then the end-to-end table."""
-    parser = argparse.ArgumentParser(description="onebit bench")
-    parser.add_argument("--run-dir", type=str)
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--threads", type=int)
-    args = parser.parse_args(argv)
-    common = (["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else [])
-    kernels_main(common)
+    args = _parser("onebit bench").parse_args(argv)
+    subject = _subject(args.run_dir)  # a run without its checkpoint fails before anything is timed
+    kernels_main((["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else []))
     print()
-    end_to_end_main(common + (["--run-dir", args.run_dir] if args.run_dir else []))
+    _end_to_end_table(subject, args.quick)

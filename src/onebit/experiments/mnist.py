@@ -24,12 +24,10 @@ def mnist_task(root: str | None, quick: bool, batch_size: int) -> Classification
 
 
 MLP_RECIPES = ("float", "binaryconnect", "binaryconnect-stochastic", "bnn", "xnor")
-#: Stochastic binary weights are coin flips while latent weights sit near PyTorch's small initial
-#: values: without BinaryConnect's Glorot learning-rate scale, a session-3 run stayed at chance
-#: (9% validation accuracy after 6 of 25 epochs); with it, a 3-epoch probe at 1024 units reached 87%.
-#: It trains on sampled weights but evaluates (and deploys) their signs: batch norm statistics
-#: gathered in training then misplace every layer (session 4: 92.5% validation after 8 epochs with
-#: validation losses of 5-14; re-estimated for the sign network on 10k training images, 97.1%).
+#: binaryconnect-stochastic: BinaryConnect's Glorot learning-rate scale for the latent weights (stochastic
+#: binary weights are coin flips while latent weights sit near PyTorch's small initial values), and batch
+#: norm statistics re-estimated for the sign network it evaluates and deploys (those gathered while training
+#: on sampled weights misplace every layer).
 _MLP_ROW_TRAIN = {"binaryconnect-stochastic": {"latent_lr_scale": "glorot", "bn_recalibration_batches": 100}}
 
 register(
@@ -54,23 +52,17 @@ register(
             "updated its output layer, which explains its low figures; onebit uses Adam with "
             "exponential learning-rate decay and batch norm, as the BNN paper does.",
             "Trained through torch.compile, with bfloat16 autocast where the CPU computes bf16 natively "
-            "(`precision=auto`; the time column says which): on an AMX Xeon bnn took 2.7x less CPU per step "
-            "than fp32 eager, on an AVX2 EPYC (emulated bf16, so fp32) compile alone gave 1.7x "
-            "(`benchmarks/bench_training.py mnist-mlp bnn`). Validation and test accuracy are those of the "
-            "fp32 model. The bnn target includes a budget of 30 CPU-minutes per seed: the time column gives "
-            "each row's CPU time (one torch thread; wall time is longer when runs share the 2 cores). On "
-            "the EPYC a bnn run costs about 34 CPU-minutes (1.34 per epoch).",
+            "(`precision=auto`; the time column says which). Validation and test accuracy are those of the "
+            "fp32 model. The bnn target includes a budget of 30 CPU-minutes per seed at one torch thread (the "
+            "time column gives each run's CPU time; wall time is longer when runs share the cores).",
             "binaryconnect-stochastic scales its latent weights' learning rate by BinaryConnect's Glorot "
-            "factor (`latent_lr_scale=glorot`, as Courbariaux et al. 2015): without it the stochastic "
-            "weights stay coin flips and a run stayed at chance accuracy. It trains on sampled weights and "
-            "evaluates (and deploys) their signs, a different network: before every validation it "
-            "re-estimates the batch-norm statistics of the sign network on 100 training batches "
-            "(`bn_recalibration_batches=100`). Without that a run sat at 92.5% validation accuracy after 8 "
-            "epochs (validation loss 5-14, against 97.1% for the same weights recalibrated). BinaryConnect "
-            "itself evaluated the real-valued weights, which cannot be bit-packed.",
-            "Every recipe drops 20% of the input pixels in training (a 15-epoch bnn run without it reached "
-            "99.9% train but 98.34% test accuracy; float runs without it: 98.64 / 98.70%); the float recipe "
-            "also has dropout 0.2 after every hidden block.",
+            "factor (`latent_lr_scale=glorot`, as Courbariaux et al. 2015), without which stochastic binary "
+            "weights stay coin flips. It trains on sampled weights and evaluates (and deploys) their signs, a "
+            "different network: before every validation it re-estimates the batch-norm statistics of the sign "
+            "network on 100 training batches (`bn_recalibration_batches=100`). BinaryConnect itself evaluated "
+            "the real-valued weights, which cannot be bit-packed.",
+            "Every recipe drops 20% of the input pixels in training; the float recipe also has dropout 0.2 "
+            "after every hidden block.",
         ),
     )
 )
@@ -117,25 +109,14 @@ register(
         targets={r.name: 0.97 if "reinforce" in r.name else 0.985 for r in CNN_ROWS if r.name != "none"},
         notes=(
             "Study B's REINFORCE rows computed no log-probability, so every layer upstream of a "
-            "binary unit stayed at its random initialization; onebit's REINFORCE rows train those "
-            "layers with the score-function estimator and a moving-average baseline. Where a binary "
-            "layer sits after conv 2 ('last', 'both'), all 1,568 binary units share one scalar reward "
-            "per image and the estimate is too noisy for those rows to reach 97% in 10 epochs (they still "
-            "beat study B's stochastic rows, 88.95 / 80.68). Lower-variance baselines help but do "
-            "not close the gap within this budget: 3-epoch probes of stochastic-reinforce-last (one seed) "
-            "reached 91.7% with the moving average, 92.6% with `--set reinforce_baseline=self-critical` and "
-            "93.6% with `--set reinforce_baseline=leave-one-out --set reinforce_samples=4` (4x the compute); "
-            "validation accuracy is still rising at epoch 10 in every REINFORCE row. The "
-            "stochastic-reinforce-*-loo-annealed rows add slope annealing and the leave-one-out baseline over "
-            "4 samples (trained through torch.compile, in bfloat16 where native, to pay for the 4x compute): a one-seed probe "
-            "of -last reached 97.39%. Study B's deterministic "
-            "'REINFORCE' rows (frozen random upstream layers, thresholded bits) score higher on last/both "
-            "(95.42 / 93.40) than these: within 10 epochs, a classifier trained on sampled bits above layers "
-            "moved by a noisy estimate does worse than one trained on deterministic bits of fixed random "
-            "features.",
+            "binary unit stayed at its random initialization: its deterministic 'REINFORCE' figures measure "
+            "a classifier on thresholded bits of fixed random features. onebit's REINFORCE rows train those "
+            "layers with the score-function estimator and a moving-average baseline; the "
+            "stochastic-reinforce-*-loo-annealed rows add slope annealing and a leave-one-out baseline over 4 "
+            "bit samples per image (4x the compute per step, so they train through torch.compile, in bfloat16 "
+            "where native).",
             "Training: Adam, learning rate 1e-3 with cosine decay, batch 64, 10 epochs. Study B used "
-            "SGD with learning rate 0.1 and momentum 0.9, which trained worse than Adam in our one-epoch "
-            "trials with this network's non-negative hard-sigmoid features.",
+            "SGD with learning rate 0.1 and momentum 0.9.",
             "deterministic-reinforce-* rows equal stochastic-reinforce-* rows run for run: a "
             "deterministic neuron has no distribution to score, so with REINFORCE it samples while "
             "training and thresholds at eval, exactly like the stochastic one (see BinaryNeuron).",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -22,7 +21,10 @@ from ..training import load_checkpoint
 from . import datasets, registry
 from .runner import CHECKPOINTS_ENV, build_model, checkpoint_path
 
-__all__ = ["load_trained", "pack_run", "evaluate_packed", "float32_state_bytes"]
+__all__ = ["load_trained", "pack_run", "evaluate_packed", "float32_state_bytes", "MODEL_FILE"]
+
+#: The packed model :func:`evaluate_packed` writes into the run directory it evaluates.
+MODEL_FILE = "model.onebit"
 
 
 def load_trained(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -121,7 +123,8 @@ def _compare_encoders(model, packed, task, batch_size: int) -> _Comparison:
 
 def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size: int = 256,
                     max_images: int | None = None) -> dict[str, Any]:
-    """Convert the run, reload it from its file, and evaluate it beside the PyTorch model.
+    """Convert the run, save it as :data:`MODEL_FILE` in ``run_dir`` (what ``onebit infer`` runs),
+    reload it from there, and evaluate it beside the PyTorch model.
 
     Classifiers run on the experiment's test set: PyTorch on float32 images normalized as in
     training, the packed model on the raw uint8 pixels where it takes them (``max_images``
@@ -146,11 +149,10 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
         model, packed = pack_run(run_dir)
     except UnsupportedModelError as err:
         return {"error": str(err)}
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onebit"
-        packed.save(path)
-        file_bytes = path.stat().st_size
-        packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
+    path = Path(run_dir) / MODEL_FILE
+    packed.save(path)
+    file_bytes = path.stat().st_size
+    packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
 
     dataset = packed.meta["dataset"]
     threads = kernels.get_num_threads()

@@ -77,13 +77,10 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
             values = [f[key] for _, f, _ in runs]
             out[key] = values
             out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
-        out["threads"] = [f["threads"] for _, f, _ in runs if "threads" in f]  # older runs lack it
-        out["precision"] = sorted({f["precision"] for _, f, _ in runs if "precision" in f})
-        out["cpu"] = sorted({f["cpu"] for _, f, _ in runs if "cpu" in f})  # recorded since session 6
-        # runs trained (or resumed) before the field existed lack it: mean over the runs that have it
-        cpu = [f["train_cpu_seconds"] for _, f, _ in runs if f.get("train_cpu_seconds") is not None]
-        out["train_cpu_seconds_mean"] = statistics.fmean(cpu) if cpu else None
-        out["train_cpu_runs"] = len(cpu)
+        out["threads"] = [f["threads"] for _, f, _ in runs]
+        out["precision"] = sorted({f["precision"] for _, f, _ in runs})
+        out["cpu"] = sorted({f["cpu"] for _, f, _ in runs if "cpu" in f})  # some committed runs did not record it
+        out["train_cpu_seconds_mean"] = statistics.fmean(f["train_cpu_seconds"] for _, f, _ in runs)
         out.update(epochs=config["train"]["epochs"], quick=config["quick"],
                    binary_params=stats.binary_params, float_params=stats.float_params,
                    packed_bytes=stats.packed_bytes, float32_bytes=stats.float32_bytes,
@@ -100,40 +97,12 @@ def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any
     return experiment, rows
 
 
-CARRIED_MARK = "†"
-
-
-def _with_carried_over_rows(exp_dir: Path, experiment: registry.Experiment, rows: list[dict]) -> list[dict]:
-    """``rows`` plus the rows of the directory's earlier ``results.json`` that have no finished
-    run here (their records were not kept, e.g. reports committed before records were), marked
-    ``carried_over``, in the experiment's row order."""
-    earlier_path = exp_dir / "results.json"
-    if not earlier_path.exists():
-        return rows
-    report = json.loads(earlier_path.read_text())
-    present = {r["name"] for r in rows}
-    known = {r.name for r in experiment.rows}
-    commands = report.get("commands", [report["command"]])
-    earlier = [{**r, "carried_over": True, "commands": r.get("commands", commands)} for r in report["rows"]
-               if r["name"] not in present and r["name"] in known]
-    order = {r.name: i for i, r in enumerate(experiment.rows)}
-    return sorted(rows + earlier, key=lambda r: order[r["name"]])
-
-
 def _train_time(row: dict) -> str:
-    """Wall time per run, then what the runs recorded of CPU time, precision and machine."""
-    details = []
-    cpu = row.get("train_cpu_seconds_mean")
-    if cpu is not None:
-        runs = row.get("train_cpu_runs", len(row["seeds"]))
-        partial = "" if runs == len(row["seeds"]) else f", {runs} of {len(row['seeds'])} runs"
-        details.append(f"{cpu / 60:.1f} CPU-min{partial}")
-    if row.get("precision"):
-        details.append("/".join(row["precision"]))
-    if row.get("cpu"):
+    """Wall time per run, then its CPU time, precision and, where the runs recorded it, machine."""
+    details = [f"{row['train_cpu_seconds_mean'] / 60:.1f} CPU-min", "/".join(row["precision"])]
+    if row["cpu"]:
         details.append("on " + " and ".join(row["cpu"]))
-    wall = f"{row['train_seconds_mean']:.0f} s"
-    return f"{wall} ({', '.join(details)})" if details else wall
+    return f"{row['train_seconds_mean']:.0f} s ({', '.join(details)})"
 
 
 def _packed_threads(packed: dict) -> str:
@@ -141,7 +110,7 @@ def _packed_threads(packed: dict) -> str:
     count = packed["torch_threads"]
     if packed.get("packed_threads") == count:
         return f"{count} thread{'s' * (count != 1)} each"
-    return f"{count} torch thread{'s' * (count != 1)}"  # records from before packed_threads
+    return f"{count} torch thread{'s' * (count != 1)}"  # some committed evaluations name torch's threads only
 
 
 def _packed_table(rows: list[dict]) -> list[str]:
@@ -185,13 +154,18 @@ def _commands(commands: list[str]) -> str:
     return ", ".join(f"`{c}`" for c in commands)
 
 
-def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[dict], heatmaps: list[str]) -> str:
+#: Dated observations kept beside a results directory's report, which the report links to.
+NOTES_FILE = "NOTES.md"
+
+
+def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[dict], heatmaps: list[str],
+              has_notes_file: bool) -> str:
     lines = [
         f"# {experiment.name}: {experiment.description}",
         "",
         f"Produced by {_commands(commands)}, then `onebit report`. Test accuracy of the best-validation epoch, "
-        "mean +- std over seeds; time is training wall time per run (and, where the run recorded them, its "
-        f"CPU time, precision and CPU) with {_threads(rows)} torch threads per run.",
+        "mean +- std over seeds; time is training wall time per run (and its CPU time, precision and, where the run "
+        f"recorded it, CPU) with {_threads(rows)} torch threads per run.",
         "",
         "| row | test acc (%) | target | test loss | seeds | epochs | binary / float params | packed size | "
         "train time / run | published |",
@@ -199,7 +173,7 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
     ]
     for r in rows:
         lines.append(
-            f"| {r['name']}{CARRIED_MARK if r.get('carried_over') else ''} | "
+            f"| {r['name']} | "
             f"{100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
             f"{r['test_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
@@ -209,18 +183,15 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
     if pending:
         lines += ["", f"Not run yet: {', '.join(pending)} (`onebit run {experiment.name} --resume --rows "
                   f"{' '.join(pending)}` with this directory's `--out` and `--seeds`)."]
-    carried = list(dict.fromkeys(c for r in rows if r.get("carried_over") for c in r["commands"]))
-    if carried:
-        lines += ["", f"{CARRIED_MARK} Carried over from this directory's earlier report (produced by "
-                  f"{_commands(carried)}): the records of its runs were not kept, so its "
-                  "numbers (and its heatmaps and packed evaluation, if any) are that report's; its runs may "
-                  "come from an earlier configuration or machine. Training its runs again replaces it."]
     lines += _evaluations_table(rows)
     lines += _packed_table(rows)
     if any(r["quick"] for r in rows):
         lines += ["", "**Quick (smoke) runs: tiny data subset, one epoch. These numbers mean nothing.**"]
     lines += ["", "![curves](curves.png)", ""]
     lines += [f"- {note}" for note in experiment.notes]
+    if has_notes_file:
+        lines += ["", f"Measured observations (costs per machine, probes, what was tried, why a target was missed), "
+                  f"each dated with the command that measures it again: [{NOTES_FILE}]({NOTES_FILE})."]
     if heatmaps:
         lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, each row's first seed)", ""]
         lines += [f"![{h}]({h})" for h in heatmaps]
@@ -249,15 +220,14 @@ def _evaluations_table(rows: list[dict]) -> list[str]:
 
 
 def _target(row: dict) -> str:
-    if row.get("target") is None:
+    if row["target"] is None:
         return ""
     met = row["test_acc_mean"] >= row["target"]
     return f">= {100 * row['target']:.1f}: {'met' if met else '**not met**'}"
 
 
 def _threads(rows: list[dict]) -> str:
-    counts = sorted({t for r in rows for t in r.get("threads", [])})
-    return "/".join(map(str, counts)) or "?"
+    return "/".join(map(str, sorted({t for r in rows for t in r["threads"]})))
 
 
 def _plot_curves(rows: list[dict], path: Path) -> None:
@@ -375,14 +345,13 @@ _HEATMAP_LIST = "heatmaps.json"
 
 def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> list[str]:
     """Plot the first seed's firing rates of every row with binary activations into ``heatmaps/``; a row
-    whose checkpoint is not kept (a committed record, a carried-over row) keeps the heatmaps
-    plotted earlier."""
+    whose checkpoint is not kept (a committed record) keeps the heatmaps plotted earlier."""
     written = []
     images = None
     for r in rows:
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
-        if r.get("carried_over") or not checkpoint_path(seed_dir).exists():
-            written += _kept_heatmaps(exp_dir, r["name"], seed_dir / _HEATMAP_LIST)
+        if not checkpoint_path(seed_dir).exists():
+            written += _kept_heatmaps(exp_dir, seed_dir / _HEATMAP_LIST)
             continue
         model, config = load_trained(seed_dir)
         if not binary_activations(model):
@@ -400,12 +369,12 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
     return written
 
 
-def _kept_heatmaps(exp_dir: Path, row: str, listed: Path) -> list[str]:
-    """The heatmaps plotted earlier for ``row``: in the network order ``listed`` kept, else (records
-    from before the list was kept, carried-over rows) sorted by name."""
-    if listed.exists():
-        return [name for name in json.loads(listed.read_text()) if (exp_dir / name).exists()]
-    return sorted(f"heatmaps/{p.name}" for p in (exp_dir / "heatmaps").glob(f"{row}__*.png"))
+def _kept_heatmaps(exp_dir: Path, listed: Path) -> list[str]:
+    """The heatmaps plotted earlier for a run, in the network order ``listed`` keeps (none for a run
+    without binary activations)."""
+    if not listed.exists():
+        return []
+    return [name for name in json.loads(listed.read_text()) if (exp_dir / name).exists()]
 
 
 _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
@@ -417,7 +386,7 @@ def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None, remeasur
     whose checkpoint is not kept (a committed record), or any row with a ``packed.json`` unless
     ``remeasure``, reports the evaluation stored there."""
     for r in rows:
-        if not r["binary_params"] or r.get("carried_over"):
+        if not r["binary_params"]:
             continue
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
         stored = seed_dir / "packed.json"
@@ -438,8 +407,7 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     table reports for each binary row: ``"measure"`` converts seed 0's model and evaluates it
     beside PyTorch (reading the stored ``packed.json`` of runs without a checkpoint),
     ``"stored"`` reads every stored ``packed.json`` and measures only runs with a checkpoint and
-    none stored (what ``onebit run`` does), ``"skip"`` evaluates nothing (rows carried over from
-    an earlier report keep their entry). Returns the results.md path."""
+    none stored (what ``onebit run`` does), ``"skip"`` evaluates nothing. Returns the results.md path."""
     if packed not in get_args(PackedMode):
         raise ValueError(f"packed must be one of {get_args(PackedMode)}, got {packed!r}")
     exp_dir = Path(exp_dir)
@@ -447,9 +415,8 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
         raise FileNotFoundError(f"{exp_dir} is not an experiment directory (no experiment.json); "
                                 "pass runs/<experiment> as written by `onebit run`")
     info = json.loads((exp_dir / "experiment.json").read_text())
-    commands = info.get("commands", [info["command"]])
+    commands = info["commands"]
     experiment, rows = collect_rows(exp_dir)
-    rows = _with_carried_over_rows(exp_dir, experiment, rows)
     if not rows:
         raise ValueError(f"{exp_dir} has no finished runs yet")
     (exp_dir / "heatmaps").mkdir(exist_ok=True)
@@ -460,5 +427,5 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     write_json({"experiment": experiment.name, "command": info["command"], "commands": commands, "rows": rows},
                exp_dir / "results.json")
     path = exp_dir / "results.md"
-    path.write_text(_markdown(experiment, commands, rows, maps))
+    path.write_text(_markdown(experiment, commands, rows, maps, (exp_dir / NOTES_FILE).exists()))
     return path

@@ -22,7 +22,7 @@ from ..training.runlock import LOCK_NAME
 from . import registry
 
 __all__ = ["run_configs", "run_experiment", "train_run", "build_model", "parse_overrides", "checkpoint_path",
-           "CHECKPOINTS_ENV"]
+           "find_run_dir", "CHECKPOINTS_ENV"]
 
 #: Environment variable naming a directory for checkpoints outside the run directories.
 CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
@@ -135,6 +135,16 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     config = {**config, "train": _train_dict(TrainConfig.from_dict(config["train"]))}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return Path(root) / config["experiment"] / config["row"] / f"seed{config['seed']}-{digest}" / "checkpoint.pt"
+
+
+def find_run_dir(path: str | os.PathLike) -> Path:
+    """``path`` if it is a run directory (it holds ``config.json``), else the first run directory
+    below it: ``runs/mnist-mlp/bnn`` gives ``runs/mnist-mlp/bnn/seed0``."""
+    path = Path(path)
+    candidates = [path / "config.json"] if (path / "config.json").exists() else sorted(path.glob("**/config.json"))
+    if not candidates:
+        raise FileNotFoundError(f"no run (config.json) found under {path}")
+    return candidates[0].parent
 
 
 def run_dir_of(out: Path, config: dict[str, Any]) -> Path:
@@ -289,7 +299,7 @@ def _record_command(path: Path, name: str, command: str) -> None:
     """Write ``experiment.json``: the experiment, the latest command and every distinct command
     that ran in this directory (runs of one directory may come from several)."""
     info = json.loads(path.read_text()) if path.exists() else {}
-    commands = info.get("commands", [info["command"]] if "command" in info else [])
+    commands = info.get("commands", [])
     write_json({"experiment": name, "command": command,
                 "commands": commands + ([command] if command not in commands else [])}, path)
 

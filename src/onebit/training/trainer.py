@@ -185,9 +185,8 @@ class _State:
     best_val_acc: float = -1.0
     best_epoch: int = -1
     train_seconds: float = 0.0
-    # CPU time of this process (all its threads; not inductor's compile workers) while training;
-    # None for a run resumed from a checkpoint written before onebit recorded it
-    train_cpu_seconds: float | None = 0.0
+    # CPU time of this process (all its threads; not inductor's compile workers) while training
+    train_cpu_seconds: float = 0.0
     history: list[dict] = field(default_factory=list)
 
 
@@ -260,7 +259,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         torch.set_rng_state(ckpt["torch_rng"])
         self.baseline.load_state_dict(ckpt["baseline"])
-        self.state = _State(**{"train_cpu_seconds": None, **ckpt["state"]})
+        self.state = _State(**ckpt["state"])
 
     # -- loop --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
@@ -365,8 +364,7 @@ class Trainer:
         total_loss, correct, count = self._all_reduce(total_loss, correct, count)
         seconds = time.perf_counter() - start
         self.state.train_seconds += seconds
-        if self.state.train_cpu_seconds is not None:
-            self.state.train_cpu_seconds += time.process_time() - cpu_start
+        self.state.train_cpu_seconds += time.process_time() - cpu_start
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
 
@@ -478,8 +476,6 @@ class Trainer:
             "train_cpu_seconds": self.state.train_cpu_seconds,
             "threads": torch.get_num_threads(),
         }
-        if final["train_cpu_seconds"] is None:
-            del final["train_cpu_seconds"]
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingDiverged(f"final metrics are not finite: {final}")
         final["precision"] = self.precision
