@@ -262,3 +262,12 @@ def test_augment_without_padding_only_flips():
     mirrored = (out == images.flip(-1)).flatten(1).all(1)
     assert bool((same | mirrored).all())
     assert 10 < int(mirrored.sum()) < 54
+
+
+def test_augment_without_flip_only_shifts():
+    images = torch.randint(1, 256, (32, 1, 8, 8), dtype=torch.uint8)
+    out = augment(images, torch.Generator().manual_seed(0), padding=2, flip=False)
+    padded = torch.nn.functional.pad(images, (2, 2, 2, 2))
+    for k in range(len(images)):
+        assert any(torch.equal(out[k], padded[k, :, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+    assert not torch.equal(out, images)

@@ -1,6 +1,7 @@
 """Datasets: locating, downloading, verifying and decoding them into in-memory tensors."""
 
-from .cifar10 import augment, load_cifar10
+from .augment import augment
+from .cifar10 import load_cifar10
 from .download import CorruptDatasetError, DatasetNotFoundError, Resource, data_root, fetch
 from .episodes import ClassPool, Episode, EpisodeSampler
 from .imageset import ImageSet

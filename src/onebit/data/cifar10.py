@@ -1,4 +1,4 @@
-"""CIFAR-10, from the canonical binary release or an image-folder copy, and its augmentation.
+"""CIFAR-10, from the canonical binary release or an image-folder copy.
 
 :func:`load_cifar10` looks in ``<data root>/cifar10/`` for, in this order:
 
@@ -31,14 +31,13 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
 from .download import CorruptDatasetError, DatasetNotFoundError, Resource, cache_dir, data_root, fetch
 from .imageset import ImageSet
 
-__all__ = ["CLASSES", "MEAN", "STD", "augment", "load_cifar10"]
+__all__ = ["CLASSES", "MEAN", "STD", "load_cifar10"]
 
 #: Class names in label order.
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -108,37 +107,6 @@ def load_cifar10(
         classes=list(CLASSES),
         source=description,
     )
-
-
-def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, vectorized over the batch.
-
-    Each image is padded with ``padding`` zeros on every side, cropped back to its
-    size at a uniformly random offset, and flipped left-right with probability 1/2,
-    independently per image.
-
-    Args:
-        images: Tensor of shape ``(N, C, H, W)``, any dtype (e.g. ``uint8`` or ``float32``).
-        generator: Source of randomness; the same generator state gives the same output.
-        padding: Zero padding in pixels on each side; the maximal shift.
-
-    Returns:
-        Tensor of the same shape, dtype and device as ``images``.
-    """
-    n, c, h, w = images.shape
-    device = images.device
-
-    def draw(high: int) -> torch.Tensor:
-        return torch.randint(0, high, (n, 1), generator=generator, device=generator.device).to(device)
-
-    top, left, flip = draw(2 * padding + 1), draw(2 * padding + 1), draw(2).bool()
-    rows = top + torch.arange(h, device=device)  # (N, H) rows of the padded image
-    cols = left + torch.arange(w, device=device)  # (N, W)
-    cols = torch.where(flip, cols.flip(1), cols)
-    padded = F.pad(images, (padding, padding, padding, padding))
-    batch = torch.arange(n, device=device)[:, None, None, None]
-    channel = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
 
 
 # --------------------------------------------------------------------------- sources

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from ..data import ImageSet, data_root
-from ..data.cifar10 import MEAN, STD, augment, load_cifar10
+from ..data.augment import augment
+from ..data.cifar10 import MEAN, STD, load_cifar10
 from ..training import ClassificationTask
 from .registry import Experiment, Row, register
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from functools import partial
 from itertools import product
 
+from ..data.augment import augment
 from ..training import ClassificationTask
 from .registry import Experiment, Row, register
 
@@ -11,16 +13,18 @@ VAL_SIZE = 5000
 QUICK_SIZES = {"train": 2000, "val": 500, "test": 1000}
 
 
-def mnist_task(root: str | None, quick: bool, batch_size: int) -> ClassificationTask:
+def mnist_task(root: str | None, quick: bool, batch_size: int, *, shift: int = 0) -> ClassificationTask:
     """MNIST train/val/test with a seeded 55k/5k train/validation split (seed 0 for every run,
-    so all rows select on the same validation images). ``quick`` keeps a tiny prefix of each."""
+    so all rows select on the same validation images). ``quick`` keeps a tiny prefix of each;
+    ``shift`` moves each training image by up to that many pixels (zero padding, no flips)."""
     from ..data.mnist import MEAN, STD, load_mnist
 
     train, val = load_mnist("train", root).split(VAL_SIZE, seed=0)
     splits = {"train": train, "val": val, "test": load_mnist("test", root)}
     if quick:
         splits = {k: v.subset(range(QUICK_SIZES[k])) for k, v in splits.items()}
-    return ClassificationTask(splits, batch_size, MEAN, STD)
+    shifts = partial(augment, padding=shift, flip=False) if shift else None
+    return ClassificationTask(splits, batch_size, MEAN, STD, augment=shifts)
 
 
 MLP_RECIPES = ("float", "binaryconnect", "binaryconnect-stochastic", "bnn", "xnor")

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 from ..training import Task
 
-__all__ = ["Row", "Experiment", "register", "get", "names"]
+__all__ = ["Row", "Experiment", "McuBenchmark", "register", "get", "names"]
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,21 @@ class Row:
     model: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class McuBenchmark:
+    """Seed 0's model of every row exported to C and run on an emulated Cortex-M4
+    (:func:`onebit.experiments.mcu.evaluate_mcu`).
+
+    Attributes:
+        images: the first this many test images run under emulation.
+        anchors: published microcontroller results printed beside the rows, each
+            ``(reference, accuracy, size and precision)``.
+    """
+
+    images: int = 1000
+    anchors: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +63,8 @@ class Experiment:
             whether it did.
         dataset: name of the test set a packed model of this experiment is evaluated on
             (see :mod:`onebit.experiments.datasets`).
+        mcu: if set, seed 0's packed model is also exported to C and run on an emulated
+            Cortex-M4; the report adds its size, RAM, stack and instruction count.
     """
 
     name: str
@@ -61,6 +78,7 @@ class Experiment:
     quick_model: dict[str, Any] = field(default_factory=dict)
     dataset: str = ""
     targets: dict[str, float] = field(default_factory=dict)
+    mcu: McuBenchmark | None = None
 
     def task_of(self, config: dict[str, Any], data: str | None = None) -> Task:
         """The task a run config (``config.json``) trains and is evaluated on."""
@@ -97,3 +115,4 @@ def _load_builtin() -> None:
     from . import mnist  # noqa: F401  (registers mnist-mlp, mnist-cnn)
     from . import omniglot  # noqa: F401  (registers omniglot)
     from . import cifar10  # noqa: F401  (registers cifar10)
+    from . import mnist_mcu  # noqa: F401  (registers mnist-mcu)

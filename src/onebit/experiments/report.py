@@ -150,6 +150,33 @@ def _packed_table(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _mcu_table(experiment: registry.Experiment, rows: list[dict]) -> list[str]:
+    """Markdown table of each row's first seed on the emulated Cortex-M4, and the anchors."""
+    if experiment.mcu is None:
+        return []
+    measured = [r for r in rows if "mcu" in r]
+    lines = ["", "On a Cortex-M4F (`onebit export --format c`, arm-none-eabi-gcc -O2, QEMU mps2-an386): each row's "
+             "first seed on the first test images (accuracy as Cortex-M4 / numpy runtime / PyTorch; \"same\": the "
+             "Cortex-M4's outputs equal the numpy runtime's bit for bit). Bytes: weights = packed weights, "
+             "thresholds, flips and scales in flash; flash = text + rodata of the whole program; RAM = arena + "
+             "data + bss; stack = high-water mark of one inference. Instructions: QEMU's count per inference "
+             "under -icount (the most over the images), not cycles.", "",
+             "| row | images | accuracy (%) | same | weights | flash | RAM | stack | instructions |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in measured:
+        m = r["mcu"]
+        accuracy = " / ".join(f"{100 * m['accuracy'][k]:.2f}" for k in ("mcu", "packed", "torch"))
+        lines.append(f"| {r['name']} | {m['images']:,} | {accuracy} | {'yes' if m['same_outputs'] else '**no**'} | "
+                     f"{m['weights_bytes']:,} | {m['flash_bytes']:,} | {m['ram_bytes']:,} | {m['stack_bytes']:,} | "
+                     f"{m['instructions_per_inference']:,} |")
+    for reference, accuracy, size in experiment.mcu.anchors:
+        lines.append(f"| {reference} | | {accuracy} (published) | | {size} | | | | |")
+    compilers = sorted({r["mcu"]["compiler"] for r in measured})
+    if compilers:
+        lines += ["", f"Compiler: {'; '.join(compilers)}."]
+    return lines
+
+
 def _commands(commands: list[str]) -> str:
     return ", ".join(f"`{c}`" for c in commands)
 
@@ -185,6 +212,7 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
                   f"{' '.join(pending)}` with this directory's `--out` and `--seeds`)."]
     lines += _evaluations_table(rows)
     lines += _packed_table(rows)
+    lines += _mcu_table(experiment, rows)
     if any(r["quick"] for r in rows):
         lines += ["", "**Quick (smoke) runs: tiny data subset, one epoch. These numbers mean nothing.**"]
     lines += ["", "![curves](curves.png)", ""]
@@ -378,23 +406,37 @@ def _kept_heatmaps(exp_dir: Path, listed: Path) -> list[str]:
 
 
 _QUICK_PACKED_IMAGES = 500  # quick (smoke) runs evaluate their packed models on this many test images
+_QUICK_MCU_IMAGES = 20  # and run this many under emulation
 
 
-def _evaluate_packed(exp_dir: Path, rows: list[dict], data: str | None, remeasure: bool) -> None:
-    """Add ``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed` of the first seed) to
-    every row with binary weights, and keep it as ``packed.json`` in that run's directory: a row
-    whose checkpoint is not kept (a committed record), or any row with a ``packed.json`` unless
-    ``remeasure``, reports the evaluation stored there."""
+def _evaluate_first_seeds(exp_dir: Path, rows: list[dict], key: str, evaluate, remeasure: bool) -> None:
+    """Add ``row[key] = evaluate(seed_dir, row)`` for the first seed of every row with binary
+    weights, and keep it as ``<key>.json`` in that run's directory: a row whose checkpoint is not
+    kept (a committed record), or any row with a stored evaluation unless ``remeasure``, reports
+    the evaluation stored there."""
     for r in rows:
         if not r["binary_params"]:
             continue
         seed_dir = exp_dir / r["name"] / f"seed{r['seeds'][0]}"
-        stored = seed_dir / "packed.json"
+        stored = seed_dir / f"{key}.json"
         if checkpoint_path(seed_dir).exists() and (remeasure or not stored.exists()):
-            r["packed"] = evaluate_packed(seed_dir, data, max_images=_QUICK_PACKED_IMAGES if r["quick"] else None)
-            write_json(r["packed"], stored)
+            r[key] = evaluate(seed_dir, r)
+            write_json(r[key], stored)
         elif stored.exists():
-            r["packed"] = json.loads(stored.read_text())
+            r[key] = json.loads(stored.read_text())
+
+
+def _evaluate_deployed(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None,
+                       remeasure: bool) -> None:
+    """``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed`) and, for experiments
+    with a microcontroller benchmark, ``row["mcu"]`` (:func:`~onebit.experiments.mcu.evaluate_mcu`)."""
+    _evaluate_first_seeds(exp_dir, rows, "packed", lambda seed_dir, r: evaluate_packed(
+        seed_dir, data, max_images=_QUICK_PACKED_IMAGES if r["quick"] else None), remeasure)
+    if experiment.mcu is not None:
+        from .mcu import evaluate_mcu
+
+        _evaluate_first_seeds(exp_dir, rows, "mcu", lambda seed_dir, r: evaluate_mcu(
+            seed_dir, data, images=_QUICK_MCU_IMAGES if r["quick"] else experiment.mcu.images), remeasure)
 
 
 PackedMode = Literal["measure", "stored", "skip"]
@@ -423,7 +465,7 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
     _plot_curves(rows, exp_dir / "curves.png")
     maps = _heatmaps(exp_dir, experiment, rows, data) if heatmaps else []
     if packed != "skip":
-        _evaluate_packed(exp_dir, rows, data, remeasure=packed == "measure")
+        _evaluate_deployed(exp_dir, experiment, rows, data, remeasure=packed == "measure")
     write_json({"experiment": experiment.name, "command": info["command"], "commands": commands, "rows": rows},
                exp_dir / "results.json")
     path = exp_dir / "results.md"
