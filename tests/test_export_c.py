@@ -202,3 +202,23 @@ def test_mnist_bnn_on_arm64_and_cortex_m4_equals_the_host(trained_mlps, mnist_te
     m4 = targets.run_cortex_m4(targets.build_cortex_m4(tmp_path, "net"), mnist_test[:100])
     assert np.array_equal(m4.outputs, expected[:100])
     assert m4.instructions_per_inference > 256 * 784  # at least one instruction per weight of layer 1
+
+
+def test_short_trained_cifar10_bnn_on_arm64_and_cortex_m4_equals_the_runtime(shared_datasets, tmp_path,
+                                                                             require_tools):
+    require_tools("aarch64-linux-gnu-gcc", "qemu-aarch64", "arm-none-eabi-gcc", "qemu-system-arm")
+    from onebit.data.cifar10 import MEAN, STD
+    from onebit.experiments import get
+
+    task = get("cifar10").make_task(None, True, 50)
+    model = _trained(models.build("vgg_small", recipe="bnn", width=0.0625), task, tmp_path / "run")
+    packed = convert(model, torch.zeros(2, 3, 32, 32), input_normalization=(MEAN, STD))
+    codes = task.splits["test"].images[:200].numpy()
+    expected = packed(codes)
+    export_c(packed, tmp_path / "c", "net")
+    host = targets.run_harness(targets.build_host(tmp_path / "c", "net", flags=("-O2", "-Werror")), codes)
+    arm64 = targets.run_harness(targets.build_aarch64(tmp_path / "c", "net"), codes, emulator=targets.AARCH64_EMULATOR)
+    m4 = targets.run_cortex_m4(targets.build_cortex_m4(tmp_path / "c", "net"), codes[:5])
+    assert np.array_equal(host, expected) and np.array_equal(arm64, expected)
+    assert np.array_equal(m4.outputs, expected[:5])
+    assert len(np.unique(expected.argmax(1))) > 1
