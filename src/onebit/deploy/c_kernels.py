@@ -116,6 +116,22 @@ static void ob_bit_planes(const uint8_t *x, int k, int kw, uint32_t *planes)
 }
 """)
 
+_kernel("planes_dot", """
+/* sum of the uint8 codes (given as 8 bit planes of kw words) where the packed weights are +1 */
+static int32_t ob_planes_dot(const uint32_t *planes, int kw, const uint32_t *row)
+{
+    int32_t positive = 0;
+    int b, j;
+    for (b = 0; b < 8; b++) {
+        int32_t count = 0;
+        for (j = 0; j < kw; j++)
+            count += ob_popcount(planes[b * kw + j] & row[j]);
+        positive += count << b;
+    }
+    return positive;
+}
+""", ("popcount",))
+
 _kernel("dense_u8", """
 /* Binary dense layer on k uint8 pixels x = s * code + o, given as bit planes: the integer
    product P = code . w = 2 * sum(codes where w = +1) - sum(codes) is exact, one popcount per
@@ -132,22 +148,14 @@ static void ob_dense_u8(const uint32_t *planes, int kw, const uint32_t *w, int n
         for (j = 0; j < kw; j++)
             total += ob_popcount(planes[b * kw + j]) << b;
     for (o = 0; o < n; o++) {
-        const uint32_t *row = w + (long)o * kw;
-        int32_t positive = 0, p;
-        for (b = 0; b < 8; b++) {
-            int32_t count = 0;
-            for (j = 0; j < kw; j++)
-                count += ob_popcount(planes[b * kw + j] & row[j]);
-            positive += count << b;
-        }
-        p = 2 * positive - total;
+        int32_t p = 2 * ob_planes_dot(planes, kw, w + (long)o * kw) - total;
         if (ybits)
             ob_put_bit(ybits, o, n, p >= thr[o], &word, flip);
         else
             yf[o] = (float)((double)p * s + ow[o]) * scale[o] + shift[o];
     }
 }
-""", ("popcount", "put_bit"))
+""", ("popcount", "planes_dot", "put_bit"))
 
 _kernel("dense_float", """
 /* Binary dense layer on real input x (k floats): d = sum of +-x, in double (exact for inputs such
@@ -182,7 +190,7 @@ static void ob_conv_bits(const uint32_t *x, int h, int w, int cin, int cw, const
 {
     int ho = (h + 2 * pad - kh) / stride + 1, wo = (w + 2 * pad - kw) / stride + 1;
     int hp = (ho - pk) / ps + 1, wp = (wo - pk) / ps + 1, cow = (cout + 31) / 32;
-    int py, px, o, qy, qx, dy, dx, j;
+    int py, px, o, qy, qx, dy, j;
     for (py = 0; py < hp; py++)
         for (px = 0; px < wp; px++) {
             uint32_t word = 0;
@@ -192,24 +200,19 @@ static void ob_conv_bits(const uint32_t *x, int h, int w, int cin, int cw, const
                 for (qy = 0; qy < pk; qy++)
                     for (qx = 0; qx < pk; qx++) {
                         int iy0 = (py * ps + qy) * stride - pad, ix0 = (px * ps + qx) * stride - pad;
-                        int32_t d = 0;
-                        for (dy = 0; dy < kh; dy++) {
-                            int iy = iy0 + dy;
-                            if (iy < 0 || iy >= h)
-                                continue;
-                            for (dx = 0; dx < kw; dx++) {
-                                int ix = ix0 + dx;
-                                const uint32_t *a, *b;
-                                int32_t mismatches = 0;
-                                if (ix < 0 || ix >= w)
-                                    continue;
-                                a = x + ((long)iy * w + ix) * cw;
-                                b = wt + (((long)o * kh + dy) * kw + dx) * cw;
-                                for (j = 0; j < cw; j++)
-                                    mismatches += ob_popcount(a[j] ^ b[j]);
-                                d += cin - 2 * mismatches;
-                            }
+                        /* the taps inside the map: rows dy0..dy1-1, columns dx0..dx1-1; each row of
+                           them is contiguous in x (NHWC) and in the weights */
+                        int dy0 = iy0 < 0 ? -iy0 : 0, dy1 = iy0 + kh > h ? h - iy0 : kh;
+                        int dx0 = ix0 < 0 ? -ix0 : 0, dx1 = ix0 + kw > w ? w - ix0 : kw;
+                        int n = (dx1 - dx0) * cw;
+                        int32_t mismatches = 0, d;
+                        for (dy = dy0; dy < dy1; dy++) {
+                            const uint32_t *a = x + ((long)(iy0 + dy) * w + ix0 + dx0) * cw;
+                            const uint32_t *b = wt + (((long)o * kh + dy) * kw + dx0) * cw;
+                            for (j = 0; j < n; j++)
+                                mismatches += ob_popcount(a[j] ^ b[j]);
                         }
+                        d = (dy1 - dy0) * (dx1 - dx0) * cin - 2 * mismatches;
                         if (first || d > best)
                             best = d;
                         first = 0;
@@ -226,48 +229,54 @@ static void ob_conv_bits(const uint32_t *x, int h, int w, int cin, int cw, const
 _kernel("conv_u8", """
 /* Binary convolution of uint8 NCHW pixels x = s * code + o (cin x h x w), no padding, then max
    pooling (pk = 1: none) of the exact integer products P = code * w: each output channel's
-   weights are kwords words, bit (dy * kw + dx) * cin + c for tap (dy, dx) of channel c.
-   Bits out (NHWC) compare P with integer thresholds that already hold s and o; floats out
-   (NCHW) are (float)(P * s + ow[o]) * scale + shift, in the numpy runtime's float64 order. */
+   weights are kwords words, bit (dy * kw + dx) * cin + c for tap (dy, dx) of channel c; each
+   receptive field becomes 8 bit planes of kwords words (scratch), then P as in ob_dense_u8.
+   scratch also holds each channel's pooled maximum (cout words after the planes). Bits out
+   (NHWC) compare P with integer thresholds that already hold s and o; floats out (NCHW) are
+   (float)(P * s + ow[o]) * scale + shift, in the numpy runtime's float64 order. */
 static void ob_conv_u8(const uint8_t *x, int h, int w, int cin, const uint32_t *wt, int kwords, int cout,
                        int kh, int kw, int stride, int pk, int ps,
                        const ob_threshold_t *thr, const uint32_t *flip, uint32_t *ybits,
-                       double s, const double *ow, const float *scale, const float *shift, float *yf)
+                       double s, const double *ow, const float *scale, const float *shift, float *yf,
+                       int32_t *scratch)
 {
     int ho = (h - kh) / stride + 1, wo = (w - kw) / stride + 1;
     int hp = (ho - pk) / ps + 1, wp = (wo - pk) / ps + 1, cow = (cout + 31) / 32;
-    int py, px, o, qy, qx, dy, dx, c;
+    uint32_t *planes = (uint32_t *)scratch;
+    int32_t *best = scratch + 8 * kwords;
+    int py, px, o, qy, qx, dy, dx, c, b, t;
     for (py = 0; py < hp; py++)
         for (px = 0; px < wp; px++) {
             uint32_t word = 0;
-            for (o = 0; o < cout; o++) {
-                const uint32_t *row = wt + (long)o * kwords;
-                int32_t best = 0;
-                int first = 1;
-                for (qy = 0; qy < pk; qy++)
-                    for (qx = 0; qx < pk; qx++) {
-                        int iy0 = (py * ps + qy) * stride, ix0 = (px * ps + qx) * stride, t = 0;
-                        int32_t positive = 0, total = 0, p;
-                        for (dy = 0; dy < kh; dy++)
-                            for (dx = 0; dx < kw; dx++)
-                                for (c = 0; c < cin; c++, t++) {
-                                    int32_t v = x[((long)c * h + iy0 + dy) * w + ix0 + dx];
-                                    positive += v & -(int32_t)((row[t >> 5] >> (t & 31)) & 1u);
-                                    total += v;
-                                }
-                        p = 2 * positive - total;
-                        if (first || p > best)
-                            best = p;
-                        first = 0;
+            for (qy = 0; qy < pk; qy++)
+                for (qx = 0; qx < pk; qx++) {
+                    int iy0 = (py * ps + qy) * stride, ix0 = (px * ps + qx) * stride;
+                    int32_t total = 0;
+                    for (t = 0; t < 8 * kwords; t++)
+                        planes[t] = 0;
+                    for (dy = 0, t = 0; dy < kh; dy++)
+                        for (dx = 0; dx < kw; dx++)
+                            for (c = 0; c < cin; c++, t++) {
+                                uint32_t v = x[((long)c * h + iy0 + dy) * w + ix0 + dx];
+                                total += (int32_t)v;
+                                for (b = 0; v; b++, v >>= 1)
+                                    planes[b * kwords + (t >> 5)] |= (v & 1u) << (t & 31);
+                            }
+                    for (o = 0; o < cout; o++) {
+                        int32_t p = 2 * ob_planes_dot(planes, kwords, wt + (long)o * kwords) - total;
+                        if ((qy == 0 && qx == 0) || p > best[o])
+                            best[o] = p;
                     }
+                }
+            for (o = 0; o < cout; o++) {
                 if (ybits)
-                    ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, best >= thr[o], &word, flip);
+                    ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, best[o] >= thr[o], &word, flip);
                 else
-                    yf[((long)o * hp + py) * wp + px] = (float)((double)best * s + ow[o]) * scale[o] + shift[o];
+                    yf[((long)o * hp + py) * wp + px] = (float)((double)best[o] * s + ow[o]) * scale[o] + shift[o];
             }
         }
 }
-""", ("put_bit",))
+""", ("planes_dot", "put_bit"))
 
 _kernel("conv_float", """
 /* Binary convolution of real NCHW input (cin x h x w floats), weights (cout, kh, kw, cw words:

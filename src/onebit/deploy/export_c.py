@@ -99,12 +99,13 @@ class _Value:
 @dataclass
 class _Step:
     """One call in ``NAME_predict``: ``call`` formats ``{0}``, ``{1}``, ... as the C pointers of
-    ``values`` (inputs first, then the output)."""
+    the inputs, then the output, then the scratch words (``int32_t``) the call alone uses."""
 
     call: str
     inputs: list[_Value]
     output: _Value | None
     in_place: bool = False  # the output may take over the first input's memory
+    scratch: _Value | None = None
 
 
 @dataclass
@@ -120,9 +121,11 @@ class _Program:
         size = _words(shape) if kind == "bits" else int(np.prod(shape))
         return _Value(kind, tuple(shape), _Buffer("b" if kind == "bits" else "f", size, len(self.steps)))
 
-    def step(self, kernel: str, call: str, inputs: list[_Value], output: _Value | None, in_place: bool = False):
+    def step(self, kernel: str, call: str, inputs: list[_Value], output: _Value | None, in_place: bool = False,
+             scratch_words: int = 0):
         self.kernels.add(kernel)
-        self.steps.append(_Step(call, inputs, output, in_place))
+        scratch = self.new_value("bits", (32 * scratch_words,)) if scratch_words else None
+        self.steps.append(_Step(call, inputs, output, in_place, scratch))
         return output
 
     def array(self, label: str, values: np.ndarray, ctype: str) -> str:
@@ -299,6 +302,9 @@ def _binary_conv(p: _Program, op: runtime.BinaryConv2d, x: _Value, label: str, q
     channels = x.shape[2] if x.kind == "bits" else x.shape[0]
     if channels != c_in:
         raise ExportError(f"{label}: binary_conv2d expects {c_in} input channels, got {channels}")
+    if op.padding >= min(kh, kw_):
+        raise ExportError(f"{label}: binary_conv2d with padding {op.padding} >= its kernel {kh}x{kw_} "
+                          "(windows entirely in the padding) is not supported")
     ho = (h + 2 * op.padding - kh) // op.stride + 1
     wo = (w + 2 * op.padding - kw_) // op.stride + 1
     pk, ps = (op.pool_kernel, op.pool_stride) if op.pool_kernel > 0 else (1, 1)
@@ -311,8 +317,8 @@ def _binary_conv(p: _Program, op: runtime.BinaryConv2d, x: _Value, label: str, q
         args, out_bits = _pixel_epilogue(p, op, label, (hp, wp, co), k, quant, op.weight_sums)
         out = out_bits or p.new_value("float", (co, hp, wp))
         call = (f"ob_conv_u8({{0}}, {h}, {w}, {c_in}, {weights}, {-(-k // 32)}, {co}, {kh}, {kw_}, {op.stride}, "
-                f"{pk}, {ps}, {args.replace('{out}', '{1}')})")
-        return p.step("conv_u8", call, [x], out)
+                f"{pk}, {ps}, {args.replace('{out}', '{1}')}, {{2}})")
+        return p.step("conv_u8", call, [x], out, scratch_words=8 * -(-k // 32) + co)
     weights = p.array(f"{label}_w", _words32(op.weight_bits, c_in), "uint32_t")
     if x.kind == "bits":
         args, out_bits = _binary_epilogue(p, op, label, (hp, wp, co), bound=kh * kw_ * c_in,
@@ -432,13 +438,15 @@ def _plan(steps: list[_Step]) -> dict[str, int]:
     for index, step in enumerate(steps):
         for value in step.inputs:
             value.buffer.last = max(value.buffer.last, index)
+        if step.scratch is not None:
+            step.scratch.buffer.last = index
     for index, step in enumerate(steps):
         source = step.inputs[0].buffer.root() if step.inputs else None
         if (step.in_place and step.output is not None and source.space == step.output.buffer.space
                 and source.last == index):
             source.last = step.output.buffer.last
             step.output.buffer.merged = source
-    buffers = {id(b): b for s in steps for v in [*s.inputs, s.output] if v is not None
+    buffers = {id(b): b for s in steps for v in [*s.inputs, s.output, s.scratch] if v is not None
                for b in [v.buffer.root()] if b.space != "input"}
     sizes = {"f": 0, "b": 0}
     placed: list[_Buffer] = []
@@ -563,6 +571,8 @@ def _source(p: _Program, sizes: dict[str, int]) -> str:
         pointers = [_pointer(v, name) for v in step.inputs]
         if step.output is not None:
             pointers.append(_pointer(step.output, name))
+        if step.scratch is not None:
+            pointers.append(f"(int32_t *)({_pointer(step.scratch, name)})")
         body.append("    " + step.call.format(*pointers) + ";")
     arrays = p.declarations()
     needs_math = "INFINITY" in arrays
