@@ -30,7 +30,7 @@ void toy_predict(const toy_input_t *input, float *output);
 
 TOY_C = """#include "toy.h"
 static const int8_t weights[toy_OUTPUT_SIZE][toy_INPUT_SIZE] = {
-%s
+WEIGHTS
 };
 static int32_t arena[toy_ARENA_BYTES / 4];
 
@@ -44,7 +44,7 @@ void toy_predict(const toy_input_t *input, float *output)
     for (int o = 0; o < toy_OUTPUT_SIZE; o++)
         output[o] = (float)arena[o] * 0.5f + 1.0f;
 }
-""" % ",\n".join("    {" + ", ".join(map(str, row)) + "}" for row in TOY_WEIGHTS)
+""".replace("WEIGHTS", ",\n".join("    {" + ", ".join(map(str, row)) + "}" for row in TOY_WEIGHTS))
 
 TOY_MAIN_C = """#include <stdio.h>
 #include "toy.h"

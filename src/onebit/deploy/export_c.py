@@ -187,8 +187,8 @@ def _literals(values: np.ndarray, ctype: str) -> str:
         items = [_float_literal(v) for v in values.astype(np.float32)]
     else:
         items = [_float_literal(v)[:-1] if np.isfinite(v) else _float_literal(v) for v in values.astype(np.float64)]
-    per_line = 8
-    return "\n".join("    " + ", ".join(items[i : i + per_line]) + "," for i in range(0, len(items), per_line)) or "    0"
+    rows = range(0, len(items), 8)
+    return "\n".join("    " + ", ".join(items[i : i + 8]) + "," for i in rows) or "    0"
 
 
 # -- weights ------------------------------------------------------------------------------------
@@ -215,20 +215,19 @@ def _pixel_thresholds(thresholds: np.ndarray, scale: float, offset: float, weigh
     is positive, so the expression is non-decreasing in ``P``."""
     if not scale > 0:
         raise ExportError(f"input scale must be positive, got {scale}")
+    def reaches(p: int, base: np.float64, t: np.float64) -> bool:
+        return bool(np.float64(p) * np.float64(scale) + base >= t)
+
     out = np.empty(len(thresholds), np.int64)
-    for n, (t, total) in enumerate(zip(np.asarray(thresholds, np.float64), weight_sums)):
-        base = np.float64(offset) * np.float64(total)
-
-        def reaches(p: int) -> bool:
-            return bool(np.float64(p) * np.float64(scale) + base >= t)
-
+    for n, (t, total) in enumerate(zip(np.asarray(thresholds, np.float64), weight_sums, strict=True)):
         if np.isinf(t):
             out[n] = _INT32.min if t < 0 else _INT32.max
             continue
+        base = np.float64(offset) * np.float64(total)
         guess = int(np.clip(np.ceil((t - base) / scale), -(2**40), 2**40))
-        while reaches(guess - 1):
+        while reaches(guess - 1, base, t):
             guess -= 1
-        while not reaches(guess):
+        while not reaches(guess, base, t):
             guess += 1
         out[n] = guess
     return np.clip(out, _INT32.min, _INT32.max)
