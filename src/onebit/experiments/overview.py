@@ -26,6 +26,7 @@ class Line:
             (its first, where it quotes several).
         packed: row name -> label of the packed models whose speed-up and size are shown.
         not_packed: what the packed cell says when there is nothing to pack.
+        mcu: row name -> label of the rows whose Cortex-M4 figures the packed cell shows instead.
     """
 
     title: str
@@ -34,6 +35,7 @@ class Line:
     reference_rows: dict[str, str]
     packed: dict[str, str] = field(default_factory=dict)
     not_packed: str = ""
+    mcu: dict[str, str] = field(default_factory=dict)
 
 
 LINES: dict[str, Line] = {
@@ -47,6 +49,10 @@ LINES: dict[str, Line] = {
                      {"binary-block4": "binary block 4",
                       "binary-all-hamming": "every block binary with a Hamming head"},
                      {"float": "float", "binary-block4": "block 4"}, {"binary-all-hamming": "Hamming encoder"}),
+    "mnist-mcu": Line("`mnist-mcu`, fully binary CNNs for a Cortex-M4", {},
+                      {"mcu-4k": "4 KiB", "mcu-8k": "8 KiB", "mcu-16k": "16 KiB"},
+                      {"mcu-4k": "eBNN", "mcu-16k": "BitNetMCU"},
+                      mcu={"mcu-4k": "4 KiB", "mcu-16k": "16 KiB"}),
     "cifar10": Line("`cifar10`, width 0.5", {"float": "VGG-small", "float-bireal": "ResNet-18"},
                     {"binaryconnect": "binaryconnect", "bnn": "bnn", "bireal": "Bi-Real"}, {"bnn": "bnn"}, {"bnn": "bnn"}),
 }
@@ -83,6 +89,14 @@ def _packed(row: dict) -> str:
             f"{packed['size_ratio']:.0f}x smaller")
 
 
+def _mcu(row: dict) -> str:
+    mcu = row.get("mcu")
+    if mcu is None:
+        return "not measured"
+    return (f"Cortex-M4: {mcu['weights_bytes']:,} B of weights, "
+            f"{mcu['instructions_per_inference'] / 1e6:.1f} M instructions per image")
+
+
 def _missed(name: str, rows: list[dict]) -> list[str]:
     return [f"`{name}` {r['name']} ({100 * r['target']:.1f})" for r in rows
             if r["target"] is not None and r["test_acc_mean"] < r["target"]]
@@ -99,7 +113,8 @@ def results_table(results_dir: str | Path) -> str:
         if not path.exists():
             continue
         rows = {r["name"]: r for r in json.loads(path.read_text())["rows"]}
-        packed = _cell(rows, line.packed, _packed) if line.packed else line.not_packed
+        packed = (_cell(rows, line.mcu, _mcu) if line.mcu else _cell(rows, line.packed, _packed) if line.packed
+                  else line.not_packed)
         lines.append(f"| {line.title} | {_cell(rows, line.float_rows, _accuracy)} | "
                      f"{_cell(rows, line.binary_rows, _accuracy)} | {_cell(rows, line.reference_rows, _published)} | "
                      f"{packed} |")
