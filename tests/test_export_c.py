@@ -1,6 +1,7 @@
 """C export (`onebit.deploy.export_c`): the C build predicts what the numpy runtime predicts,
 image for image, on the host, on ARM64 (qemu-aarch64) and on a Cortex-M4 (QEMU mps2-an386)."""
 
+import json
 import subprocess
 
 import numpy as np
@@ -224,3 +225,17 @@ def test_short_trained_cifar10_bnn_on_arm64_and_cortex_m4_equals_the_runtime(sha
     assert np.array_equal(host, expected) and np.array_equal(arm64, expected)
     assert np.array_equal(m4.outputs, expected[:5])
     assert len(np.unique(expected.argmax(1))) > 1
+
+
+def test_cli_builds_for_the_cortex_m4_with_a_size_report(trained_mlps, tmp_path, capsys, require_tools):
+    require_tools("arm-none-eabi-gcc", "qemu-system-arm")
+    trained_mlps["bnn"].save(tmp_path / "m.onebit")
+    assert main(["export", str(tmp_path / "m.onebit"), "--format", "c", "-o", str(tmp_path / "c"),
+                 "--target", "cortex-m4"]) == 0
+    report = json.loads((tmp_path / "c" / "model_cortex_m4.json").read_text())
+    assert (tmp_path / "c" / "model.elf").exists()
+    assert report["weights_bytes"] <= report["network_flash_bytes"] <= report["flash_bytes"]
+    assert report["arena_bytes"] <= report["ram_bytes"] and report["stack_bytes"] > 0
+    assert report["instructions_per_inference"] > 256 * 784 // 32  # at least one per weight word of layer 1
+    assert "not cycles" in capsys.readouterr().out
+    assert main(["export", str(tmp_path / "m.onebit"), "--target", "host", "-o", str(tmp_path / "x")]) == 2

@@ -103,22 +103,40 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _export_c(packed, directory: Path, name: str, target: str | None) -> int:
+    import numpy as np
+
     from .deploy import targets
     from .deploy.export_c import export_c
 
     exported = export_c(packed, directory, name)
     print(f"wrote {exported.header}, {exported.source}, {exported.main}: weights {exported.weights_bytes:,} bytes, "
           f"arena {exported.arena_bytes:,} bytes")
-    if target == "host":
-        print(f"built {targets.build_host(directory, name)}")
-    elif target == "aarch64":
-        print(f"built {targets.build_aarch64(directory, name)}")
-    elif target == "cortex-m4":
-        elf = targets.build_cortex_m4(directory, name)
-        report = targets.size_report(elf, directory, name)
-        (directory / f"{name}_cortex_m4.json").write_text(json.dumps(report, indent=2) + "\n")
-        print(f"built {elf}")
-        print("\n".join(f"  {key}: {value:,}" for key, value in report.items() if isinstance(value, int)))
+    try:
+        if target == "host":
+            print(f"built {targets.build_host(directory, name)}")
+        elif target == "aarch64":
+            print(f"built {targets.build_aarch64(directory, name)}")
+        elif target == "cortex-m4":
+            elf = targets.build_cortex_m4(directory, name)
+            print(f"built {elf}")
+            # one all-zero image under QEMU measures the stack and the instructions of an inference
+            zero = np.zeros((1, exported.input_size), np.uint8 if exported.input_is_u8 else np.float32)
+            try:
+                result = targets.run_cortex_m4(elf, zero)
+            except targets.MissingToolError as error:  # the ELF is built: report its sizes alone
+                print(f"not measuring stack and instructions: {error}", file=sys.stderr)
+                result = None
+            report = targets.size_report(elf, directory, name, result=result)
+            path = directory / f"{name}_cortex_m4.json"
+            path.write_text(json.dumps(report, indent=2) + "\n")
+            measured = " (stack and instructions: one all-zero image under QEMU mps2-an386)" if result else ""
+            print(f"size report {path}{measured}:")
+            print("\n".join(f"  {key}: {value:,}" for key, value in report.items() if isinstance(value, int)))
+            if result:
+                print("  (instructions_per_inference is QEMU's -icount instruction count, not cycles)")
+    except (targets.ToolchainError, targets.HarnessError) as error:
+        print(f"onebit export: error: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

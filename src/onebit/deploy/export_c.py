@@ -17,11 +17,14 @@
   float32 values per input to stdout, and exits non-zero on a truncated input.
 
 ``cc -std=c99 -O2 -Wall -Wextra NAME.c NAME_main.c -o NAME`` builds it. The C code computes what
-the numpy runtime computes (:mod:`onebit.deploy.runtime`): binary layers on packed input in
-exact integer arithmetic, a binary dense first layer on uint8 pixels exactly in integers (its
-thresholds are moved onto the integer product here, evaluating the runtime's own float64
-expression), float layers in float32 (equal up to the order of summation). Compile in an ISO C
-mode (``-std=c99``): GCC's GNU modes contract ``a * b + c`` into fused multiply-adds, which
+the numpy runtime computes (:mod:`onebit.deploy.runtime`), in the same precision: binary layers
+on packed input in exact integer arithmetic; binary first layers on uint8 pixels (dense, or
+convolutions without padding) exactly in integers, their thresholds moved onto the integer
+product here by evaluating the runtime's own float64 expression; binary layers on real input
+and float convolutions and linear layers summing in double and rounding once, as the runtime
+does, so that the result does not depend on the order of summation (exactly so for inputs such
+as normalized pixels); every other float op in float32, in the runtime's order. Compile in an ISO
+C mode (``-std=c99``): GCC's GNU modes contract ``a * b + c`` into fused multiply-adds, which
 round differently from numpy.
 """
 
