@@ -455,3 +455,14 @@ def test_report_rejects_unknown_packed_mode(tmp_path):
 
     with pytest.raises(ValueError, match="one of \\('measure', 'stored', 'skip'\\)"):
         write_report(tmp_path, packed="yes")
+
+
+def test_curves_of_large_experiments_are_split_into_panels_of_nameable_rows():
+    from onebit.experiments.report import _ROWS_PER_PANEL, curve_groups
+
+    names = [r.name for r in get("mnist-cnn").rows]
+    panels = curve_groups(names)
+    assert sorted(n for panel in panels for n in panel) == sorted(names)  # every row once
+    assert len(panels) > 1 and all(len(panel) <= _ROWS_PER_PANEL for panel in panels)
+    assert all(len({n.split("-")[1] for n in panel if "-" in n}) == 1 for panel in panels)  # one estimator each
+    assert curve_groups(["float", "bnn", "xnor"]) == [["float", "bnn", "xnor"]]

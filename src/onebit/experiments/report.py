@@ -258,20 +258,49 @@ def _threads(rows: list[dict]) -> str:
     return "/".join(map(str, sorted({t for r in rows for t in r["threads"]})))
 
 
+#: rows a single panel of curves shows; larger experiments get one panel per group of rows
+_ROWS_PER_PANEL = 8
+
+
+def curve_groups(names: list[str]) -> list[list[str]]:
+    """Row names split into panels of at most :data:`_ROWS_PER_PANEL` curves (unless one family
+    is larger): rows grouped by the first two parts of their dash-separated names (e.g.
+    ``stochastic-reinforce``), in order of first appearance, and consecutive groups joined while
+    they fit one panel."""
+    families: dict[str, list[str]] = {}
+    for name in names:
+        families.setdefault("-".join(name.split("-")[:2]), []).append(name)
+    panels: list[list[str]] = []
+    for family in families.values():
+        if panels and len(panels[-1]) + len(family) <= _ROWS_PER_PANEL:
+            panels[-1] += family
+        else:
+            panels.append(list(family))
+    return panels
+
+
 def _plot_curves(rows: list[dict], path: Path) -> None:
+    """Training loss and validation accuracy per epoch, one pair of panels per group of rows
+    (:func:`curve_groups`), every row of a panel in its own colour and line style."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for r in rows:
-        epochs = range(1, len(r["curves"]["train_loss"]) + 1)
-        ax_loss.plot(epochs, r["curves"]["train_loss"], label=r["name"])
-        ax_acc.plot(epochs, [100 * a for a in r["curves"]["val_acc"]], label=r["name"])
-    ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="Training loss")
-    ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
-    ax_acc.legend(fontsize=7, ncol=2)
+    by_name = {r["name"]: r for r in rows}
+    groups = curve_groups(list(by_name))
+    styles = ["-", "--", ":", "-."]
+    fig, axes = plt.subplots(len(groups), 2, figsize=(12, 3.6 * len(groups) + 0.9), squeeze=False)
+    for (ax_loss, ax_acc), group in zip(axes, groups, strict=True):
+        for i, name in enumerate(group):
+            curves = by_name[name]["curves"]
+            epochs = range(1, len(curves["train_loss"]) + 1)
+            style = {"color": f"C{i % 10}", "linestyle": styles[i // 10 % len(styles)], "label": name}
+            ax_loss.plot(epochs, curves["train_loss"], **style)
+            ax_acc.plot(epochs, [100 * a for a in curves["val_acc"]], **style)
+        ax_loss.set(xlabel="epoch", ylabel="train loss", yscale="log", title="Training loss")
+        ax_acc.set(xlabel="epoch", ylabel="validation accuracy (%)", title="Validation accuracy")
+        ax_acc.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
