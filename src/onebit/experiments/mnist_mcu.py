@@ -23,6 +23,8 @@ register(
         mcu=McuBenchmark(images=1000, anchors=(
             ("eBNN (McDanel et al. 2017), Intel Curie", "95", "15 KB of memory, binary weights and activations"),
             ("BitNetMCU (2024), CH32V003", "99.02", "12.3 KB model, 2-4-bit weights and 8-bit activations"),
+            ("CBin-NN (Sakr et al. 2024), STM32", "no MNIST figure (CIFAR-10 only)",
+             "binary weights and activations, 8-bit first layer"),
         )),
         targets={"mcu-16k": 0.99, "mcu-4k": 0.98},
         published={"mcu-16k": "BitNetMCU: 99.02 in 12.3 KB (2-4-bit weights, 8-bit activations)",
