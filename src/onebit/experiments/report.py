@@ -12,7 +12,7 @@ from torch import nn
 
 from .._summary import summary as model_summary
 from ..nn import QuantizedLayer
-from ..quantizers import BinaryNeuron, _Quantizer
+from ..quantizers import BinaryNeuron, Quantizer
 from ..training import write_json
 from . import registry
 from .packed import evaluate_packed, load_trained
@@ -285,7 +285,7 @@ def binary_activations(model: nn.Module) -> dict[str, nn.Module]:
              for q in (m.weight_quantizer, m.input_quantizer) if q is not None}
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, _Quantizer) and id(module) not in owned:  # BinaryNeuron included
+        if isinstance(module, Quantizer) and id(module) not in owned:  # BinaryNeuron included
             found[name] = module
         elif isinstance(module, QuantizedLayer) and module.has_binary_input:
             found[f"{name}.input"] = module.input_quantizer

@@ -143,7 +143,7 @@ class ConvEncoder(nn.Module):
     def output_levels(self) -> tuple[float, float] | None:
         """The two values the embedding takes if the last block is binary, else ``None``."""
         act = self.blocks[-1].act
-        return tuple(act.levels) if isinstance(act, quantizers._Quantizer) else None
+        return tuple(act.levels) if isinstance(act, quantizers.Quantizer) else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x).flatten(1)
