@@ -18,6 +18,7 @@ import ctypes
 import platform
 import subprocess
 import tempfile
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -86,7 +87,7 @@ def main() -> None:
             expected = packed(image)[0]
             if not np.array_equal(c(image), expected):
                 raise SystemExit(f"{label}: the C build's output differs from the runtime's")
-            c_time, runtime_time = compare([lambda: c(image), lambda: packed(image)], repeats, seconds)
+            c_time, runtime_time = compare([partial(c, image), partial(packed, image)], repeats, seconds)
             print(f"| {label} | {1000 * c_time:.3f} | {1000 * runtime_time:.3f} | {runtime_time / c_time:.2f}x |")
 
 

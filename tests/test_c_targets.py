@@ -44,7 +44,7 @@ void toy_predict(const toy_input_t *input, float *output)
     for (int o = 0; o < toy_OUTPUT_SIZE; o++)
         output[o] = (float)arena[o] * 0.5f + 1.0f;
 }
-""" % ",\n".join("    {" + ", ".join(map(str, row)) + "}" for row in TOY_WEIGHTS)
+""" % ",\n".join("    {" + ", ".join(map(str, row)) + "}" for row in TOY_WEIGHTS)  # noqa: UP031 (C braces stay as is)
 
 TOY_MAIN_C = """#include <stdio.h>
 #include "toy.h"

@@ -233,7 +233,7 @@ def test_export_and_infer_a_trained_run(trained_bnn, shared_datasets, tmp_path, 
     from onebit.experiments.datasets import test_arrays
 
     model = load(packed)
-    (normalized, labels), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
+    (normalized, _), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
     assert codes.dtype == np.uint8 and normalized.dtype == np.float32
     assert (model.predict(codes) == model.predict(normalized)).mean() >= 0.999
 

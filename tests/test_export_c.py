@@ -186,7 +186,8 @@ def test_export_from_a_onebit_file_and_the_cli(trained_mlps, mnist_test, tmp_pat
                  "--name", "xnor"]) == 0
     assert "xnor.c" in capsys.readouterr().out
     executable = targets.build_host(tmp_path / "c", "xnor")
-    assert np.array_equal(targets.run_harness(executable, mnist_test[:500]), load(tmp_path / "m.onebit")(mnist_test[:500]))
+    expected = load(tmp_path / "m.onebit")(mnist_test[:500])
+    assert np.array_equal(targets.run_harness(executable, mnist_test[:500]), expected)
 
 
 # -- other targets ------------------------------------------------------------------------------
@@ -197,7 +198,8 @@ def test_mnist_bnn_on_arm64_and_cortex_m4_equals_the_host(trained_mlps, mnist_te
     packed = trained_mlps["bnn"]
     export_c(packed, tmp_path, "net")
     expected = packed(mnist_test[:1000])
-    arm64 = targets.run_harness(targets.build_aarch64(tmp_path, "net"), mnist_test[:1000], emulator=targets.AARCH64_EMULATOR)
+    arm64 = targets.run_harness(targets.build_aarch64(tmp_path, "net"), mnist_test[:1000],
+                                emulator=targets.AARCH64_EMULATOR)
     assert np.array_equal(arm64, expected)
     m4 = targets.run_cortex_m4(targets.build_cortex_m4(tmp_path, "net"), mnist_test[:100])
     assert np.array_equal(m4.outputs, expected[:100])

@@ -10,7 +10,6 @@ from onebit import models
 from onebit.cli import main
 from onebit.deploy import convert, load
 from onebit.deploy.export_c import export_c
-from onebit.experiments import get
 from onebit.experiments.mnist_mcu import SIZES
 
 BUDGETS = {"mcu-4k": 4096, "mcu-8k": 8192, "mcu-16k": 16384}

@@ -35,8 +35,9 @@ quantizer deploys without changes to the converter.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from numbers import Real
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn

@@ -348,7 +348,8 @@ static void ob_conv2d(const float *x, int cin, int h, int w, const float *wt, co
                         for (dx = 0; dx < kw; dx++) {
                             int ix = ox * stride - pad + dx;
                             if (ix >= 0 && ix < w)
-                                acc += (double)x[((long)c * h + iy) * w + ix] * wt[(((long)o * cin + c) * kh + dy) * kw + dx];
+                                acc += (double)x[((long)c * h + iy) * w + ix]
+                                       * wt[(((long)o * cin + c) * kh + dy) * kw + dx];
                         }
                     }
                 y[((long)o * ho + oy) * wo + ox] = (float)acc + bias[o];

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ class _Call(NamedTuple):
     module: nn.Module
     input: torch.Tensor
     output: torch.Tensor
-    branches: tuple[list["_Call"], list["_Call"]] | None = None
+    branches: tuple[list[_Call], list[_Call]] | None = None
 
 
 class _Node:
@@ -205,8 +206,9 @@ def convert(
     (e.g. :class:`~onebit.models.BiRealBlock`; see :func:`_structure`). Supported modules:
 
     - :class:`~onebit.nn.BinaryLinear` and :class:`~onebit.nn.BinaryConv2d` (sign weights, real
-      or sign inputs, the signs by quantizers that pack with levels (-1, 1), optional XNOR scaling, square stride / zero padding), with a directly
-      following ``MaxPool2d`` (convolutions) and ``BatchNorm1d/2d`` folded in. When the value
+      or sign inputs, the signs by quantizers that pack with levels (-1, 1), optional XNOR
+      scaling, square stride / zero padding), with a directly following ``MaxPool2d``
+      (convolutions) and ``BatchNorm1d/2d`` folded in. When the value
       is binarized next, by the next binary layer's sign input quantizer or a sign module
       (possibly after max pooling, flattening or dropout, which commute with the sign),
       batch norm and sign become integer thresholds on the popcount and the layer outputs

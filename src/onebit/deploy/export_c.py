@@ -188,7 +188,8 @@ def _literals(values: np.ndarray, ctype: str) -> str:
     else:
         items = [_float_literal(v)[:-1] if np.isfinite(v) else _float_literal(v) for v in values.astype(np.float64)]
     per_line = 8
-    return "\n".join("    " + ", ".join(items[i : i + per_line]) + "," for i in range(0, len(items), per_line)) or "    0"
+    lines = ("    " + ", ".join(items[i : i + per_line]) + "," for i in range(0, len(items), per_line))
+    return "\n".join(lines) or "    0"
 
 
 # -- weights ------------------------------------------------------------------------------------
@@ -219,7 +220,7 @@ def _pixel_thresholds(thresholds: np.ndarray, scale: float, offset: float, weigh
     for n, (t, total) in enumerate(zip(np.asarray(thresholds, np.float64), weight_sums)):
         base = np.float64(offset) * np.float64(total)
 
-        def reaches(p: int) -> bool:
+        def reaches(p: int, base: np.float64 = base, t: np.float64 = t) -> bool:
             return bool(np.float64(p) * np.float64(scale) + base >= t)
 
         if np.isinf(t):

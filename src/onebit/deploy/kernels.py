@@ -419,8 +419,8 @@ def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
     ``x = s c + o`` its product is :math:`s\,(c\,w^\top) + o \sum_k w_k`, and
     :math:`c\,w^\top` is an integer product computed here exactly. A numba back end on a
     CPU with AVX512-VNNI runs ``vpdpbusd`` (64 uint8 x int8 multiply-adds per instruction) on
-    a 4 x 32 register tile; elsewhere (and with ``backend="numpy"``) the product is a float GEMM of the codes with ±1 weights
-    unpacked block by block, exact because every partial sum is an integer below
+    a 4 x 32 register tile; elsewhere (and with ``backend="numpy"``) the product is a float GEMM
+    of the codes with ±1 weights unpacked block by block, exact because every partial sum is an integer below
     :math:`2^{24}` (float32; float64 when :math:`255 k \ge 2^{24}`).
     """
     codes = np.asarray(codes)

@@ -48,7 +48,8 @@ LINES: dict[str, Line] = {
                       "binary-all-hamming": "every block binary with a Hamming head"},
                      {"float": "float", "binary-block4": "block 4"}, {"binary-all-hamming": "Hamming encoder"}),
     "cifar10": Line("`cifar10`, width 0.5", {"float": "VGG-small", "float-bireal": "ResNet-18"},
-                    {"binaryconnect": "binaryconnect", "bnn": "bnn", "bireal": "Bi-Real"}, {"bnn": "bnn"}, {"bnn": "bnn"}),
+                    {"binaryconnect": "binaryconnect", "bnn": "bnn", "bireal": "Bi-Real"}, {"bnn": "bnn"},
+                    {"bnn": "bnn"}),
 }
 
 BEGIN = ("<!-- results table: rendered from results/*/results.json by onebit.experiments.overview; "

@@ -31,7 +31,8 @@ activation heatmaps work on it); with a support set and queries it returns logit
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
