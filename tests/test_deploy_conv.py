@@ -176,6 +176,7 @@ def _sign_encoder_classifier() -> nn.Module:
     return nn.Sequential(encoder, BinaryLinear(32, 10, bias=False), nn.BatchNorm1d(10))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [_bnn_cnn, _sign_encoder_classifier], ids=["bnn-cnn", "sign-encoder"])
 def test_trained_conv_models_match_pytorch(build, mnist_small, train_briefly, tmp_path):
     model = train_briefly(build(), mnist_small)
