@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from onebit.data import CorruptDatasetError, DatasetNotFoundError, augment, load_cifar10
-from onebit.data import cifar10
+from onebit.data import CorruptDatasetError, DatasetNotFoundError, augment, cifar10, load_cifar10
 from onebit.data.cifar10 import CLASSES
 
 SPLITS = {"train": 2, "test": 1}  # images per class in the tiny copies

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from onebit.data import CorruptDatasetError, DatasetNotFoundError, ImageSet, load_mnist
-from onebit.data import mnist
+from onebit.data import CorruptDatasetError, DatasetNotFoundError, ImageSet, load_mnist, mnist
 
 # Published class counts of the canonical MNIST splits.
 MNIST_COUNTS = {

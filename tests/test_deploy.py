@@ -42,6 +42,7 @@ def test_fold_sign_threshold_matches_batchnorm_sign():
     assert np.array_equal(got, want)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [
     lambda: MLP(hidden=(256, 256), recipe="bnn", input_dropout=0.2),
     lambda: MLP(hidden=(256, 256), recipe="xnor"),

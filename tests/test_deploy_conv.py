@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from onebit import models
+from onebit import models, quantizers
 from onebit.deploy import UnsupportedModelError, convert, load
 from onebit.models.matching_net import ConvEncoder
 from onebit.nn import BinaryConv2d, BinaryLinear
-from onebit.quantizers import SignSTE
+from onebit.quantizers import BinaryNeuron, SignSTE
 
 
 def randomize_batchnorm(model: nn.Module, images: torch.Tensor, seed: int = 0) -> nn.Module:
@@ -176,6 +176,7 @@ def _sign_encoder_classifier() -> nn.Module:
     return nn.Sequential(encoder, BinaryLinear(32, 10, bias=False), nn.BatchNorm1d(10))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("build", [_bnn_cnn, _sign_encoder_classifier], ids=["bnn-cnn", "sign-encoder"])
 def test_trained_conv_models_match_pytorch(build, mnist_small, train_briefly, tmp_path):
     model = train_briefly(build(), mnist_small)
@@ -237,6 +238,81 @@ class _Scaled(nn.Module):
 def test_non_chains_are_rejected_naming_the_module(model, message):
     with pytest.raises(UnsupportedModelError, match=message + ".*not a chain"):
         convert(model, torch.zeros(2, 2, 5, 5))
+
+
+class _TanhGradSign(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, beta):
+        ctx.save_for_backward(x)
+        ctx.beta = beta
+        return torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * ctx.beta * (1 - torch.tanh(ctx.beta * x) ** 2), None
+
+
+@quantizers.register("test-tanh-sign")
+@quantizers.register("test-tanh-sign-steep", beta=5.0)
+class TanhSign(quantizers.Quantizer):
+    r"""A quantizer of one's own: :math:`q(x) = +1` if :math:`x \ge 0` else :math:`-1`, gradient
+    :math:`\partial L/\partial q \cdot \frac{d}{dx} \tanh(\beta x)`. One class and one
+    decorator: nothing in the converter names it."""
+
+    packs = True
+
+    def __init__(self, beta: float = 2.0):
+        super().__init__()
+        self.beta = beta
+
+    def forward(self, x):
+        return _TanhGradSign.apply(x, self.beta)
+
+
+def test_a_registered_quantizer_of_ones_own_deploys(tmp_path):
+    """Weight and input quantizers, by name and alias, and a quantizer module of its own:
+    the converter packs them by their ``packs`` and ``levels`` alone."""
+    assert quantizers.get("test-tanh-sign-steep").beta == 5.0
+    assert quantizers.get("test-tanh-sign-steep", beta=3.0).beta == 3.0
+    x = torch.linspace(-1, 1, 9, requires_grad=True)
+    quantizers.get("test-tanh-sign")(x).sum().backward()
+    assert torch.allclose(x.grad, 2.0 * (1 - torch.tanh(2.0 * x.detach()) ** 2))  # its own backward
+
+    torch.manual_seed(0)
+    q, steep = "test-tanh-sign", "test-tanh-sign-steep"
+    model = nn.Sequential(
+        BinaryConv2d(3, 24, 3, padding=1, bias=False, weight_quantizer=q, input_quantizer=q), nn.BatchNorm2d(24),
+        TanhSign(), nn.MaxPool2d(2),
+        BinaryConv2d(24, 40, 3, padding=1, weight_quantizer=steep, input_quantizer=q), nn.MaxPool2d(2),
+        nn.BatchNorm2d(40), nn.Flatten(),
+        BinaryLinear(40 * 4 * 4, 10, bias=False, weight_quantizer=q, input_quantizer=steep), nn.BatchNorm1d(10),
+    )
+    images = torch.randn(300, 3, 16, 16, generator=torch.Generator().manual_seed(6))
+    randomize_batchnorm(model, images, seed=7)
+    with torch.no_grad():
+        expected = model(images).numpy()
+    packed = roundtrip(convert(model, images[:2]), tmp_path)
+    ops = [(op.kind, getattr(op, "output", None)) for op in packed.ops]
+    assert ops == [("pack_signs", None), ("binary_conv2d", "bits"), ("maxpool2d", None), ("binary_conv2d", "bits"),
+                   ("flatten", None), ("binary_dense", "float")]
+    assert_close_logits(packed(images.numpy()), expected)
+
+
+def test_quantizers_that_do_not_pack_to_signs_are_refused():
+    class Noisy(quantizers.Quantizer):  # packs is False by default
+        def forward(self, x):
+            return torch.where(torch.rand_like(x) < 0.5, 1.0, -1.0)
+
+    x = torch.zeros(2, 4)
+    with pytest.raises(UnsupportedModelError, match="1: Noisy does not pack"):
+        convert(nn.Sequential(nn.Linear(4, 4), Noisy()), x)
+    with pytest.raises(UnsupportedModelError, match="0: weight quantizer Noisy does not pack"):
+        convert(nn.Sequential(BinaryLinear(4, 4, weight_quantizer=Noisy())), x)
+    with pytest.raises(UnsupportedModelError, match=r"0: input quantizer BinaryNeuron outputs \(0.0, 1.0\)"):
+        convert(nn.Sequential(BinaryLinear(4, 4, input_quantizer="binary-neuron")), x)
+    with pytest.raises(UnsupportedModelError, match="1: BinaryNeuron does not pack"):
+        convert(nn.Sequential(nn.Linear(4, 4), BinaryNeuron("stochastic", sample_at_eval=True)), x)
 
 
 def test_conv_runtime_never_imports_torch(tmp_path):

@@ -140,6 +140,7 @@ def test_two_process_gloo_run(shared_datasets, tmp_path):
     assert (out / "mnist-cnn" / "results.md").exists()
 
 
+@pytest.mark.slow
 def test_set_overrides_training_options(shared_datasets, tmp_path):
     out = tmp_path / "runs"
     assert main(["run", "mnist-cnn", "--quick", "--rows", "stochastic-reinforce-first", "--out", str(out),
@@ -170,6 +171,7 @@ def test_set_model_overrides_replace_constructor_arguments():
             parse_overrides([bad])
 
 
+@pytest.mark.slow
 def test_runs_stored_before_a_new_training_option_stay_resumable(shared_datasets, tmp_path, capsys):
     out = tmp_path / "runs"
     args = ["run", "mnist-cnn", "--quick", "--rows", "none", "--seeds", "1", "--out", str(out), "--no-progress"]
@@ -233,7 +235,7 @@ def test_export_and_infer_a_trained_run(trained_bnn, shared_datasets, tmp_path, 
     from onebit.experiments.datasets import test_arrays
 
     model = load(packed)
-    (normalized, labels), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
+    (normalized, _), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
     assert codes.dtype == np.uint8 and normalized.dtype == np.float32
     assert (model.predict(codes) == model.predict(normalized)).mean() >= 0.999
 

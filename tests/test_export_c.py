@@ -113,6 +113,7 @@ def test_mlp_recipes_equal_the_runtime_on_the_whole_mnist_test_set(trained_mlps,
         assert_agrees(targets.run_harness(executable, mnist_test), packed(mnist_test), exact=recipe != "binaryconnect")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("binary", ["both", "first"])
 def test_study_b_cnn_equals_the_runtime(binary, mnist_small, mnist_test, tmp_path):
     torch.manual_seed(0)
@@ -207,6 +208,7 @@ def test_mnist_bnn_on_arm64_and_cortex_m4_equals_the_host(trained_mlps, mnist_te
     assert m4.instructions_per_inference > 256 * 784  # at least one instruction per weight of layer 1
 
 
+@pytest.mark.slow
 def test_short_trained_cifar10_bnn_on_arm64_and_cortex_m4_equals_the_runtime(shared_datasets, tmp_path,
                                                                              require_tools):
     require_tools("aarch64-linux-gnu-gcc", "qemu-aarch64", "arm-none-eabi-gcc", "qemu-system-arm")

@@ -370,19 +370,23 @@ def test_maxpool_is_or_of_signs(kernel, stride):
 # ---------------------------------------------------------------------------- back-end switch
 
 
-def _run_isolated(code: str, **env: str) -> str:
+def _isolated(code: str, **env: str) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter where ``onebit`` and ``onebit.deploy`` are bare
-    namespace stubs, so only the kernel modules themselves are imported."""
+    namespace stubs (of this source tree), so only the kernel modules themselves are imported."""
     prelude = (
         "import sys, types, pathlib, numpy as np\n"
         f"root = pathlib.Path({str(K.__file__)!r}).parent\n"
         "for name, path in (('onebit', root.parent), ('onebit.deploy', root)):\n"
         "    mod = types.ModuleType(name); mod.__path__ = [str(path)]; sys.modules[name] = mod\n"
-        "import onebit.deploy.kernels as K\n"
     )
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-c", prelude + code], env=dict(os.environ, **env), capture_output=True, text=True, timeout=120
     )
+
+
+def _run_isolated(code: str, **env: str) -> str:
+    """:func:`_isolated` ``code`` after ``import onebit.deploy.kernels as K``; its output."""
+    result = _isolated("import onebit.deploy.kernels as K\n" + code, **env)
     assert result.returncode == 0, result.stderr
     return result.stdout.strip()
 
@@ -402,3 +406,29 @@ def test_kernels_do_not_import_torch():
     assert _run_isolated("print('torch' in sys.modules, K.DEFAULT_BACKEND)", ONEBIT_NO_NUMBA="0") == (
         f"False {K.DEFAULT_BACKEND}"
     )
+
+
+def test_every_simd_tile_the_cpu_runs_is_available():
+    """An AVX-512 CPU offers the AVX2 tile too, so one machine tests both code generators."""
+    if K._nb is None:
+        pytest.skip("numba is not installed")
+    assert ("avx512" in BACKENDS) == K._nb.has_avx512_popcount()
+    assert ("avx2" in BACKENDS) == K._nb.has_avx2()
+    assert BACKENDS[-2:] == ("numba", "numpy") and K.DEFAULT_BACKEND == BACKENDS[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_onebit_backend_env_var_sets_the_default(backend):
+    code = (
+        "a, b = np.where(np.arange(6 * 300).reshape(6, 300) % 7 < 3, 1.0, -1.0), -np.ones((70, 300))\n"
+        "out = K.binary_matmul(K.pack_signs(a), K.pack_signs(b), 300)\n"
+        "assert (out == a @ b.T).all()\n"
+        "print(K.DEFAULT_BACKEND)\n"
+    )
+    assert _run_isolated(code, ONEBIT_BACKEND=backend) == backend
+
+
+def test_onebit_backend_env_var_names_an_available_back_end():
+    result = _isolated("import onebit.deploy.kernels", ONEBIT_BACKEND="sse2")
+    assert result.returncode != 0
+    assert "ValueError: ONEBIT_BACKEND='sse2' is not available here (have " in result.stderr

@@ -240,8 +240,8 @@ def test_cached_evaluation_equals_episode_by_episode_forward():
     with torch.no_grad():
         result = task.step(model, batch)
         assert result.per_sample_loss.shape == (60,)
-        slow = torch.cat([F.cross_entropy(model(images[s], l, images[q]), y, reduction="none")
-                          for s, l, q, y in zip(s_idx, s_lab, q_idx, q_lab)])
+        slow = torch.cat([F.cross_entropy(model(images[s], lab, images[q]), y, reduction="none")
+                          for s, lab, q, y in zip(s_idx, s_lab, q_idx, q_lab)])
     assert torch.allclose(result.per_sample_loss, slow, atol=1e-4)
     with pytest.raises(ValueError, match="val or test"):
         next(task.eval_batches("train"))

@@ -40,6 +40,7 @@ def test_mcu_cnn_is_fully_binary():
     assert "channels=(32, 32, 48)" in repr(models.build("mcu_cnn", channels=(32, 32, 48)))
 
 
+@pytest.mark.slow
 def test_quick_run_reports_the_cortex_m4_figures(shared_datasets, tmp_path, require_tools):
     require_tools("arm-none-eabi-gcc", "qemu-system-arm")
     assert main(["run", "mnist-mcu", "--quick", "--rows", "mcu-4k", "--out", str(tmp_path), "--no-progress"]) == 0

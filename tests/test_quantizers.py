@@ -118,6 +118,7 @@ def test_bad_mode_and_estimator_raise():
 def test_registry_resolves_and_lists_names():
     assert isinstance(quantizers.get("sign"), quantizers.SignSTE)
     assert quantizers.get("sign-unclipped").clip is None
+    assert quantizers.get("sign-unclipped", clip=0.5).clip == 0.5  # an alias's defaults yield to keywords
     neuron = quantizers.get("binary-neuron", mode="stochastic", estimator="reinforce")
     assert neuron.mode == "stochastic" and neuron.estimator == "reinforce"
     assert quantizers.get(None) is None
@@ -134,3 +135,88 @@ def test_log_prob_is_finite_at_saturation():
     neuron = BinaryNeuron("stochastic", "reinforce")
     neuron(torch.tensor([[-5.0, 5.0]], requires_grad=True))
     assert math.isfinite(neuron.recorded_log_probs[0].item())
+
+
+BUILTIN = {  # every name configs and code use: class, output levels, packs
+    "sign": (quantizers.SignSTE, (-1.0, 1.0), True),
+    "sign-unclipped": (quantizers.SignSTE, (-1.0, 1.0), True),
+    "stochastic-sign": (quantizers.StochasticSign, (-1.0, 1.0), True),
+    "approx-sign": (quantizers.ApproxSign, (-1.0, 1.0), True),
+    "binary-neuron": (BinaryNeuron, (0.0, 1.0), True),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN))
+def test_builtin_names_state_the_contract(name):
+    cls, levels, packs = BUILTIN[name]
+    q = quantizers.get(name)
+    assert type(q) is cls and isinstance(q, quantizers.Quantizer) and q.name == name
+    assert tuple(q.levels) == levels and q.packs is packs
+    assert set(q.eval()(X).tolist()) == set(levels)
+    assert set(quantizers.names()) >= set(BUILTIN)
+
+
+def test_binary_neuron_that_samples_at_eval_does_not_pack():
+    assert BinaryNeuron("stochastic", sample_at_eval=True).packs is False
+    assert BinaryNeuron("deterministic", sample_at_eval=True).packs is True
+
+
+def test_register_validates_classes_and_names():
+    with pytest.raises(ValueError, match="'sign' is already registered"):
+        quantizers.register("sign")(quantizers.ApproxSign)
+    with pytest.raises(TypeError, match="Quantizer subclasses"):
+        quantizers.register("relu")(torch.nn.ReLU)
+    with pytest.raises(TypeError, match="levels"):
+
+        class Ternary(quantizers.Quantizer):  # noqa: F841 (defining it is the test)
+            levels = (-1.0, 0.0)
+
+
+BAD_CLIPS = [0, -1.0, float("nan"), "1", True]
+
+
+@pytest.mark.parametrize("clip", BAD_CLIPS)
+@pytest.mark.parametrize("build", [
+    lambda clip: sign_ste(X, clip=clip),
+    lambda clip: stochastic_sign(X, clip=clip),
+    lambda clip: quantizers.SignSTE(clip=clip),
+    lambda clip: quantizers.StochasticSign(clip=clip),
+    lambda clip: quantizers.get("sign", clip=clip),
+    lambda clip: quantizers.get("stochastic-sign", clip=clip),
+], ids=["sign_ste", "stochastic_sign", "SignSTE", "StochasticSign", "get-sign", "get-stochastic-sign"])
+def test_clip_is_validated_the_same_way_everywhere(build, clip):
+    with pytest.raises(ValueError, match=r"clip must be a positive number or None, got "):
+        build(clip)
+
+
+@pytest.mark.parametrize("clip", [0.5, 2, float("inf"), None])
+def test_valid_clips_are_accepted(clip):
+    assert quantizers.SignSTE(clip=clip).clip == clip
+    assert sign_ste(X, clip=clip).tolist() == [-1, -1, -1, 1, 1, 1, 1]
+
+
+def _saved_tensor_count(fn, x):
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = fn(x)
+    return y, len(saved)
+
+
+@pytest.mark.parametrize("fn", [
+    lambda x: sign_ste(x, clip=None),
+    quantizers.SignSTE(clip=None),
+    quantizers.get("sign-unclipped"),
+], ids=["sign_ste", "SignSTE", "sign-unclipped"])
+def test_plain_straight_through_passes_the_gradient_on_and_saves_nothing(fn):
+    x = torch.randn(4, 7, requires_grad=True)
+    y, saved = _saved_tensor_count(fn, x)
+    assert saved == 0  # no ones_like(x) (nor anything else) kept for backward
+    grad = torch.randn(4, 7)
+    (grad_x,) = torch.autograd.grad(y, x, grad)
+    assert torch.equal(grad_x, grad)
+
+
+def test_clipped_straight_through_saves_only_its_mask():
+    x = torch.randn(4, 7, requires_grad=True)
+    _, saved = _saved_tensor_count(sign_ste, x)
+    assert saved == 1

@@ -23,7 +23,7 @@ def test_summary_counts_by_hand():
     assert s.compression_ratio == pytest.approx(s.float32_bytes / s.packed_bytes)
     text = str(s)
     assert "BinaryConv2d" in text and "Compression ratio" in text
-    assert [l.output_shape for l in s.layers][0] == (4, 28, 28)
+    assert [layer.output_shape for layer in s.layers][0] == (4, 28, 28)
     assert model.training  # mode restored
 
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 from torch import nn
 
+from onebit._cpu import cpu_label
 from onebit.data import ImageSet
 from onebit.nn import BinaryLinear
 from onebit.quantizers import BinaryNeuron
 from onebit.training import ClassificationTask, TrainConfig, Trainer, TrainingDiverged
-from onebit._cpu import cpu_label
 from onebit.training.trainer import resolve_precision
 
 
@@ -96,8 +96,8 @@ def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, options):
     resumed = Trainer(tiny_model(True), synthetic_task(), config, tmp_path / "killed").fit(resume=True)
     for key in ("test_acc", "test_loss", "best_epoch", "best_val_acc"):
         assert resumed[key] == uninterrupted[key]
-    full = [json.loads(l) for l in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
-    again = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    full = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    again = [json.loads(line) for line in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     drop = lambda rows: [{k: v for k, v in r.items() if k != "epoch_seconds"} for r in rows]  # noqa: E731
     assert drop(full) == drop(again)
 

@@ -14,8 +14,8 @@ In the spirit of ``larq.models.summary``. Conventions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -97,9 +97,9 @@ class ModelSummary:
     def __str__(self) -> str:
         header = ("Layer", "Kind", "Output shape", "Binary params", "Float params", "Binary MACs", "Float MACs")
         rows = [
-            (l.name, l.kind, str(tuple(l.output_shape)), f"{l.binary_params:,}", f"{l.float_params:,}",
-             f"{l.binary_macs:,}", f"{l.float_macs:,}")
-            for l in self.layers
+            (layer.name, layer.kind, str(tuple(layer.output_shape)), f"{layer.binary_params:,}",
+             f"{layer.float_params:,}", f"{layer.binary_macs:,}", f"{layer.float_macs:,}")
+            for layer in self.layers
         ]
         rows.append(("Total", "", "", f"{self.binary_params:,}", f"{self.float_params:,}",
                      f"{self.binary_macs:,}", f"{self.float_macs:,}"))
@@ -165,7 +165,8 @@ def summary(model: nn.Module, input_size: Sequence[int], *, dtype: torch.dtype =
             binary_macs = macs if binary_weight and module.has_binary_input else 0
             shape = tuple(output.shape[1:]) if torch.is_tensor(output) else ()
             result.layers.append(
-                LayerSummary(name, type(module).__name__, shape, binary, total - binary, binary_macs, macs - binary_macs)
+                LayerSummary(name, type(module).__name__, shape, binary, total - binary, binary_macs,
+                             macs - binary_macs)
             )
 
         return hook

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train an experiment's runs and write its report")
     run.add_argument("experiment", help="experiment name (see `onebit list`)")
-    run.add_argument("--quick", action="store_true", help="smoke version: tiny data subset, 1 epoch, 1 seed, no torch.compile")
+    run.add_argument("--quick", action="store_true",
+                     help="smoke version: tiny data subset, 1 epoch, 1 seed, no torch.compile")
     run.add_argument("--epochs", type=_positive_int, help="override the experiment's number of epochs")
     run.add_argument("--seeds", type=_positive_int, help="seeds per row (default 3; 1 with --quick)")
     run.add_argument("--first-seed", type=_non_negative_int, default=0,

@@ -27,8 +27,8 @@ Typical use::
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import Tensor, nn
@@ -74,7 +74,7 @@ class MovingAverageBaseline:
         self.value = state["value"]
 
 
-_default_baselines: "weakref.WeakKeyDictionary[nn.Module, MovingAverageBaseline]" = weakref.WeakKeyDictionary()
+_default_baselines: weakref.WeakKeyDictionary[nn.Module, MovingAverageBaseline] = weakref.WeakKeyDictionary()
 
 
 @contextmanager
@@ -195,7 +195,8 @@ def surrogate_loss(
         baseline = default_baseline(model)
     if isinstance(baseline, MovingAverageBaseline):
         baseline = baseline(per_sample_loss)
-    advantage = (per_sample_loss.detach() - torch.as_tensor(baseline, dtype=per_sample_loss.dtype, device=per_sample_loss.device)).detach()
+    baseline = torch.as_tensor(baseline, dtype=per_sample_loss.dtype, device=per_sample_loss.device)
+    advantage = (per_sample_loss.detach() - baseline).detach()
     clear(model)
     log_prob = torch.stack(records).sum(dim=0)
     return (advantage * log_prob).mean()

@@ -29,6 +29,9 @@ thresholds and writes packed output bits directly.
 AVX2 back end (no ``vpopcntq``): the same tile, counted in sub-tiles of 2 rows x 8
 columns whose 4 byte counters take ``popcount`` by two ``vpshufb`` nibble lookups per
 256 bits and are summed into 64-bit accumulators (``vpsadbw``) every 31 reduction words.
+Both tiles are compiled into the GEMM driver, which picks one per call (``mode``), so an
+AVX-512 CPU runs the AVX2 tile too (there LLVM may count the bytes with AVX-512's
+``vpopcntb`` instead of the nibble lookups; the code generator is the same).
 
 The portable ``numba`` back end calls :func:`_tile_dot_portable`, a plain loop that LLVM
 auto-vectorizes for whatever the CPU has (the threshold epilogue then runs unfused, in
@@ -52,11 +55,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from typing import Callable
 
-import numpy as np
 import numba
+import numpy as np
 from llvmlite import binding, ir
 from numba import njit, types
 from numba.core import cgutils
@@ -107,12 +110,11 @@ def has_avx2() -> bool:
     return bool(_host_features().get("avx2"))
 
 
-def simd_backend() -> str | None:
-    """The vector GEMM tile this CPU runs: ``"avx512"`` (``vpopcntq``), ``"avx2"`` (nibble
-    lookups) or None (the portable kernel only)."""
-    if has_avx512_popcount():
-        return "avx512"
-    return "avx2" if has_avx2() else None
+def simd_backends() -> tuple[str, ...]:
+    """The vector GEMM tiles this CPU runs, fastest first: ``"avx512"`` (``vpopcntq``) where it
+    has AVX512-VPOPCNTDQ, ``"avx2"`` (nibble lookups) wherever it has AVX2, AVX-512 CPUs
+    included; none where only the portable kernel runs."""
+    return (("avx512",) if has_avx512_popcount() else ()) + (("avx2",) if has_avx2() else ())
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -212,15 +214,17 @@ class _Args:
 _Epilogue = Callable[[ir.IRBuilder, ir.Value, int, ir.Value], None]
 
 
-def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
+def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str) -> None:
     """Emit the 4 x 32 popcount tile shared by all GEMM intrinsics.
 
     Argument positions 0..8 are always ``a, rowbase, koff, rowclass, bias, row0, mr,
     panels, jb``.  The tile covers rows ``row0 .. row0 + mr - 1`` (1 <= mr <= 4; one
     specialised loop per ``mr`` so a single-row GEMV does no wasted work) and panel
     ``jb``, and hands ``dot = bias[rowclass[row], col] - 2 * mismatches`` to ``epilogue``.
-    The mismatches are counted by :func:`_count_bytes` on AVX2 CPUs without ``vpopcntq``,
-    else by :func:`_count_vpopcntq` (generic LLVM vector IR).
+    The mismatches are counted by :func:`_count_vpopcntq` (generic LLVM vector IR) for
+    ``counter="avx512"`` and by :func:`_count_bytes` for ``counter="avx2"``. On a CPU
+    without AVX2 (where the ``"avx2"`` back end is not available, so the tile never runs)
+    the latter emits the former too, since LLVM cannot compile its AVX2 intrinsic there.
     """
     builder = ac.builder
     a, rowbase, koff, rowclass, bias, panels = (ac.data(i) for i in (0, 1, 2, 3, 4, 7))
@@ -228,7 +232,7 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue) -> None:
     kw, bias_stride = ac.shape(2, 0), ac.shape(4, 1)
     col0 = builder.mul(jb, ir.Constant(_I64, PANEL))
     panel = builder.gep(panels, [builder.mul(col0, kw)])
-    count = _count_bytes if simd_backend() == "avx2" else _count_vpopcntq
+    count = _count_bytes if counter == "avx2" and has_avx2() else _count_vpopcntq
 
     fn = builder.function
     done = fn.append_basic_block("tile.done")
@@ -359,59 +363,74 @@ def _count_bytes(builder, a, koff, row_base, panel, kw, name) -> list[list[ir.Va
              for p in range(_VECS)] for row in sums]
 
 
-@intrinsic
-def _tile_dot(typingctx, a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols):
-    """Tile -> int32 dot products, ``out[row, 32 * jb + c]`` for ``c < ncols``."""
-    sig = types.void(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
-
-    def codegen(context, builder, sig, args):
-        ac = _Args(context, builder, sig, args)
-        out_data, ldo = ac.data(9), ac.shape(9, 1)
-        col0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL))
-        nvalid = _splat(builder, builder.trunc(ac.int64(10), _I32), _V8I32)
-        mstore = cgutils.get_or_insert_function(
-            builder.module,
-            ir.FunctionType(ir.VoidType(), [_V8I32, _V8I32.as_pointer(), _I32, _V8I1]),
-            "llvm.masked.store.v8i32.p0",
-        )
-
-        def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
-            lanes = ir.Constant(_V8I32, [_LANES * p + j for j in range(_LANES)])
-            mask = b.icmp_signed("<", lanes, nvalid)
-            ptr = _vec_ptr(b, out_data, b.add(b.mul(row, ldo), b.add(col0, ir.Constant(_I64, _LANES * p))), _V8I32)
-            b.call(mstore, [dot, ptr, ir.Constant(_I32, 4), mask])
-
-        _emit_tile(ac, store)
-        return context.get_dummy_value()
-
-    return sig, codegen
+def _named_intrinsic(fn, name: str):
+    """``intrinsic(fn)`` under its own name (the tile factories make one function per counter)."""
+    fn.__name__ = fn.__qualname__ = name
+    return intrinsic(fn)
 
 
-@intrinsic
-def _tile_threshold(typingctx, a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out):
-    """Tile -> packed bits ``(dot >= thresholds[col]) ^ flip[col]`` into the byte view ``out``.
+def _make_tile_dot(counter: str):
+    def tile_dot(typingctx, a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols):
+        """Tile -> int32 dot products, ``out[row, 32 * jb + c]`` for ``c < ncols``."""
+        sig = types.void(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
 
-    ``thresholds`` (int32) and ``flipbits`` (one bit per column, little-endian bytes) are
-    padded to the panel width; padded columns must give 0 bits.
-    """
-    sig = types.void(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out)
+        def codegen(context, builder, sig, args):
+            ac = _Args(context, builder, sig, args)
+            out_data, ldo = ac.data(9), ac.shape(9, 1)
+            col0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL))
+            nvalid = _splat(builder, builder.trunc(ac.int64(10), _I32), _V8I32)
+            mstore = cgutils.get_or_insert_function(
+                builder.module,
+                ir.FunctionType(ir.VoidType(), [_V8I32, _V8I32.as_pointer(), _I32, _V8I1]),
+                "llvm.masked.store.v8i32.p0",
+            )
 
-    def codegen(context, builder, sig, args):
-        ac = _Args(context, builder, sig, args)
-        thr, flips, out_data, ldo = ac.data(9), ac.data(10), ac.data(11), ac.shape(11, 1)
-        byte0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL // 8))
+            def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
+                lanes = ir.Constant(_V8I32, [_LANES * p + j for j in range(_LANES)])
+                mask = b.icmp_signed("<", lanes, nvalid)
+                ptr = _vec_ptr(b, out_data, b.add(b.mul(row, ldo), b.add(col0, ir.Constant(_I64, _LANES * p))), _V8I32)
+                b.call(mstore, [dot, ptr, ir.Constant(_I32, 4), mask])
 
-        def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
-            byte = b.add(byte0, ir.Constant(_I64, p))
-            tvec = b.load(_vec_ptr(b, thr, b.mul(byte, ir.Constant(_I64, 8)), _V8I32), align=4)
-            bits = b.bitcast(b.icmp_signed(">=", dot, tvec), _I8)
-            bits = b.xor(bits, b.load(b.gep(flips, [byte])))
-            b.store(bits, b.gep(out_data, [b.add(b.mul(row, ldo), byte)]))
+            _emit_tile(ac, store, counter)
+            return context.get_dummy_value()
 
-        _emit_tile(ac, store)
-        return context.get_dummy_value()
+        return sig, codegen
 
-    return sig, codegen
+    return _named_intrinsic(tile_dot, f"_tile_dot_{counter}")
+
+
+def _make_tile_threshold(counter: str):
+    def tile_threshold(typingctx, a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out):
+        """Tile -> packed bits ``(dot >= thresholds[col]) ^ flip[col]`` into the byte view ``out``.
+
+        ``thresholds`` (int32) and ``flipbits`` (one bit per column, little-endian bytes) are
+        padded to the panel width; padded columns must give 0 bits.
+        """
+        sig = types.void(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out)
+
+        def codegen(context, builder, sig, args):
+            ac = _Args(context, builder, sig, args)
+            thr, flips, out_data, ldo = ac.data(9), ac.data(10), ac.data(11), ac.shape(11, 1)
+            byte0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL // 8))
+
+            def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
+                byte = b.add(byte0, ir.Constant(_I64, p))
+                tvec = b.load(_vec_ptr(b, thr, b.mul(byte, ir.Constant(_I64, 8)), _V8I32), align=4)
+                bits = b.bitcast(b.icmp_signed(">=", dot, tvec), _I8)
+                bits = b.xor(bits, b.load(b.gep(flips, [byte])))
+                b.store(bits, b.gep(out_data, [b.add(b.mul(row, ldo), byte)]))
+
+            _emit_tile(ac, store, counter)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return _named_intrinsic(tile_threshold, f"_tile_threshold_{counter}")
+
+
+# The tiles of the "avx512" and "avx2" back ends (see _emit_tile).
+_tile_dot, _tile_dot_avx2 = _make_tile_dot("avx512"), _make_tile_dot("avx2")
+_tile_threshold, _tile_threshold_avx2 = _make_tile_threshold("avx512"), _make_tile_threshold("avx2")
 
 
 @intrinsic
@@ -464,7 +483,9 @@ def _fetch_add(typingctx, counter, value):
     return sig, codegen
 
 
-MODE_DOT, MODE_DOT_PORTABLE, MODE_THRESHOLD = 0, 1, 2
+# GEMM modes: dots by the AVX-512 tile, the portable loop or the AVX2 tile; thresholded bits
+# by the AVX-512 or the AVX2 tile.
+MODE_DOT, MODE_DOT_PORTABLE, MODE_THRESHOLD, MODE_DOT_AVX2, MODE_THRESHOLD_AVX2 = 0, 1, 2, 3, 4
 
 
 @njit(**_JIT)
@@ -488,8 +509,13 @@ def _gemm_items(
                 _tile_dot(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
             elif mode == MODE_DOT_PORTABLE:
                 _tile_dot_portable(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
-            else:
+            elif mode == MODE_DOT_AVX2:
+                _tile_dot_avx2(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, out, ncols)
+            elif mode == MODE_THRESHOLD:
                 _tile_threshold(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits, out_bits)
+            else:
+                _tile_threshold_avx2(a, rowbase, koff, rowclass, bias, row0, mr, panels, jb, thresholds, flipbits,
+                                     out_bits)
 
 
 @njit(**_JIT)
@@ -519,7 +545,7 @@ def gemm(
     out_bits: np.ndarray,
 ) -> None:
     """Fill ``out`` (int32 ``(M, n)`` dots; ``MODE_DOT*``) or ``out_bits`` (uint8 view of the
-    packed ``(M, ceil(n / 64))`` output; ``MODE_THRESHOLD``).  Arrays a mode does not use
+    packed ``(M, ceil(n / 64))`` output; ``MODE_THRESHOLD*``).  Arrays a mode does not use
     are passed empty (fixed argument types keep one cached compilation).
 
     ``rowclass`` (int32, M) and ``bias`` (int32, (classes, 32 * n_panels)) give

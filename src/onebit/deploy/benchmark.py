@@ -25,8 +25,10 @@ import os
 import platform
 import statistics
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -98,6 +100,11 @@ def compare(fns: list[Callable[[], object]], repeats: int, min_seconds: float) -
         for fn, ts in zip(fns, times):
             ts.append(sample(fn, min_seconds))
     return [statistics.median(ts) for ts in times]
+
+
+def _no_grad_call(model: torch.nn.Module, x: torch.Tensor) -> None:
+    with torch.no_grad():
+        model(x)
 
 
 def sign_tensor(*shape: int) -> torch.Tensor:
@@ -242,11 +249,8 @@ def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=
         xn = x.numpy()
         codes = rng.integers(0, 256, (batch, *input_size)).astype(np.uint8)
 
-        def run_torch():
-            with torch.no_grad():
-                model(x)
-
-        fns = [run_torch, lambda: packed(xn)] + ([lambda: packed(codes)] if input_normalization else [])
+        fns = [partial(_no_grad_call, model, x), partial(packed, xn)] + (
+            [partial(packed, codes)] if input_normalization else [])
         t_torch, t_packed, *t_u8 = compare(fns, repeats, min_seconds)
         rows.append({"batch": batch, "torch_ms": 1e3 * t_torch, "packed_ms": 1e3 * t_packed,
                      "speedup": t_torch / t_packed, "state_dict_bytes": buffer.tell(),

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..nn import BinaryConv2d, BinaryLinear, HardSigmoid, QuantizedLayer
-from ..nn.layers import layers
-from ..quantizers import ApproxSign, BinaryNeuron, SignSTE, StochasticSign
+from ..quantizers import SIGN_LEVELS, STEP_LEVELS, Quantizer
 from . import kernels, runtime
 
 __all__ = ["convert", "UnsupportedModelError", "fold_sign_threshold"]
 
-_SIGN_QUANTIZERS = (SignSTE, StochasticSign, ApproxSign)  # eval-mode forward: sign, 0 -> +1
 _SKIPPED = (nn.Dropout, nn.Identity)
 _COMMUTE_WITH_SIGN = (*_SKIPPED, nn.Flatten, nn.MaxPool2d)  # sign(f(y)) = f(sign(y))
 
@@ -68,7 +67,7 @@ class _Call(NamedTuple):
     module: nn.Module
     input: torch.Tensor
     output: torch.Tensor
-    branches: tuple[list["_Call"], list["_Call"]] | None = None
+    branches: tuple[list[_Call], list[_Call]] | None = None
 
 
 class _Node:
@@ -177,12 +176,19 @@ def _structure(node: _Node) -> list[_Call]:
         raise not_a_chain from None
 
 
-def _quantizer_kind(q: nn.Module | None) -> str:
-    if q is None:
-        return "none"
-    if isinstance(q, _SIGN_QUANTIZERS):
-        return "sign"
-    raise UnsupportedModelError(f"quantizer {type(q).__name__} has no packed equivalent")
+def _packs_signs(q: nn.Module | None) -> bool:
+    """Whether ``q`` is a quantizer whose eval-mode output is the sign, 0 -> +1: one that packs
+    (:class:`~onebit.quantizers.Quantizer`) with levels (-1, 1)."""
+    return isinstance(q, Quantizer) and q.packs and tuple(q.levels) == SIGN_LEVELS
+
+
+def _why_not_signs(q: nn.Module) -> str:
+    """Why ``q`` (not :func:`_packs_signs`) cannot binarize a binary layer's weight or input."""
+    if not isinstance(q, Quantizer):
+        return f"{type(q).__name__} is not a onebit.quantizers.Quantizer"
+    if not q.packs:
+        return f"{type(q).__name__} does not pack (its eval-mode output is not a threshold at zero)"
+    return f"{type(q).__name__} outputs {tuple(q.levels)}, and binary layers compute on signs {SIGN_LEVELS}"
 
 
 def convert(
@@ -200,8 +206,9 @@ def convert(
     (e.g. :class:`~onebit.models.BiRealBlock`; see :func:`_structure`). Supported modules:
 
     - :class:`~onebit.nn.BinaryLinear` and :class:`~onebit.nn.BinaryConv2d` (sign weights, real
-      or sign inputs, optional XNOR scaling, square stride / zero padding), with a directly
-      following ``MaxPool2d`` (convolutions) and ``BatchNorm1d/2d`` folded in. When the value
+      or sign inputs, the signs by quantizers that pack with levels (-1, 1), optional XNOR
+      scaling, square stride / zero padding), with a directly following ``MaxPool2d``
+      (convolutions) and ``BatchNorm1d/2d`` folded in. When the value
       is binarized next, by the next binary layer's sign input quantizer or a sign module
       (possibly after max pooling, flattening or dropout, which commute with the sign),
       batch norm and sign become integer thresholds on the popcount and the layer outputs
@@ -209,9 +216,10 @@ def convert(
       batch norm);
     - float ``nn.Linear``, ``nn.Conv2d``, ``BatchNorm1d/2d``, ``MaxPool2d``, ``ReLU``,
       ``nn.Flatten`` (and the flattening a model's ``forward`` does between modules or at its
-      end), :class:`~onebit.nn.HardSigmoid`, sign modules (``SignSTE``, ``StochasticSign``,
-      ``ApproxSign`` at eval) and deterministic / thresholding
-      :class:`~onebit.quantizers.BinaryNeuron` (eval mode);
+      end), :class:`~onebit.nn.HardSigmoid`, and every :class:`~onebit.quantizers.Quantizer`
+      that packs (its ``packs`` attribute: at eval, a threshold at zero onto its ``levels``):
+      a sign (``SignSTE``, ``StochasticSign``, ``ApproxSign``, or a quantizer of one's own)
+      or a step (a :class:`~onebit.quantizers.BinaryNeuron` that does not sample at eval);
     - ``AvgPool2d`` and global ``AdaptiveAvgPool2d(1)`` on float maps;
     - ``Dropout`` and ``Identity`` (dropped).
 
@@ -289,8 +297,8 @@ def _sign_follows(calls: list[_Call], j: int) -> bool:
         return False
     module = calls[j].module
     if isinstance(module, QuantizedLayer):
-        return isinstance(module.input_quantizer, _SIGN_QUANTIZERS)
-    return isinstance(module, _SIGN_QUANTIZERS)
+        return _packs_signs(module.input_quantizer)
+    return _packs_signs(module)
 
 
 def _convert_one(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
@@ -311,9 +319,17 @@ def _convert_one(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
         return _binary_layer(ops, calls, i)
     if isinstance(module, QuantizedLayer):
         raise UnsupportedModelError(f"{name}: {type(module).__name__} is not supported")
-    if isinstance(module, _SIGN_QUANTIZERS):
-        if not _carries_bits(ops):  # on packed bits (±1 values) the sign is the identity
-            ops.append(runtime.Sign())
+    if isinstance(module, Quantizer):
+        if not module.packs:
+            raise UnsupportedModelError(f"{name}: {type(module).__name__} does not pack (its eval-mode output is not "
+                                        "a threshold at zero, e.g. it samples at eval time), so it has no "
+                                        "deterministic packed form")
+        if tuple(module.levels) == SIGN_LEVELS:
+            if not _carries_bits(ops):  # on packed bits (±1 values) the sign is the identity
+                ops.append(runtime.Sign())
+            return 1
+        assert tuple(module.levels) == STEP_LEVELS  # Quantizer allows these two
+        _append(ops, runtime.Step())
         return 1
     if isinstance(module, nn.Linear):
         op = runtime.Linear(_np(module.weight).astype(np.float32), _bias(module))
@@ -343,10 +359,6 @@ def _convert_one(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
         op = runtime.Flatten()
     elif isinstance(module, HardSigmoid):
         op = runtime.HardSigmoid(module.slope)
-    elif isinstance(module, BinaryNeuron):
-        if module.mode == "stochastic" and module.sample_at_eval:
-            raise UnsupportedModelError(f"{name}: a neuron that samples at eval time has no deterministic packed form")
-        op = runtime.Step()
     else:
         raise UnsupportedModelError(f"{name}: {type(module).__name__} has no packed equivalent")
     _append(ops, op)
@@ -388,14 +400,14 @@ def _binary_layer(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
     """
     name, layer = calls[i].name, calls[i].module
     conv = isinstance(layer, BinaryConv2d)
-    if not layer.has_binary_weight or _quantizer_kind(layer.weight_quantizer) != "sign":
-        raise UnsupportedModelError(f"{name}: {type(layer).__name__} needs a sign weight quantizer "
-                                    f"(got {type(layer.weight_quantizer).__name__}); use nn.Linear / nn.Conv2d")
-    try:
-        input_kind = _quantizer_kind(layer.input_quantizer)
-    except UnsupportedModelError as error:
-        raise UnsupportedModelError(f"{name}: input {error}") from None
-    if input_kind == "sign" and not _carries_bits(ops):
+    if not layer.has_binary_weight:
+        raise UnsupportedModelError(f"{name}: {type(layer).__name__} without a weight quantizer has float weights; "
+                                    "use nn.Linear / nn.Conv2d")
+    if not _packs_signs(layer.weight_quantizer):
+        raise UnsupportedModelError(f"{name}: weight quantizer {_why_not_signs(layer.weight_quantizer)}")
+    if layer.has_binary_input and not _packs_signs(layer.input_quantizer):
+        raise UnsupportedModelError(f"{name}: input quantizer {_why_not_signs(layer.input_quantizer)}")
+    if layer.has_binary_input and not _carries_bits(ops):
         ops.append(runtime.PackSigns())
     weight = _np(layer.weight).astype(np.float32)
     n_out = weight.shape[0]

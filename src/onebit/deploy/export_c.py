@@ -218,6 +218,7 @@ def _pixel_thresholds(thresholds: np.ndarray, scale: float, offset: float, weigh
     is positive, so the expression is non-decreasing in ``P``."""
     if not scale > 0:
         raise ExportError(f"input scale must be positive, got {scale}")
+
     def reaches(p: int, base: np.float64, t: np.float64) -> bool:
         return bool(np.float64(p) * np.float64(scale) + base >= t)
 

@@ -24,15 +24,18 @@ Back ends
     when the CPU has AVX512-VPOPCNTDQ.
 ``"avx2"``
     the same tiles on 256-bit vectors, popcount by ``vpshufb`` nibble lookups into byte
-    counters.  Chosen on AVX2 CPUs without AVX512-VPOPCNTDQ (e.g. AMD Zen 2/3).
+    counters.  Chosen on AVX2 CPUs without AVX512-VPOPCNTDQ (e.g. AMD Zen 2/3), and
+    available on every AVX2 CPU, AVX-512 ones included, so that one machine tests both
+    code generators.
 ``"numba"``
     numba, portable auto-vectorized loop over the same prepared layout.
 ``"numpy"``
     ``np.bitwise_count`` on chunks of the XOR-ed operands; used when numba is missing
     or ``ONEBIT_NO_NUMBA=1`` (any value other than ``""``/``"0"``) is set at import.
 
-Every compute function takes ``backend=None`` (= :data:`DEFAULT_BACKEND`); all back
-ends give bit-identical results.  This module imports numpy and, optionally, numba:
+Every compute function takes ``backend=None`` (= :data:`DEFAULT_BACKEND`: the fastest
+available, or the one ``ONEBIT_BACKEND`` names at import); all back ends give
+bit-identical results.  This module imports numpy and, optionally, numba:
 never torch.
 
 Threads: the numba back ends use :func:`get_num_threads` threads (``ONEBIT_NUM_THREADS``,
@@ -73,13 +76,23 @@ else:
 
 #: Back ends usable in this process, fastest first.
 AVAILABLE_BACKENDS: tuple[Backend, ...] = (
-    ((_nb.simd_backend(),) if _nb is not None and _nb.simd_backend() else ())
-    + (("numba",) if _nb is not None else ())
-    + ("numpy",)
+    (_nb.simd_backends() if _nb is not None else ()) + (("numba",) if _nb is not None else ()) + ("numpy",)
 )
-_SIMD_BACKENDS = ("avx512", "avx2")  # the LLVM-IR tiles (one of them is available, per CPU)
-#: Back end used when a function is called with ``backend=None``.
-DEFAULT_BACKEND: Backend = AVAILABLE_BACKENDS[0]
+_SIMD_BACKENDS = ("avx512", "avx2")  # the LLVM-IR tiles (available as the CPU has them)
+
+
+def _default_backend() -> Backend:
+    value = os.environ.get("ONEBIT_BACKEND", "")
+    if not value:
+        return AVAILABLE_BACKENDS[0]
+    if value not in AVAILABLE_BACKENDS:
+        raise ValueError(f"ONEBIT_BACKEND={value!r} is not available here (have {', '.join(AVAILABLE_BACKENDS)})")
+    return value  # type: ignore[return-value]
+
+
+#: Back end used when a function is called with ``backend=None``: ``ONEBIT_BACKEND`` at
+#: import if set, else the first of :data:`AVAILABLE_BACKENDS`.
+DEFAULT_BACKEND: Backend = _default_backend()
 
 PANEL = 32  # output columns per prepared weight panel (see PreparedWeights)
 _PARALLEL_MIN_WORDS = 1 << 23  # word-ops below which threading costs more than it saves: waking a
@@ -274,9 +287,9 @@ def _run_gemm(op: _Operand, w: PreparedWeights, backend: Backend, out: np.ndarra
               flipbits: np.ndarray, out_bits: np.ndarray) -> None:  # fmt: skip
     """Call the numba driver: dots into ``out``, or (``thresholds`` given) bits into ``out_bits``."""
     if thresholds.size:
-        mode = _nb.MODE_THRESHOLD
+        mode = _nb.MODE_THRESHOLD_AVX2 if backend == "avx2" else _nb.MODE_THRESHOLD
     else:
-        mode = _nb.MODE_DOT if backend in _SIMD_BACKENDS else _nb.MODE_DOT_PORTABLE
+        mode = {"avx512": _nb.MODE_DOT, "avx2": _nb.MODE_DOT_AVX2}.get(backend, _nb.MODE_DOT_PORTABLE)
     m = op.rowbase.shape[0]
     _nb.gemm(mode, _threads_for(m * w.panels.size), w.n, op.a, op.rowbase, op.koff, op.rowclass, op.bias, w.panels,
              out, thresholds, flipbits, out_bits)  # fmt: skip
@@ -419,8 +432,8 @@ def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
     ``x = s c + o`` its product is :math:`s\,(c\,w^\top) + o \sum_k w_k`, and
     :math:`c\,w^\top` is an integer product computed here exactly. A numba back end on a
     CPU with AVX512-VNNI runs ``vpdpbusd`` (64 uint8 x int8 multiply-adds per instruction) on
-    a 4 x 32 register tile; elsewhere (and with ``backend="numpy"``) the product is a float GEMM of the codes with ±1 weights
-    unpacked block by block, exact because every partial sum is an integer below
+    a 4 x 32 register tile; elsewhere (and with ``backend="numpy"``) the product is a float GEMM
+    of the codes with ±1 weights unpacked block by block, exact because every partial sum is an integer below
     :math:`2^{24}` (float32; float64 when :math:`255 k \ge 2^{24}`).
     """
     codes = np.asarray(codes)

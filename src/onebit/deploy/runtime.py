@@ -19,7 +19,6 @@ ops also get the model's value stack (:attr:`Op.uses_stack`).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
@@ -709,13 +708,3 @@ def load(path: str | Path) -> PackedModel:
         raise fileformat.InvalidModelFile(f"{path}: malformed layer description ({error})") from error
     return PackedModel(ops, meta)
 
-
-def time_model(model: PackedModel, x: np.ndarray, repeats: int = 5) -> float:
-    """Median seconds of ``model(x)`` over ``repeats`` calls after one warm-up call."""
-    model(x)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        model(x)
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))

@@ -131,7 +131,8 @@ register(
             "protonet-binary-all*) learn the similarity scale (the softmax temperature, "
             "`learn_scale=True`): a binary embedding's distances are bit counts with no scale of their own, "
             "which a real embedding learns through its last batch norm. binary-all-hamming: "
-            "binary (sign) weights in every conv and sign activations in every block; the embedding is 64 sign bits and the attention uses the "
+            "binary (sign) weights in every conv and sign activations in every block; the embedding is 64 sign "
+            "bits and the attention uses the "
             "Hamming distance (straight-through estimator). protonet-*: the same encoders with a "
             "Prototypical Networks head (class means; with Hamming, the mean Hamming distance to the "
             "class's support images).",

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..training import Task
 
@@ -112,7 +113,10 @@ def get(name: str) -> Experiment:
 
 
 def _load_builtin() -> None:
+    # The import order is the order names() lists the experiments in.
+    # isort: off
     from . import mnist  # noqa: F401  (registers mnist-mlp, mnist-cnn)
     from . import omniglot  # noqa: F401  (registers omniglot)
     from . import cifar10  # noqa: F401  (registers cifar10)
     from . import mnist_mcu  # noqa: F401  (registers mnist-mcu)
+    # isort: on

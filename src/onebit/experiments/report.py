@@ -12,7 +12,7 @@ from torch import nn
 
 from .._summary import summary as model_summary
 from ..nn import QuantizedLayer
-from ..quantizers import BinaryNeuron, _Quantizer
+from ..quantizers import Quantizer
 from ..training import write_json
 from . import registry
 from .packed import evaluate_packed, load_trained
@@ -124,8 +124,10 @@ def _packed_table(rows: list[dict]) -> list[str]:
     setup = ""
     if measured:
         setup = (f" on {measured[0]['images']:,} test images at batch {measured[0]['batch_size']}, in one process "
-                 + ("per row (threads as each row's throughput says)" if per_row_threads else f"({next(iter(threads))})"))
-    lines = ["", f"Packed inference (`onebit export` of each row's first seed, seed 0 unless `--first-seed` skipped it, run from the file){setup}. "
+                 + ("per row (threads as each row's throughput says)" if per_row_threads
+                    else f"({next(iter(threads))})"))
+    lines = ["", "Packed inference (`onebit export` of each row's first seed, seed 0 unless `--first-seed` "
+             f"skipped it, run from the file){setup}. "
              "Accuracy (%) as PyTorch / packed; few-shot rows swap in the packed encoder under the same "
              "head and episodes, and \"same output\" counts identical embeddings instead of identical "
              "predictions. Classifiers take raw uint8 pixels when packed. Throughput in images/s. The "
@@ -221,7 +223,8 @@ def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[d
         lines += ["", f"Measured observations (costs per machine, probes, what was tried, why a target was missed), "
                   f"each dated with the command that measures it again: [{NOTES_FILE}]({NOTES_FILE})."]
     if heatmaps:
-        lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, each row's first seed)", ""]
+        lines += ["", "## Activation heatmaps (firing rate of each binary unit over test images, each row's first "
+                  "seed)", ""]
         lines += [f"![{h}]({h})" for h in heatmaps]
     return "\n".join(lines) + "\n"
 
@@ -314,7 +317,7 @@ def binary_activations(model: nn.Module) -> dict[str, nn.Module]:
              for q in (m.weight_quantizer, m.input_quantizer) if q is not None}
     found = {}
     for name, module in model.named_modules():
-        if isinstance(module, _Quantizer) and id(module) not in owned:  # BinaryNeuron included
+        if isinstance(module, Quantizer) and id(module) not in owned:  # BinaryNeuron included
             found[name] = module
         elif isinstance(module, QuantizedLayer) and module.has_binary_input:
             found[f"{name}.input"] = module.input_quantizer

@@ -8,11 +8,12 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 
@@ -12,7 +12,9 @@ from .mcu_cnn import McuCNN
 from .mlp import MLP
 from .small_cnn import SmallCNN
 
-__all__ = ["BiRealResNet", "MLP", "MatchingNetwork", "McuCNN", "PrototypicalNetwork", "SmallCNN", "VGGSmall", "build", "names"]
+__all__ = [
+    "BiRealResNet", "MLP", "MatchingNetwork", "McuCNN", "PrototypicalNetwork", "SmallCNN", "VGGSmall", "build", "names",
+]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
     "mlp": MLP,

@@ -7,7 +7,7 @@ units), so the same architecture fits a CPU budget.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 

@@ -31,7 +31,8 @@ activation heatmaps work on it); with a support set and queries it returns logit
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -143,7 +144,7 @@ class ConvEncoder(nn.Module):
     def output_levels(self) -> tuple[float, float] | None:
         """The two values the embedding takes if the last block is binary, else ``None``."""
         act = self.blocks[-1].act
-        return tuple(act.levels) if isinstance(act, quantizers._Quantizer) else None
+        return tuple(act.levels) if isinstance(act, quantizers.Quantizer) else None
 
     def forward(self, x: Tensor) -> Tensor:
         return self.blocks(x).flatten(1)

@@ -69,7 +69,7 @@ class LakeRunSet:
     query_labels: Tensor
 
     @classmethod
-    def from_runs(cls, runs: Sequence) -> "LakeRunSet":
+    def from_runs(cls, runs: Sequence) -> LakeRunSet:
         """Stack :class:`~onebit.data.LakeRun` s."""
         if not runs:
             raise ValueError("no runs given")

@@ -6,8 +6,9 @@ the batches (plain mini-batches, few-shot episodes, ...) and the loss of one bat
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
