@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from ._shape import image_shape
 from .cifar import BiRealResNet, VGGSmall
 from .matching_net import MatchingNetwork, PrototypicalNetwork
 from .mcu_cnn import McuCNN
@@ -13,7 +14,8 @@ from .mlp import MLP
 from .small_cnn import SmallCNN
 
 __all__ = [
-    "BiRealResNet", "MLP", "MatchingNetwork", "McuCNN", "PrototypicalNetwork", "SmallCNN", "VGGSmall", "build", "names",
+    "BiRealResNet", "CLASSIFIERS", "MLP", "MatchingNetwork", "McuCNN", "PrototypicalNetwork", "SmallCNN", "VGGSmall",
+    "build", "image_shape", "names",
 ]
 
 _MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -25,6 +27,12 @@ _MODELS: dict[str, Callable[..., nn.Module]] = {
     "matching_net": MatchingNetwork,
     "protonet": PrototypicalNetwork,
 }
+
+
+#: Image classifiers: each takes ``recipe``, ``in_channels``, ``num_classes`` and ``image_size``
+#: (an int for square images or ``(height, width)``), so ``onebit train`` builds any of them for
+#: the data it is given.
+CLASSIFIERS = ("mlp", "small_cnn", "mcu_cnn", "vgg_small", "bireal_resnet")
 
 
 def names() -> list[str]:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from .. import recipes
 from ..nn import BinaryConv2d, BinaryLinear
+from ._shape import image_shape
 
 __all__ = ["VGGSmall", "BiRealBlock", "BiRealResNet", "scaled_width"]
 
@@ -82,17 +83,19 @@ class VGGSmall(nn.Module):
         width: multiplier of every hidden width (1.0 is BinaryNet's 128-256-512-1024).
         num_classes: output size.
         in_channels: input channels.
-        image_size: input height and width, a multiple of 8.
+        image_size: input height and width, multiples of 8 (an int for square images or
+            ``(height, width)``).
 
     Shape:
-        - Input: ``(N, in_channels, image_size, image_size)``
+        - Input: ``(N, in_channels, height, width)``
         - Output: ``(N, num_classes)`` logits
     """
 
     def __init__(self, recipe: str = "float", width: float = 1.0, *, num_classes: int = 10, in_channels: int = 3,
-                 image_size: int = 32) -> None:
+                 image_size: int | Sequence[int] = 32) -> None:
         super().__init__()
-        if image_size % 8:
+        height, width_px = image_shape(image_size)
+        if height % 8 or width_px % 8:
             raise ValueError(f"image_size must be a multiple of 8 (three 2x2 poolings), got {image_size}")
         self.recipe = recipes.get(recipe)
         self.width = width
@@ -106,7 +109,7 @@ class VGGSmall(nn.Module):
                 features.append(nn.MaxPool2d(2))
             features += [nn.BatchNorm2d(fan_out), *_float_activation(self.recipe)]
         self.features = nn.Sequential(*features)
-        flat = c512 * (image_size // 8) ** 2
+        flat = c512 * (height // 8) * (width_px // 8)
         final_norm = self.recipe.binary_weights
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -207,6 +210,9 @@ class BiRealResNet(nn.Module):
             activations; ``None`` keeps the recipe's.
         num_classes: output size.
         in_channels: input channels.
+        image_size: input height and width (an int for square images or ``(height, width)``),
+            each divisible by ``2 ** (len(channels) - 1)``; the network pools globally, so it
+            serves only to check the input.
 
     Shape:
         - Input: ``(N, in_channels, H, W)``, H and W divisible by ``2 ** (len(channels) - 1)``
@@ -223,11 +229,16 @@ class BiRealResNet(nn.Module):
         activation_quantizer: str | None = "approx-sign",
         num_classes: int = 10,
         in_channels: int = 3,
+        image_size: int | Sequence[int] = 32,
     ) -> None:
         super().__init__()
         if len(channels) != len(blocks) or not channels or min(blocks) < 1:
             raise ValueError(f"channels and blocks need one entry per stage and blocks >= 1; got channels="
                              f"{tuple(channels)}, blocks={tuple(blocks)}")
+        factor = 2 ** (len(channels) - 1)
+        if any(side % factor for side in image_shape(image_size)):
+            raise ValueError(f"image_size must be divisible by {factor} ({len(channels) - 1} stride-2 stages), "
+                             f"got {image_size}")
         self.recipe = recipes.get(recipe)
         if self.recipe.binary_activations and activation_quantizer is not None:
             self.recipe = dataclasses.replace(self.recipe, activation_quantizer=activation_quantizer)

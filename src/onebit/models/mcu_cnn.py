@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .. import recipes
 from ..nn import BinaryConv2d, BinaryLinear
+from ._shape import image_shape
 
 __all__ = ["McuCNN"]
 
@@ -36,10 +37,11 @@ class McuCNN(nn.Module):
         channels: output channels of the three convolutions.
         recipe: ``"bnn"`` or ``"xnor"`` (:mod:`onebit.recipes`; both binarize weights and
             activations).
-        in_channels, num_classes, image_size: input and output sizes (28x28 MNIST by default).
+        in_channels, num_classes, image_size: input and output sizes (28x28 MNIST by default;
+            ``image_size`` is an int for square images or ``(height, width)``).
 
     Shape:
-        - Input: ``(N, in_channels, image_size, image_size)``
+        - Input: ``(N, in_channels, height, width)``
         - Output: ``(N, num_classes)`` logits
     """
 
@@ -50,7 +52,7 @@ class McuCNN(nn.Module):
         *,
         in_channels: int = 1,
         num_classes: int = 10,
-        image_size: int = 28,
+        image_size: int | Sequence[int] = 28,
     ) -> None:
         super().__init__()
         recipe_ = recipes.get(recipe)
@@ -59,8 +61,8 @@ class McuCNN(nn.Module):
                              f"(bnn or xnor), got {recipe_.name!r}")
         if len(channels) != 3 or min(channels) < 1:
             raise ValueError(f"channels must be three positive integers, got {tuple(channels)}")
-        side = ((image_size - 4) // 2) // 2 // 2
-        if side < 1:
+        height, width = (((side - 4) // 2) // 2 // 2 for side in image_shape(image_size))
+        if height < 1 or width < 1:
             raise ValueError(f"image_size must be at least 12, got {image_size}")
         self.channels, self.recipe = tuple(channels), recipe_.name
         c1, c2, c3 = channels
@@ -72,7 +74,7 @@ class McuCNN(nn.Module):
             BinaryConv2d(c2, c3, 3, padding=1, bias=False, **hidden), nn.MaxPool2d(2), nn.BatchNorm2d(c3),
         )
         self.classifier = nn.Sequential(
-            BinaryLinear(c3 * side * side, num_classes, bias=False, **hidden), nn.BatchNorm1d(num_classes)
+            BinaryLinear(c3 * height * width, num_classes, bias=False, **hidden), nn.BatchNorm1d(num_classes)
         )
 
     def forward(self, x: Tensor) -> Tensor:

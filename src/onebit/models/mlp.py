@@ -8,6 +8,7 @@ from torch import Tensor, nn
 
 from .. import recipes
 from ..nn import BinaryLinear
+from ._shape import image_shape
 
 
 class MLP(nn.Module):
@@ -24,7 +25,8 @@ class MLP(nn.Module):
       ``BatchNorm1d`` over the logits, as in Courbariaux et al. 2016) is real.
 
     Args:
-        in_features: input size (784 for MNIST).
+        in_features: input size; by default ``in_channels`` x the pixels of ``image_size``
+            (784 for MNIST).
         num_classes: output size.
         hidden: widths of the hidden layers.
         recipe: a name from :func:`onebit.recipes.names`.
@@ -33,6 +35,8 @@ class MLP(nn.Module):
             next layer's sign would turn into +1).
         input_dropout: dropout probability on the (real) input pixels.
         batch_norm: use batch norm after every linear layer.
+        in_channels, image_size: the input images (``image_size``: an int for square images or
+            ``(height, width)``), which give ``in_features`` when it is not set.
 
     Shape:
         - Input: ``(N, *)`` flattened to ``(N, in_features)``
@@ -41,7 +45,7 @@ class MLP(nn.Module):
 
     def __init__(
         self,
-        in_features: int = 784,
+        in_features: int | None = None,
         num_classes: int = 10,
         hidden: Sequence[int] = (2048, 2048, 2048),
         recipe: str = "float",
@@ -49,8 +53,17 @@ class MLP(nn.Module):
         dropout: float | None = None,
         input_dropout: float = 0.0,
         batch_norm: bool = True,
+        in_channels: int | None = None,
+        image_size: int | Sequence[int] | None = None,
     ) -> None:
         super().__init__()
+        height, width = image_shape(28 if image_size is None else image_size)
+        pixels = (1 if in_channels is None else in_channels) * height * width
+        if in_features is None:
+            in_features = pixels
+        elif (in_channels is not None or image_size is not None) and in_features != pixels:
+            raise ValueError(f"in_features={in_features} contradicts in_channels={in_channels} and "
+                             f"image_size={image_size} ({pixels} inputs); give one or the other")
         self.recipe = recipes.get(recipe)
         if dropout is None:
             dropout = 0.2 if not self.recipe.binary_weights else 0.0

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from torch import Tensor, nn
 
-from ..nn import HardSigmoid
+from .. import recipes
+from ..nn import BinaryConv2d, BinaryLinear, HardSigmoid
 from ..quantizers import BinaryNeuron
+from ._shape import image_shape
 
 POSITIONS = ("none", "first", "last", "both")
 
@@ -17,15 +21,24 @@ class SmallCNN(nn.Module):
     :class:`~onebit.quantizers.BinaryNeuron` (outputs in {0, 1}) at the position(s) given by
     ``binary``.
 
+    Study B's network has real weights (``recipe="float"``). A recipe with binary weights
+    (:mod:`onebit.recipes`) makes both convolutions and the classifier binary layers, the
+    classifier followed by a ``BatchNorm1d`` over the logits (a sum of +-1 weights has no scale
+    of its own); a recipe with binary activations (``bnn``, ``xnor``) also replaces each ``act``
+    by the sign the next layer takes of its input, so it goes with ``binary="none"``.
+
     Args:
-        binary: ``"none"``, ``"first"``, ``"last"`` or ``"both"``: which activations are binary.
+        binary: ``"none"``, ``"first"``, ``"last"`` or ``"both"``: which activations are binary
+            neurons.
         mode: ``BinaryNeuron`` mode, ``"deterministic"`` or ``"stochastic"``.
         estimator: ``"st"`` or ``"reinforce"``.
         slope: initial hard-sigmoid slope (annealed by the trainer's slope schedule).
-        in_channels, num_classes, image_size: input and output sizes (28x28 MNIST by default).
+        recipe: a name from :func:`onebit.recipes.names`.
+        in_channels, num_classes, image_size: input and output sizes (28x28 MNIST by default;
+            ``image_size`` is an int for square images or ``(height, width)``).
 
     Shape:
-        - Input: ``(N, in_channels, image_size, image_size)``
+        - Input: ``(N, in_channels, height, width)``
         - Output: ``(N, num_classes)`` logits
     """
 
@@ -36,30 +49,53 @@ class SmallCNN(nn.Module):
         estimator: str = "st",
         slope: float = 1.0,
         *,
+        recipe: str = "float",
         in_channels: int = 1,
         num_classes: int = 10,
-        image_size: int = 28,
+        image_size: int | Sequence[int] = 28,
     ) -> None:
         super().__init__()
         if binary not in POSITIONS:
             raise ValueError(f"unknown binary position {binary!r}; choose one of {', '.join(POSITIONS)}")
+        recipe_ = recipes.get(recipe)
+        if recipe_.binary_activations and binary != "none":
+            raise ValueError(f"recipe {recipe_.name!r} binarizes every activation with the sign: it goes with "
+                             f"binary='none', got binary={binary!r}")
+        height, width = image_shape(image_size)
+        if height < 4 or width < 4:
+            raise ValueError(f"image_size must be at least 4x4 (two 2x2 poolings), got {image_size!r}")
 
-        def act(position: str) -> nn.Module:
+        def act(position: str) -> list[nn.Module]:
+            if recipe_.binary_activations:
+                return []  # the next layer's input quantizer takes the sign
             if binary in (position, "both"):
-                return BinaryNeuron(mode, estimator, slope)
-            return HardSigmoid(slope)
+                return [BinaryNeuron(mode, estimator, slope)]
+            return [HardSigmoid(slope)]
 
+        def conv(fan_in: int, fan_out: int, binary_input: bool) -> nn.Module:
+            if not recipe_.binary_weights:
+                return nn.Conv2d(fan_in, fan_out, 5, padding=2)
+            return BinaryConv2d(fan_in, fan_out, 5, padding=2, bias=False, **recipe_.layer_kwargs(binary_input))
+
+        self.recipe = recipe_.name
         self.features = nn.Sequential(
-            nn.Conv2d(in_channels, 16, 5, padding=2),
+            conv(in_channels, 16, binary_input=False),
             nn.BatchNorm2d(16),
             nn.MaxPool2d(2),
-            act("first"),
-            nn.Conv2d(16, 32, 5, padding=2),
+            *act("first"),
+            conv(16, 32, binary_input=True),
             nn.BatchNorm2d(32),
             nn.MaxPool2d(2),
-            act("last"),
+            *act("last"),
         )
-        self.classifier = nn.Linear(32 * (image_size // 4) ** 2, num_classes)
+        features = 32 * (height // 4) * (width // 4)
+        if not recipe_.binary_weights:
+            self.classifier = nn.Linear(features, num_classes)
+        else:
+            self.classifier = nn.Sequential(
+                BinaryLinear(features, num_classes, bias=False, **recipe_.layer_kwargs(binary_input=True)),
+                nn.BatchNorm1d(num_classes),
+            )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))
