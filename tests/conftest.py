@@ -74,3 +74,41 @@ def require_tools():
                 pytest.skip(str(e))
 
     return require
+
+
+@pytest.fixture
+def draw_shapes():
+    """``draw_shapes(root, {"train": 12, "test": 4}, size=(24, 24), mode="L", suffix="png")`` writes
+    an image folder of drawn shapes (see :func:`_draw_shapes`) and returns ``root``."""
+    return _draw_shapes
+
+
+def _draw_shapes(root: Path, splits: dict[str, int], *, size: tuple[int, int] = (24, 24), mode: str = "L",
+                suffix: str = "png", classes: tuple[str, ...] = ("circle", "square", "triangle"), seed: int = 0) -> Path:
+    """An image folder ``root/<split>/<class>/<k>.<suffix>`` of drawn shapes, ``splits[split]`` images
+    per class: a bright circle, square or triangle of random size and place on a dark background.
+    ``size`` is ``(height, width)``; ``mode`` a Pillow mode ("L", "RGB")."""
+    import random
+
+    from PIL import Image, ImageDraw
+
+    rng = random.Random(seed)
+    height, width = size
+    for split, count in splits.items():
+        for name in classes:
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for k in range(count):
+                image = Image.new(mode, (width, height), "black")
+                draw = ImageDraw.Draw(image)
+                side = rng.randint(min(size) // 2, min(size) - 4)
+                x, y = rng.randint(1, width - side - 1), rng.randint(1, height - side - 1)
+                color = rng.choice(["white", "yellow", "cyan"]) if mode == "RGB" else rng.randint(160, 255)
+                if name == "circle":
+                    draw.ellipse((x, y, x + side, y + side), fill=color)
+                elif name == "square":
+                    draw.rectangle((x, y, x + side, y + side), fill=color)
+                else:
+                    draw.polygon([(x, y + side), (x + side, y + side), (x + side // 2, y)], fill=color)
+                image.save(folder / f"{k:03d}.{suffix}")
+    return root

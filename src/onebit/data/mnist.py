@@ -22,7 +22,7 @@ import torch
 from .download import CorruptDatasetError, DatasetNotFoundError, Resource, data_root, fetch
 from .imageset import ImageSet
 
-__all__ = ["FASHION_MEAN", "FASHION_STD", "MEAN", "STD", "load_mnist", "read_idx"]
+__all__ = ["CLASSES", "FASHION_CLASSES", "FASHION_MEAN", "FASHION_STD", "MEAN", "STD", "load_mnist", "read_idx"]
 
 #: Per-channel mean of the MNIST training images, in [0, 1] pixel units.
 MEAN = (0.1307,)
@@ -84,6 +84,11 @@ _VARIANTS = {
         raw_sha256={},
     ),
 }
+
+
+#: Class names of MNIST and of Fashion-MNIST, in label order.
+CLASSES = _VARIANTS["mnist"].classes
+FASHION_CLASSES = _VARIANTS["fashion-mnist"].classes
 
 
 def read_idx(path: str | os.PathLike[str], magic: int, sha256: str | None = None) -> np.ndarray:

@@ -53,6 +53,8 @@ from .episodes import ClassPool
 from .imageset import ImageSet
 
 __all__ = [
+    "MEAN",
+    "STD",
     "LakeRun",
     "OmniglotData",
     "OmniglotPart",
@@ -69,6 +71,9 @@ _MIRRORS = (
 _DRAWINGS = 20
 _LAKE_RUNS = 20
 _LAKE_WAY = 20
+#: Pixel statistics of the background set after preprocessing (strokes bright on black), in [0, 1] units.
+MEAN = (0.0830,)
+STD = (0.2377,)
 # Bump when the preprocessing changes, so that old caches are ignored.
 _CACHE_FORMAT = 1
 

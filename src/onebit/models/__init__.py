@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from torch import nn
 
-from ._shape import image_shape
+from .._shape import image_shape
 from .cifar import BiRealResNet, VGGSmall
 from .matching_net import MatchingNetwork, PrototypicalNetwork
 from .mcu_cnn import McuCNN

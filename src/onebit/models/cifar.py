@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import recipes
 from ..nn import BinaryConv2d, BinaryLinear
-from ._shape import image_shape
+from .._shape import image_shape
 
 __all__ = ["VGGSmall", "BiRealBlock", "BiRealResNet", "scaled_width"]
 

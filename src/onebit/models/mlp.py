@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import recipes
 from ..nn import BinaryLinear
-from ._shape import image_shape
+from .._shape import image_shape
 
 
 class MLP(nn.Module):

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from .. import recipes
 from ..nn import BinaryConv2d, BinaryLinear, HardSigmoid
 from ..quantizers import BinaryNeuron
-from ._shape import image_shape
+from .._shape import image_shape
 
 POSITIONS = ("none", "first", "last", "both")
 
