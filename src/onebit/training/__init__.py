@@ -3,9 +3,9 @@
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .runlock import RunDirBusy, run_dir_lock
 from .tasks import BatchResult, ClassificationTask, Task
-from .trainer import TrainConfig, Trainer, TrainingDiverged, resolve_device
+from .trainer import TrainConfig, Trainer, TrainingDiverged, final_accuracy, resolve_device
 
 __all__ = [
     "BatchResult", "ClassificationTask", "Task", "TrainConfig", "Trainer", "TrainingDiverged",
-    "resolve_device", "load_checkpoint", "save_checkpoint", "write_json", "RunDirBusy", "run_dir_lock",
+    "final_accuracy", "resolve_device", "load_checkpoint", "save_checkpoint", "write_json", "RunDirBusy", "run_dir_lock",
 ]

@@ -51,6 +51,7 @@ class ClassificationTask:
     Args:
         splits: ``{"train": ..., "val": ..., "test": ...}``, each with ``images`` (uint8
             ``(N, C, H, W)``) and ``labels`` (int64 ``(N,)``), e.g. :class:`onebit.data.ImageSet`.
+            Without ``"test"`` the trained model is evaluated on ``"val"`` (:attr:`final_split`).
         batch_size: training batch size.
         mean, std: per-channel normalization in [0, 1] pixel units.
         augment: optional ``fn(uint8 images (B, C, H, W), generator) -> images`` for training.
@@ -67,9 +68,10 @@ class ClassificationTask:
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
         eval_batch_size: int = 1000,
     ) -> None:
-        missing = {"train", "val", "test"} - set(splits)
+        missing = {"train", "val"} - set(splits)
         if missing:
-            raise ValueError(f"ClassificationTask needs train, val and test splits; missing {sorted(missing)}")
+            raise ValueError(f"ClassificationTask needs train and val splits (and optionally test); "
+                             f"missing {sorted(missing)}")
         self.splits = splits
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -80,6 +82,11 @@ class ClassificationTask:
 
     def _normalize(self, images: Tensor) -> Tensor:
         return (images.float() - self.mean) / self.std
+
+    @property
+    def final_split(self) -> str:
+        """The split the trained model is evaluated on once: ``"test"``, or ``"val"`` without one."""
+        return "test" if "test" in self.splits else "val"
 
     def num_train_batches(self, world_size: int = 1) -> int:
         n = len(self.splits["train"].labels)

@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .runlock import run_dir_lock
 from .tasks import BatchResult, Task
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "resolve_device"]
+__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "final_accuracy", "resolve_device"]
 
 
 class TrainingDiverged(RuntimeError):
@@ -119,6 +119,14 @@ class TrainConfig:
         return cls(**d)
 
 
+def final_accuracy(final: dict[str, Any]) -> tuple[str, float]:
+    """``(split, accuracy)`` of a run's ``final.json``: ``("test", ...)``, or ``("validation", ...)``
+    for a run whose data has no test split."""
+    if "test_acc" in final:
+        return "test", final["test_acc"]
+    return "validation", final["val_acc"]
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -196,7 +204,9 @@ class Trainer:
     - ``metrics.jsonl``: one JSON line per epoch (train/val loss and accuracy, lr, slope, time);
     - ``checkpoint.pt`` (or ``checkpoint_path``): model, optimizer, RNG and loop state, written atomically every epoch,
       plus the best-validation model (``best_model``);
-    - ``final.json``: test metrics of the best-validation model, training wall and CPU time;
+    - ``final.json``: test metrics of the best-validation model (``test_acc``, ``test_loss``; or
+      ``val_acc``, ``val_loss`` for a task whose ``final_split`` is ``"val"``, without test data),
+      training wall and CPU time;
     - TensorBoard events under ``tensorboard/``.
 
     The test split is evaluated once, at the end, with the weights of the epoch of best
@@ -465,10 +475,11 @@ class Trainer:
         final_model = copy.deepcopy(self.model)
         if self.best_model is not None:
             final_model.load_state_dict(self.best_model)
-        test_loss, test_acc = self.evaluate("test", final_model)
+        split = getattr(self.task, "final_split", "test")
+        loss, acc = self.evaluate(split, final_model)
         final = {
-            "test_loss": test_loss,
-            "test_acc": test_acc,
+            f"{split}_loss": loss,
+            f"{split}_acc": acc,
             "best_epoch": self.state.best_epoch + 1,
             "best_val_acc": self.state.best_val_acc,
             "epochs": self.state.epoch,
