@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from onebit.cli import main
-from onebit.data import augment, data_root
+from onebit.data import dataset
 from onebit.experiments import Experiment, Row, get
 from onebit.experiments import cifar10 as exp
 from onebit.experiments.packed import load_trained
@@ -30,25 +30,25 @@ def test_grid_and_quick_width():
     assert full["bnn"]["train"]["optimizer"] == "adam" and full["float"]["train"]["optimizer"] == "sgd"
     assert build_model(quick["bnn"]).width == exp.QUICK_WIDTH
     # experiments without quick_model keep their models in quick runs
-    plain = Experiment("plain", "", (Row("a", {"name": "mlp", "hidden": [8]}),), {}, exp.cifar10_task, (784,))
+    plain = Experiment("plain", "", (Row("a", {"name": "mlp", "hidden": [8]}),), {}, "cifar10")
     assert run_configs(plain, seeds=1, quick=True)[0]["model"] == {"name": "mlp", "hidden": [8]}
 
 
 def test_quick_task_on_the_real_archive(shared_datasets):
-    task = exp.cifar10_task(None, quick=True, batch_size=50)
+    task = get("cifar10").build_task(quick=True, batch_size=50)
     assert {k: len(v) for k, v in task.splits.items()} == exp.QUICK_SIZES
     for split in task.splits.values():
         assert len(split.labels.unique()) == 10  # a random subset, not a class-sorted prefix
     assert "JPEG" in task.splits["test"].source  # the shared copy is the lossy re-encode
-    full = exp._splits(data_root(None))  # validation is carved out of the 50k training images
-    assert (len(full["train"]), len(full["val"]), len(full["test"])) == (45_000, 5_000, 10_000)
+    full = dataset("cifar10").load()  # validation is carved out of the 50k training images
+    assert full.sizes() == {"train": 45_000, "val": 5_000, "test": 10_000}
 
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     (x1, y1), (x2, y2) = next(task.train_batches(g1)), next(task.train_batches(g2))
     assert x1.shape == (50, 3, 32, 32) and x1.dtype == torch.float32 and torch.equal(x1, x2) and torch.equal(y1, y2)
     x_eval, _ = next(task.eval_batches("val"))
     assert abs(float(x_eval.mean())) < 0.5  # normalized with the CIFAR-10 mean and std
-    assert task.augment is augment  # random crop + flip on training batches only
+    assert task.augment.keywords == {"padding": 4, "flip": True}  # random crop + flip on training batches only
 
 
 @pytest.fixture

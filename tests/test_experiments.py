@@ -118,9 +118,21 @@ def test_unknown_experiment_and_row(capsys):
 
 def test_missing_data_says_how_to_fix(tmp_path, capsys):
     code = main(["run", "mnist-cnn", "--quick", "--rows", "none", "--out", str(tmp_path / "runs"),
-                 "--data", str(tmp_path / "empty"), "--no-progress"])
+                 "--data-root", str(tmp_path / "empty"), "--no-progress"])
     assert code == 2
     assert "ONEBIT_DATA" in capsys.readouterr().err
+
+
+def test_data_means_a_dataset_and_a_root_is_named_as_such(tmp_path, capsys):
+    """`--data` names a dataset or an image folder; a dataset root passed there says where it goes."""
+    root = tmp_path / "datasets"
+    (root / "mnist").mkdir(parents=True)
+    args = ["run", "mnist-cnn", "--quick", "--rows", "none", "--out", str(tmp_path / "runs"), "--no-progress"]
+    assert main([*args, "--data", str(root)]) == 2
+    assert f"--data-root {root}" in capsys.readouterr().err
+    assert main([*args, "--data", "imagenet"]) == 2
+    assert "neither a built-in dataset (mnist, fashion-mnist, cifar10, omniglot) nor an image folder" in \
+        capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -193,13 +205,13 @@ def test_test_arrays_match_the_training_normalization(shared_datasets, name, sha
     """`onebit infer` feeds packed models the test set normalized exactly as training did."""
     import numpy as np
 
+    from onebit.data import dataset
     from onebit.experiments import get
-    from onebit.experiments.datasets import test_arrays
 
-    images, labels = test_arrays(name)
+    images, labels = dataset(name).test_arrays()
     assert images.shape == shape and images.dtype == np.float32 and labels.shape == (shape[0],)
     experiment = {"mnist": "mnist-cnn", "cifar10": "cifar10"}[name]
-    task = get(experiment).make_task(None, False, 64)
+    task = get(experiment).build_task(batch_size=64)
     first, first_labels = next(task.eval_batches("test"))
     np.testing.assert_allclose(images[: len(first)], first.numpy(), rtol=1e-6, atol=1e-6)
     assert np.array_equal(labels[: len(first)], first_labels.numpy())
@@ -213,7 +225,7 @@ def trained_bnn(shared_datasets_dir, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("ONEBIT_CHECKPOINTS", str(root / "checkpoints"))
         assert main(["run", "mnist-mlp", "--quick", "--rows", "bnn", "--out", str(root / "runs"),
-                     "--data", str(shared_datasets_dir), "--no-progress"]) == 0
+                     "--data-root", str(shared_datasets_dir), "--no-progress"]) == 0
     return root / "runs" / "mnist-mlp" / "bnn" / "seed0", root / "checkpoints"
 
 
@@ -231,11 +243,11 @@ def test_export_and_infer_a_trained_run(trained_bnn, shared_datasets, tmp_path, 
     assert "on mnist test (10,000 images, uint8 input)" in printed  # exported with the input normalization
     accuracy = float(printed.split("accuracy ")[1].split()[0])
     assert accuracy > 0.5 and abs(accuracy - final["test_acc"]) < 0.05  # quick runs test on 1,000 images
+    from onebit.data import dataset
     from onebit.deploy import load
-    from onebit.experiments.datasets import test_arrays
 
     model = load(packed)
-    (normalized, _), (codes, _) = test_arrays("mnist"), test_arrays("mnist", raw=True)
+    (normalized, _), (codes, _) = dataset("mnist").test_arrays(), dataset("mnist").test_arrays(raw=True)
     assert codes.dtype == np.uint8 and normalized.dtype == np.float32
     assert (model.predict(codes) == model.predict(normalized)).mean() >= 0.999
 
@@ -468,3 +480,35 @@ def test_curves_of_large_experiments_are_split_into_panels_of_nameable_rows():
     assert len(panels) > 1 and all(len(panel) <= _ROWS_PER_PANEL for panel in panels)
     assert all(len({n.split("-")[1] for n in panel if "-" in n}) == 1 for panel in panels)  # one estimator each
     assert curve_groups(["float", "bnn", "xnor"]) == [["float", "bnn", "xnor"]]
+
+
+def test_committed_runs_keep_their_configuration():
+    """Every committed run's config.json is the run `onebit run --out results` would train now, so it is reused."""
+    from pathlib import Path
+
+    from onebit.experiments.runner import _same_run, run_configs
+
+    stored = [json.loads(p.read_text()) for p in sorted(Path(__file__).parents[1].glob("results/*/*/seed*/config.json"))]
+    assert stored
+    for config in stored:
+        expected, = run_configs(get(config["experiment"]), seeds=1, first_seed=config["seed"], rows=[config["row"]],
+                                quick=config["quick"])
+        assert _same_run(config, expected), f"{config['experiment']}/{config['row']}/seed{config['seed']}"
+
+
+def test_experiments_are_registered_explicitly():
+    """The built-in experiments are data registered by the package; another one is one `register` call."""
+    from onebit.experiments import BUILTIN, Experiment, Row, names, register, registry
+
+    assert names()[:len(BUILTIN)] == [e.name for e in BUILTIN]
+    custom = Experiment("tiny-mlp", "a registered experiment", (Row("bnn", {"name": "mlp", "recipe": "bnn",
+                                                                            "hidden": [16]}),), {}, "fashion-mnist")
+    try:
+        assert register(custom) is custom and get("tiny-mlp") is custom and register(custom) is custom
+        with pytest.raises(ValueError, match="already registered"):
+            register(Experiment("tiny-mlp", "", (), {}, "mnist"))
+        assert custom.input_size == (1, 28, 28) and custom.classifies
+    finally:
+        registry._EXPERIMENTS.pop("tiny-mlp")
+    with pytest.raises(ValueError, match="already registered"):
+        register(Experiment("train", "", (), {}, "mnist"))  # the name of `onebit train`'s records

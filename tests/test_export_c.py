@@ -28,9 +28,9 @@ def _trained(model: torch.nn.Module, task, directory) -> torch.nn.Module:
 
 @pytest.fixture(scope="module")
 def mnist_test(shared_datasets_dir):
-    from onebit.experiments.datasets import test_arrays
+    from onebit.data import dataset
 
-    return test_arrays("mnist", shared_datasets_dir, raw=True)[0]
+    return dataset("mnist", shared_datasets_dir).test_arrays(raw=True)[0]
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +124,9 @@ def test_study_b_cnn_equals_the_runtime(binary, mnist_small, mnist_test, tmp_pat
 
 
 def test_cifar10_networks_equal_the_runtime_on_1000_test_images(shared_datasets_dir, tmp_path):
-    from onebit.experiments.datasets import test_arrays
+    from onebit.data import dataset
 
-    codes = test_arrays("cifar10", shared_datasets_dir, raw=True)[0][:1000]
+    codes = dataset("cifar10", shared_datasets_dir).test_arrays(raw=True)[0][:1000]
     norm = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in norm)
     images = (torch.from_numpy(codes).float() / 255 - mean) / std
@@ -215,7 +215,7 @@ def test_short_trained_cifar10_bnn_on_arm64_and_cortex_m4_equals_the_runtime(sha
     from onebit.data.cifar10 import MEAN, STD
     from onebit.experiments import get
 
-    task = get("cifar10").make_task(None, True, 50)
+    task = get("cifar10").build_task(quick=True, batch_size=50)
     model = _trained(models.build("vgg_small", recipe="bnn", width=0.0625), task, tmp_path / "run")
     packed = convert(model, torch.zeros(2, 3, 32, 32), input_normalization=(MEAN, STD))
     codes = task.splits["test"].images[:200].numpy()

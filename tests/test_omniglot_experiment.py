@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from onebit.cli import main
+from onebit.data import dataset
 from onebit.experiments import get
 from onebit.experiments.omniglot import omniglot_task
 from onebit.experiments.report import aggregate_evaluations
@@ -50,9 +51,19 @@ def test_grid_has_the_issue_rows_with_binary_blocks_where_named():
 
 def test_one_episode_per_step():
     with pytest.raises(ValueError, match="batch_size must be 1"):
-        omniglot_task(None, True, 64)
+        omniglot_task(dataset("omniglot"), True, 64)
     with pytest.raises(ValueError, match="unknown training episode options"):
-        omniglot_task(None, True, 1, shots=5)
+        omniglot_task(dataset("omniglot"), True, 1, shots=5)
+
+
+def test_trains_on_omniglot_only():
+    """The few-shot task has no other data: `onebit run omniglot --data mnist` is refused before any run."""
+    from onebit.experiments.runner import run_configs
+
+    with pytest.raises(ValueError, match="few-shot episodes of Omniglot"):
+        omniglot_task(dataset("mnist"), True, 1)
+    with pytest.raises(ValueError, match="image-classification experiments only"):
+        run_configs(get("omniglot"), seeds=1, data=dataset("mnist"))
 
 
 def test_a_row_trains_on_its_own_episodes(shared_datasets):

@@ -28,14 +28,40 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _image_size(text: str) -> int | tuple[int, int]:
+    """argparse type: ``32`` (square) or ``HxW`` such as ``32x48``."""
+    try:
+        sides = tuple(int(side) for side in text.lower().split("x"))
+    except ValueError:
+        sides = ()
+    if len(sides) not in (1, 2) or min(sides) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size such as 32 or 32x48 (height x width), got {text!r}")
+    return sides[0] if len(sides) == 1 else sides
+
+
+def _dataset(args: argparse.Namespace):
+    """The dataset ``--data`` names (with ``--image-size``), or None."""
+    from .data import dataset
+
+    if args.data is None:
+        if args.image_size:
+            raise ValueError("--image-size goes with --data DIR (an image folder)")
+        return None
+    return dataset(args.data, args.data_root, image_size=args.image_size)
+
+
+def _command() -> str:
+    return "onebit " + shlex.join(sys.argv[1:])
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from .experiments import run_experiment, runner
 
     exp_dir = run_experiment(
-        args.experiment, out=args.out, data=args.data, quick=args.quick, epochs=args.epochs, seeds=args.seeds,
-        first_seed=args.first_seed, rows=args.rows, jobs=args.jobs, resume=args.resume, device=args.device,
-        progress=not args.no_progress,
-        command="onebit " + shlex.join(sys.argv[1:]), overrides=runner.parse_overrides(args.set),
+        args.experiment, out=args.out, data=_dataset(args), root=args.data_root, quick=args.quick,
+        epochs=args.epochs, seeds=args.seeds, first_seed=args.first_seed, rows=args.rows, jobs=args.jobs,
+        resume=args.resume, device=args.device, progress=not args.no_progress, command=_command(),
+        overrides=runner.parse_overrides(args.set),
     )
     print(f"results: {exp_dir / 'results.md'}")
     return 0
@@ -45,7 +71,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from .experiments import write_report
 
     packed = "skip" if args.no_packed else "stored" if args.stored_packed else "measure"
-    path = write_report(args.run_dir, data=args.data, heatmaps=not args.no_heatmaps, packed=packed)
+    path = write_report(args.run_dir, root=args.data_root, heatmaps=not args.no_heatmaps, packed=packed)
     print(f"wrote {path}")
     return 0
 
@@ -66,11 +92,11 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from ._summary import summary
-    from .experiments import get
-    from .experiments.runner import build_model, find_run_dir
+    from .experiments.runner import build_model, data_info, find_run_dir
 
-    config = json.loads((find_run_dir(args.run_dir) / "config.json").read_text())
-    print(summary(build_model(config), get(config["experiment"]).input_size))
+    run_dir = find_run_dir(args.run_dir)
+    config = json.loads((run_dir / "config.json").read_text())
+    print(summary(build_model(config), data_info(run_dir, config).input_size))
     return 0
 
 
@@ -151,15 +177,19 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 def _cmd_infer(args: argparse.Namespace) -> int:
     import time
 
+    from .data.datasets import from_spec
     from .deploy import load
-    from .experiments.datasets import test_arrays
 
     model = load(args.file)
-    dataset = args.dataset or model.meta.get("dataset")
-    if not dataset:
-        raise ValueError(f"{args.file} does not say which dataset it was trained on; pass --dataset")
+    if args.data:
+        dataset = _dataset(args)
+    elif "data" in model.meta or "dataset" in model.meta:
+        dataset = from_spec(model.meta.get("data") or {"name": model.meta["dataset"]}, args.data_root)
+    else:
+        raise ValueError(f"{args.file} does not say which dataset it was trained on; pass --data")
+    data = dataset.load()
     # raw uint8 pixels where the model takes them (its first binary layer then runs on bit planes)
-    images, labels = test_arrays(dataset, args.data, raw="input_quantization" in model.meta)
+    images, labels = data.test_arrays(raw="input_quantization" in model.meta)
     start = time.perf_counter()
     predictions = model.predict(images, args.batch_size)
     seconds = time.perf_counter() - start
@@ -169,11 +199,20 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     for _ in range(20):
         model(single)
     latency = (time.perf_counter() - t0) / 20
-    print(f"{args.file} on {dataset} test ({len(labels):,} images, {images.dtype} input): "
+    split = {"test": "test", "val": "validation"}[data.eval_split]
+    print(f"{args.file} on {dataset.name} {split} ({len(labels):,} images, {images.dtype} input): "
           f"accuracy {(predictions == labels).mean():.4f}")
     print(f"throughput {len(labels) / seconds:,.0f} images/s at batch {args.batch_size}; "
           f"latency {1000 * latency:.3f} ms at batch 1")
     return 0
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", metavar="DIR",
+                        help="root of the built-in datasets (default: $ONEBIT_DATA or ~/.cache/onebit)")
+    parser.add_argument("--image-size", type=_image_size, metavar="SIZE",
+                        help="with an image folder: resize its images to SIZE (32, or HxW such as 32x48; default: "
+                             "the size they all have)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,7 +229,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="number seeds from here: --first-seed 1 --seeds 2 trains seeds 1 and 2 (default 0)")
     run.add_argument("--rows", nargs="+", metavar="ROW", help="only these rows")
     run.add_argument("--out", default="runs", help="run directory root (default: runs)")
-    run.add_argument("--data", help="dataset root (default: $ONEBIT_DATA or ~/.cache/onebit)")
+    run.add_argument("--data", metavar="NAME_OR_DIR",
+                     help="train the grid on this dataset instead of the experiment's own: mnist, fashion-mnist, "
+                          "cifar10, omniglot, or an image folder DIR/train/<class>/*.png (of the experiment's input "
+                          "size; use another --out)")
+    _data_options(run)
     run.add_argument("--jobs", type=_positive_int, default=1, help="runs trained in parallel processes")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -203,7 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="write results.md, results.json and plots for runs/<experiment>")
     report.add_argument("run_dir")
-    report.add_argument("--data", help="dataset root (for activation heatmaps and packed evaluation)")
+    report.add_argument("--data-root", metavar="DIR",
+                        help="root of the built-in datasets, for activation heatmaps and packed evaluation "
+                             "(default: $ONEBIT_DATA or ~/.cache/onebit)")
     report.add_argument("--no-heatmaps", action="store_true")
     packed = report.add_mutually_exclusive_group()
     packed.add_argument("--no-packed", action="store_true",
@@ -237,8 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = sub.add_parser("infer", help="accuracy and speed of a packed model on a test set (no torch in the model)")
     infer.add_argument("file")
-    infer.add_argument("--dataset", help="test set: mnist or cifar10 (default: the one the model was trained on)")
-    infer.add_argument("--data", help="dataset root")
+    infer.add_argument("--data", metavar="NAME_OR_DIR",
+                       help="the test set of this dataset (default: the one the model was trained on); an image "
+                            "folder without test/ gives its validation split")
+    _data_options(infer)
     infer.add_argument("--batch-size", type=_positive_int, default=256)
     infer.set_defaults(func=_cmd_infer)
 

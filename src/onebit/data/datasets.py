@@ -295,15 +295,10 @@ class BuiltinDataset(Dataset):
 
     @property
     def info(self) -> DataInfo:
+        """Known without loading; Omniglot's classes are not (its characters are listed in its zips,
+        :meth:`load` gives them)."""
         spec = _builtins()[self.name]
-        if not spec.classes:  # Omniglot's characters are listed in its zip
-            return self.load().info
         return DataInfo(self.name, tuple(spec.classes), spec.mean, spec.std, spec.preprocess)
-
-    @property
-    def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
-        spec = _builtins()[self.name]
-        return spec.mean, spec.std
 
     def load(self) -> ImageData:
         return _load_builtin(self.name, data_root(self.root))

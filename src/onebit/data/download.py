@@ -70,7 +70,7 @@ def data_root(root: str | os.PathLike[str] | None = None) -> Path:
 
     The first of these that is set wins:
 
-    1. the explicit ``root`` argument (e.g. a ``--data`` command-line option),
+    1. the explicit ``root`` argument (e.g. a ``--data-root`` command-line option),
     2. the environment variable ``ONEBIT_DATA``,
     3. the per-user cache directory (:func:`cache_dir`, ``~/.cache/onebit``).
 
@@ -131,7 +131,7 @@ class Resource:
 def _fix_hint(target: Path) -> str:
     return (
         f"To fix: put {target.name} at {target}, or set {DATA_ENV_VAR}=/path/to/datasets "
-        f"(or pass --data /path/to/datasets) to a directory that holds "
+        f"(or pass --data-root /path/to/datasets) to a directory that holds "
         f"{target.parent.name}/{target.name}."
     )
 

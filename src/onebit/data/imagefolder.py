@@ -140,7 +140,7 @@ class FolderImages:
         splits: ``{"train": ...}`` and ``"val"``, ``"test"`` when the folder has them: uint8
             images ``(N, C, H, W)`` with their labels, in file-name order per class.
         preprocess: how every image was decoded.
-        source: a description for reports, e.g. ``"shapes/ (image folder, 120 images)"``.
+        source: a description for reports, e.g. ``"image folder, 120 images"``.
     """
 
     classes: list[str]
@@ -316,7 +316,7 @@ def load_image_folder(path: str | os.PathLike, image_size: int | Sequence[int] |
     decoded: dict[str, list[np.ndarray]] = {split: [] for split in files}
     for split, file, _ in tqdm(entries, desc=f"Decoding {root.name}/", unit="img", disable=None):
         decoded[split].append(read_image(file, preprocess))
-    source = f"{root.name}/ (image folder, {len(entries):,} images)"
+    source = f"image folder, {len(entries):,} images"
     splits = {split: ImageSet(torch.from_numpy(np.stack(images)),
                               torch.tensor([label for _, label in files[split]], dtype=torch.int64), classes, source)
               for split, images in decoded.items()}

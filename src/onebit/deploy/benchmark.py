@@ -204,7 +204,7 @@ class _Subject(NamedTuple):
     model: torch.nn.Module
     input_size: tuple[int, ...]
     name: str
-    dataset: str
+    normalization: tuple[tuple[float, ...], tuple[float, ...]]
 
 
 def _subject(run_dir: str | os.PathLike | None) -> _Subject:
@@ -212,17 +212,18 @@ def _subject(run_dir: str | os.PathLike | None) -> _Subject:
     ``$ONEBIT_CHECKPOINTS`` when set); without ``run_dir``, an untrained study A BNN MLP (the
     same speed and size)."""
     if run_dir is None:
+        from ..data.mnist import MEAN, STD
         from ..models import MLP
 
         torch.manual_seed(0)
-        return _Subject(MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn", "mnist")
-    from ..experiments import get
+        return _Subject(MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn", (MEAN, STD))
     from ..experiments.packed import load_trained
-    from ..experiments.runner import find_run_dir
+    from ..experiments.runner import data_info, find_run_dir
 
-    model, config = load_trained(find_run_dir(run_dir))
-    experiment = get(config["experiment"])
-    return _Subject(model, experiment.input_size, f"{config['experiment']}/{config['row']}", experiment.dataset)
+    run_dir = find_run_dir(run_dir)
+    model, config = load_trained(run_dir)
+    info = data_info(run_dir, config)
+    return _Subject(model, info.input_size, f"{config['experiment']}/{config['row']}", info.normalization)
 
 
 def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=(1, 256), repeats: int = 5,
@@ -262,8 +263,6 @@ def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=
 
 def _end_to_end_table(subject: _Subject, quick: bool) -> None:
     """Print :func:`end_to_end` of ``subject`` with the setup it ran in."""
-    from ..experiments.datasets import normalization
-
     repeats, min_seconds = (3, 0.05) if quick else (7, 0.3)
     print(f"end to end: {subject.name}; torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "
           f"packed {K.get_num_threads()}")
@@ -272,7 +271,7 @@ def _end_to_end_table(subject: _Subject, quick: bool) -> None:
     print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
           f"{'state dict':>12} {'packed file':>12} {'smaller':>8}")
     rows = end_to_end(subject.model, subject.input_size, repeats=repeats, min_seconds=min_seconds,
-                      input_normalization=normalization(subject.dataset, missing_ok=True))
+                      input_normalization=subject.normalization)
     for r in rows:
         u8 = f"{r['packed_u8_ms']:>10.3f} {r['speedup_u8']:>8.1f}x" if "packed_u8_ms" in r else f"{'-':>10} {'-':>9}"
         print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x {u8} "

@@ -7,19 +7,9 @@ sized to train within about 3 CPU-hours (one thread) on a 2-core machine.
 
 from __future__ import annotations
 
-import functools
-from pathlib import Path
+from .registry import Experiment, Row
 
-import torch
-
-from ..data import ImageSet, data_root
-from ..data.augment import augment
-from ..data.cifar10 import MEAN, STD, load_cifar10
-from ..training import ClassificationTask
-from .registry import Experiment, Row, register
-
-VAL_SIZE = 5000
-SPLIT_SEED = 0
+#: Images per split in ``--quick`` runs (a seeded random subset of each).
 QUICK_SIZES = {"train": 500, "val": 200, "test": 500}
 #: Width of every model in ``--quick`` runs (smoke tests): VGG-small 8-16-32-64, Bi-Real 4-8-16-32.
 QUICK_WIDTH = 0.0625
@@ -27,33 +17,6 @@ QUICK_WIDTH = 0.0625
 #: Width multipliers of the full runs, sized to the 3 CPU-hour budget per row.
 VGG_WIDTH = 0.5
 BIREAL_WIDTH = 0.5
-
-@functools.lru_cache(maxsize=2)
-def _splits(root: Path) -> dict[str, ImageSet]:
-    """Train/val/test of the copy under ``root``, loaded once per process (the report builds the
-    task again for its heatmaps). Validation: a seeded 5k split of the 50k training images,
-    the same for every run."""
-    train, val = load_cifar10("train", root).split(VAL_SIZE, seed=SPLIT_SEED)
-    return {"train": train, "val": val, "test": load_cifar10("test", root)}
-
-
-def _quick_subset(data: ImageSet, size: int, seed: int) -> ImageSet:
-    """A seeded random subset: the image-folder copies are sorted by class, so a prefix would
-    hold a single class."""
-    generator = torch.Generator().manual_seed(seed)
-    return data.subset(torch.randperm(len(data), generator=generator)[:size])
-
-
-def cifar10_task(root: str | None, quick: bool, batch_size: int) -> ClassificationTask:
-    """CIFAR-10 train (45k) / val (5k, seeded) / test (10k), normalized with the training
-    mean and std; training batches get a random 4-pixel-padded crop and horizontal flip.
-    ``quick`` keeps a seeded random :data:`QUICK_SIZES` subset of each split."""
-    splits = dict(_splits(data_root(root)))
-    if quick:
-        splits = {k: _quick_subset(v, QUICK_SIZES[k], seed=i) for i, (k, v) in enumerate(splits.items())}
-    # evaluation in batches of 100 costs 30% less CPU than batches of 1000 at these widths
-    return ClassificationTask(splits, batch_size, MEAN, STD, augment=augment, eval_batch_size=100)
-
 
 _VGG = "vgg_small"
 _BIREAL = "bireal_resnet"
@@ -76,50 +39,49 @@ ROWS = (
         {**_FLOAT_TRAIN, "epochs": EPOCHS}),
 )
 
-register(
-    Experiment(
-        name="cifar10",
-        description="CIFAR-10: BinaryNet's VGG-small (float, BinaryConnect, BNN, XNOR) and Bi-Real ResNet-18",
-        rows=ROWS,
-        train={"batch_size": 128, "lr_schedule": "cosine", "precision": "auto", "compile": True},
-        make_task=cifar10_task,
-        input_size=(3, 32, 32),
-        dataset="cifar10",
-        quick_model={"width": QUICK_WIDTH},
-        targets={"bnn": 0.85, "float": 0.92},
-        published={
-            "float": "76.03 (study A's float baseline)",
-            "binaryconnect": "90.10 (BinaryConnect paper, width 1, deterministic)",
-            "bnn": "88.60 (BNN paper, width 1, 500 epochs)",
-        },
-        notes=(
-            "Data: CIFAR-10 as `load_cifar10` finds it under the data root: the canonical binary release, else "
-            "an image-folder copy (for example a JPEG re-encode, which is lossy and can cost some accuracy "
-            "relative to published numbers). Split: 45k train / 5k validation (seed 0) / the 10k test images, "
-            "evaluated once with the weights of the best validation epoch.",
-            f"Models: VGG-small = BinaryNet's 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x1024FC-10 at width "
-            f"{VGG_WIDTH:g} (every hidden width times {VGG_WIDTH:g}); Bi-Real ResNet-18 (16 binary 3x3 "
-            f"convolutions, each with a real shortcut; real stem, downsampling shortcuts and classifier) at "
-            f"width {BIREAL_WIDTH:g}. The published figures are for width-1 networks trained for hundreds of "
-            "epochs.",
-            "Budget: at most 3 CPU-hours per row on a 2-core machine, one seed, one thread per run (`--jobs 2` "
-            "trains two rows side by side, one thread each). The time column gives the CPU time each run "
-            "recorded, which leaves out inductor's compile workers.",
-            "Training: batch 128, random crop (4-pixel zero padding) and horizontal flip, cosine learning "
-            "rate decay per epoch, through torch.compile with bfloat16 autocast where the CPU computes bf16 "
-            "natively (`precision=auto`; validation and test run in fp32). "
-            "Binary rows: Adam at 1e-3, no weight decay, latent weights clipped to [-1, 1]. Float rows: SGD at "
-            "0.05 with momentum 0.9 and weight decay 5e-4.",
-            "Bi-Real row: binary weights scaled by the per-filter mean |W| (the `xnor` recipe), sign "
-            "activations with Bi-Real's piecewise-polynomial gradient (`approx-sign`).",
-            "Packed models: every row converts (`onebit export runs/cifar10/<row> -o model.onebit`); the "
-            "packed table (`OMP_NUM_THREADS=1 onebit report results/cifar10`) gives their accuracy and speed "
-            "beside PyTorch. The speed-up comes from binary "
-            "activations: binaryconnect keeps real-valued activations, so its packed layers multiply floats by "
-            "unpacked +-1 weights instead of XNOR-popcounting. bireal's stem, downsampling shortcuts and "
-            "classifier keep float weights, and every block adds its real-valued shortcut in float.",
-            "Bi-Real Net's paper reports ImageNet only, so there is no published CIFAR-10 figure for either "
-            "Bi-Real row.",
-        ),
-    )
+CIFAR10 = Experiment(
+    name="cifar10",
+    description="CIFAR-10: BinaryNet's VGG-small (float, BinaryConnect, BNN, XNOR) and Bi-Real ResNet-18",
+    rows=ROWS,
+    train={"batch_size": 128, "lr_schedule": "cosine", "precision": "auto", "compile": True},
+    dataset="cifar10",
+    # random crops (4-pixel zero padding) and flips; evaluation in batches of 100 costs 30% less CPU than
+    # batches of 1000 at these widths
+    task={"shift": 4, "flip": True, "eval_batch_size": 100, "quick_sizes": QUICK_SIZES},
+    quick_model={"width": QUICK_WIDTH},
+    targets={"bnn": 0.85, "float": 0.92},
+    published={
+        "float": "76.03 (study A's float baseline)",
+        "binaryconnect": "90.10 (BinaryConnect paper, width 1, deterministic)",
+        "bnn": "88.60 (BNN paper, width 1, 500 epochs)",
+    },
+    notes=(
+        "Data: CIFAR-10 as `load_cifar10` finds it under the data root: the canonical binary release, else "
+        "an image-folder copy (for example a JPEG re-encode, which is lossy and can cost some accuracy "
+        "relative to published numbers). Split: 45k train / 5k validation (seed 0) / the 10k test images, "
+        "evaluated once with the weights of the best validation epoch.",
+        f"Models: VGG-small = BinaryNet's 2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-2x1024FC-10 at width "
+        f"{VGG_WIDTH:g} (every hidden width times {VGG_WIDTH:g}); Bi-Real ResNet-18 (16 binary 3x3 "
+        f"convolutions, each with a real shortcut; real stem, downsampling shortcuts and classifier) at "
+        f"width {BIREAL_WIDTH:g}. The published figures are for width-1 networks trained for hundreds of "
+        "epochs.",
+        "Budget: at most 3 CPU-hours per row on a 2-core machine, one seed, one thread per run (`--jobs 2` "
+        "trains two rows side by side, one thread each). The time column gives the CPU time each run "
+        "recorded, which leaves out inductor's compile workers.",
+        "Training: batch 128, random crop (4-pixel zero padding) and horizontal flip, cosine learning "
+        "rate decay per epoch, through torch.compile with bfloat16 autocast where the CPU computes bf16 "
+        "natively (`precision=auto`; validation and test run in fp32). "
+        "Binary rows: Adam at 1e-3, no weight decay, latent weights clipped to [-1, 1]. Float rows: SGD at "
+        "0.05 with momentum 0.9 and weight decay 5e-4.",
+        "Bi-Real row: binary weights scaled by the per-filter mean |W| (the `xnor` recipe), sign "
+        "activations with Bi-Real's piecewise-polynomial gradient (`approx-sign`).",
+        "Packed models: every row converts (`onebit export runs/cifar10/<row> -o model.onebit`); the "
+        "packed table (`OMP_NUM_THREADS=1 onebit report results/cifar10`) gives their accuracy and speed "
+        "beside PyTorch. The speed-up comes from binary "
+        "activations: binaryconnect keeps real-valued activations, so its packed layers multiply floats by "
+        "unpacked +-1 weights instead of XNOR-popcounting. bireal's stem, downsampling shortcuts and "
+        "classifier keep float weights, and every block adds its real-valued shortcut in float.",
+        "Bi-Real Net's paper reports ImageNet only, so there is no published CIFAR-10 figure for either "
+        "Bi-Real row.",
+    ),
 )

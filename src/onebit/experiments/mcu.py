@@ -3,6 +3,7 @@ run on QEMU's mps2-an386 board beside the numpy runtime and PyTorch."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import datasets
+from . import registry
 from .packed import pack_run
 
 __all__ = ["evaluate_mcu"]
@@ -22,7 +23,7 @@ def _compiler() -> str:
     return version.stdout.splitlines()[0]
 
 
-def evaluate_mcu(run_dir: str | Path, data: str | None = None, images: int = 1000) -> dict[str, Any]:
+def evaluate_mcu(run_dir: str | Path, root: str | None = None, images: int = 1000) -> dict[str, Any]:
     """Export the run's packed model to C, build it for a Cortex-M4 and run it under QEMU on the
     first ``images`` test images (uint8 pixels).
 
@@ -37,8 +38,10 @@ def evaluate_mcu(run_dir: str | Path, data: str | None = None, images: int = 100
     from ..deploy.export_c import export_c
 
     model, packed = pack_run(run_dir)
-    codes, labels = datasets.test_arrays(packed.meta["dataset"], data, raw=True)
-    floats = datasets.test_arrays(packed.meta["dataset"], data)[0]
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    data = registry.of_run(config).dataset_of(config, root).load()
+    codes, labels = data.test_arrays(raw=True)
+    floats = data.test_arrays()[0]
     codes, floats, labels = codes[:images], floats[:images], labels[:images]
     with tempfile.TemporaryDirectory(prefix="onebit-mcu-") as tmp:
         export_c(packed, tmp, "model")

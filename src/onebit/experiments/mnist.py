@@ -2,30 +2,9 @@
 
 from __future__ import annotations
 
-from functools import partial
 from itertools import product
 
-from ..data.augment import augment
-from ..training import ClassificationTask
-from .registry import Experiment, Row, register
-
-VAL_SIZE = 5000
-QUICK_SIZES = {"train": 2000, "val": 500, "test": 1000}
-
-
-def mnist_task(root: str | None, quick: bool, batch_size: int, *, shift: int = 0) -> ClassificationTask:
-    """MNIST train/val/test with a seeded 55k/5k train/validation split (seed 0 for every run,
-    so all rows select on the same validation images). ``quick`` keeps a tiny prefix of each;
-    ``shift`` moves each training image by up to that many pixels (zero padding, no flips)."""
-    from ..data.mnist import MEAN, STD, load_mnist
-
-    train, val = load_mnist("train", root).split(VAL_SIZE, seed=0)
-    splits = {"train": train, "val": val, "test": load_mnist("test", root)}
-    if quick:
-        splits = {k: v.subset(range(QUICK_SIZES[k])) for k, v in splits.items()}
-    shifts = partial(augment, padding=shift, flip=False) if shift else None
-    return ClassificationTask(splits, batch_size, MEAN, STD, augment=shifts)
-
+from .registry import Experiment, Row
 
 MLP_RECIPES = ("float", "binaryconnect", "binaryconnect-stochastic", "bnn", "xnor")
 #: binaryconnect-stochastic: BinaryConnect's Glorot learning-rate scale for the latent weights (stochastic
@@ -34,41 +13,37 @@ MLP_RECIPES = ("float", "binaryconnect", "binaryconnect-stochastic", "bnn", "xno
 #: on sampled weights misplace every layer).
 _MLP_ROW_TRAIN = {"binaryconnect-stochastic": {"latent_lr_scale": "glorot", "bn_recalibration_batches": 100}}
 
-register(
-    Experiment(
-        name="mnist-mlp",
-        description="Study A: 784-2048-2048-2048-10 MLP, float vs binarized recipes",
-        rows=tuple(Row(r, {"name": "mlp", "recipe": r, "input_dropout": 0.2}, _MLP_ROW_TRAIN.get(r, {}))
-                   for r in MLP_RECIPES),
-        train={"epochs": 25, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
-               "lr_final_ratio": 0.01, "batch_size": 100,
-               "precision": "auto", "compile": True},
-        make_task=mnist_task,
-        input_size=(1, 28, 28),
-        dataset="mnist",
-        quick_model={"hidden": [256, 256]},
-        targets={"bnn": 0.985, "float": 0.988},
-        published={"float": "96.87 (study A)", "binaryconnect": "93.72 (study A); 98.71 (BinaryConnect paper)",
-                   "binaryconnect-stochastic": "98.82 (BinaryConnect paper, real-valued weights at test)",
-                   "bnn": "99.04 (BNN paper, 3x4096 units, 1000 epochs)"},
-        notes=(
-            "Study A trained with plain SGD at an effective learning rate of about 4e-6 and never "
-            "updated its output layer, which explains its low figures; onebit uses Adam with "
-            "exponential learning-rate decay and batch norm, as the BNN paper does.",
-            "Trained through torch.compile, with bfloat16 autocast where the CPU computes bf16 natively "
-            "(`precision=auto`; the time column says which). Validation and test accuracy are those of the "
-            "fp32 model. The bnn target includes a budget of 30 CPU-minutes per seed at one torch thread (the "
-            "time column gives each run's CPU time; wall time is longer when runs share the cores).",
-            "binaryconnect-stochastic scales its latent weights' learning rate by BinaryConnect's Glorot "
-            "factor (`latent_lr_scale=glorot`, as Courbariaux et al. 2015), without which stochastic binary "
-            "weights stay coin flips. It trains on sampled weights and evaluates (and deploys) their signs, a "
-            "different network: before every validation it re-estimates the batch-norm statistics of the sign "
-            "network on 100 training batches (`bn_recalibration_batches=100`). BinaryConnect itself evaluated "
-            "the real-valued weights, which cannot be bit-packed.",
-            "Every recipe drops 20% of the input pixels in training; the float recipe also has dropout 0.2 "
-            "after every hidden block.",
-        ),
-    )
+MNIST_MLP = Experiment(
+    name="mnist-mlp",
+    description="Study A: 784-2048-2048-2048-10 MLP, float vs binarized recipes",
+    rows=tuple(Row(r, {"name": "mlp", "recipe": r, "input_dropout": 0.2}, _MLP_ROW_TRAIN.get(r, {}))
+               for r in MLP_RECIPES),
+    train={"epochs": 25, "optimizer": "adam", "lr": 3e-3, "lr_schedule": "exponential",
+           "lr_final_ratio": 0.01, "batch_size": 100,
+           "precision": "auto", "compile": True},
+    dataset="mnist",
+    quick_model={"hidden": [256, 256]},
+    targets={"bnn": 0.985, "float": 0.988},
+    published={"float": "96.87 (study A)", "binaryconnect": "93.72 (study A); 98.71 (BinaryConnect paper)",
+               "binaryconnect-stochastic": "98.82 (BinaryConnect paper, real-valued weights at test)",
+               "bnn": "99.04 (BNN paper, 3x4096 units, 1000 epochs)"},
+    notes=(
+        "Study A trained with plain SGD at an effective learning rate of about 4e-6 and never "
+        "updated its output layer, which explains its low figures; onebit uses Adam with "
+        "exponential learning-rate decay and batch norm, as the BNN paper does.",
+        "Trained through torch.compile, with bfloat16 autocast where the CPU computes bf16 natively "
+        "(`precision=auto`; the time column says which). Validation and test accuracy are those of the "
+        "fp32 model. The bnn target includes a budget of 30 CPU-minutes per seed at one torch thread (the "
+        "time column gives each run's CPU time; wall time is longer when runs share the cores).",
+        "binaryconnect-stochastic scales its latent weights' learning rate by BinaryConnect's Glorot "
+        "factor (`latent_lr_scale=glorot`, as Courbariaux et al. 2015), without which stochastic binary "
+        "weights stay coin flips. It trains on sampled weights and evaluates (and deploys) their signs, a "
+        "different network: before every validation it re-estimates the batch-norm statistics of the sign "
+        "network on 100 training batches (`bn_recalibration_batches=100`). BinaryConnect itself evaluated "
+        "the real-valued weights, which cannot be bit-packed.",
+        "Every recipe drops 20% of the input pixels in training; the float recipe also has dropout 0.2 "
+        "after every hidden block.",
+    ),
 )
 
 POSITIONS = ("first", "last", "both")
@@ -99,33 +74,29 @@ _STUDY_B = {
     "deterministic-reinforce-both": 93.40,
 }
 
-register(
-    Experiment(
-        name="mnist-cnn",
-        description="Study B: 2-conv CNN with binary activations (first/last/both) x estimators",
-        rows=tuple(CNN_ROWS),
-        train={"epochs": 10, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 64,
-               "clip_latent": None},
-        make_task=mnist_task,
-        input_size=(1, 28, 28),
-        dataset="mnist",
-        published={k: f"{v:.2f} (study B)" for k, v in _STUDY_B.items()},
-        targets={r.name: 0.97 if "reinforce" in r.name else 0.985 for r in CNN_ROWS if r.name != "none"},
-        notes=(
-            "Study B's REINFORCE rows computed no log-probability, so every layer upstream of a "
-            "binary unit stayed at its random initialization: its deterministic 'REINFORCE' figures measure "
-            "a classifier on thresholded bits of fixed random features. onebit's REINFORCE rows train those "
-            "layers with the score-function estimator and a moving-average baseline; the "
-            "stochastic-reinforce-*-loo-annealed rows add slope annealing and a leave-one-out baseline over 4 "
-            "bit samples per image (4x the compute per step, so they train through torch.compile, in bfloat16 "
-            "where native).",
-            "Training: Adam, learning rate 1e-3 with cosine decay, batch 64, 10 epochs. Study B used "
-            "SGD with learning rate 0.1 and momentum 0.9.",
-            "deterministic-reinforce-* rows equal stochastic-reinforce-* rows run for run: a "
-            "deterministic neuron has no distribution to score, so with REINFORCE it samples while "
-            "training and thresholds at eval, exactly like the stochastic one (see BinaryNeuron).",
-            "Annealed rows use the slope schedule of Chung et al. (2016), min(5, 1 + 0.04 epoch); "
-            "study B's code used 1.005^(epoch-1), nearly constant over 10 epochs.",
-        ),
-    )
+MNIST_CNN = Experiment(
+    name="mnist-cnn",
+    description="Study B: 2-conv CNN with binary activations (first/last/both) x estimators",
+    rows=tuple(CNN_ROWS),
+    train={"epochs": 10, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 64,
+           "clip_latent": None},
+    dataset="mnist",
+    published={k: f"{v:.2f} (study B)" for k, v in _STUDY_B.items()},
+    targets={r.name: 0.97 if "reinforce" in r.name else 0.985 for r in CNN_ROWS if r.name != "none"},
+    notes=(
+        "Study B's REINFORCE rows computed no log-probability, so every layer upstream of a "
+        "binary unit stayed at its random initialization: its deterministic 'REINFORCE' figures measure "
+        "a classifier on thresholded bits of fixed random features. onebit's REINFORCE rows train those "
+        "layers with the score-function estimator and a moving-average baseline; the "
+        "stochastic-reinforce-*-loo-annealed rows add slope annealing and a leave-one-out baseline over 4 "
+        "bit samples per image (4x the compute per step, so they train through torch.compile, in bfloat16 "
+        "where native).",
+        "Training: Adam, learning rate 1e-3 with cosine decay, batch 64, 10 epochs. Study B used "
+        "SGD with learning rate 0.1 and momentum 0.9.",
+        "deterministic-reinforce-* rows equal stochastic-reinforce-* rows run for run: a "
+        "deterministic neuron has no distribution to score, so with REINFORCE it samples while "
+        "training and thresholds at eval, exactly like the stochastic one (see BinaryNeuron).",
+        "Annealed rows use the slope schedule of Chung et al. (2016), min(5, 1 + 0.04 epoch); "
+        "study B's code used 1.005^(epoch-1), nearly constant over 10 epochs.",
+    ),
 )

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+from ..data import Dataset, data_root
 from ..data.episodes import ClassPool
 from ..training.fewshot import EpisodeSetting, EpisodicTask, LakeRunSet
-from .registry import Experiment, Row, register
+from .registry import Experiment, Row
 
 #: Training episodes: way, shot, queries per class, episodes per epoch (full mode).
 TRAIN_EPISODES = {"way": 20, "shot": 1, "queries": 5, "episodes_per_epoch": 500}
@@ -32,8 +33,6 @@ TEST = (
 QUICK = {"way": 5, "shot": 1, "queries": 5, "episodes_per_epoch": 20, "eval_episodes": 20, "classes": 20,
          "images": 10, "lake_runs": 2}
 QUICK_MODEL = {"hidden": 16}
-#: Pixel statistics of the background set (strokes bright on black), in [0, 1] units.
-MEAN, STD = 0.0830, 0.2377
 
 
 def _head(pool: ClassPool, classes: int, images: int) -> ClassPool:
@@ -48,18 +47,20 @@ def _load(directory: Path) -> tuple[dict[str, ClassPool], LakeRunSet]:
     return omniglot_splits(directory), LakeRunSet.from_runs(load_lake_runs(directory))
 
 
-def omniglot_task(root: str | None, quick: bool, batch_size: int, **train_episodes: int) -> EpisodicTask:
-    """The episodic task of every row (see the module constants and :data:`QUICK`);
-    ``train_episodes`` replaces entries of :data:`TRAIN_EPISODES` (``way``, ``shot``, ``queries``)
-    for a row, in quick runs too. Evaluation episodes are the same for every row."""
-    from ..data.download import data_root
-
+def omniglot_task(dataset: Dataset, quick: bool, batch_size: int, **train_episodes: int) -> EpisodicTask:
+    """The episodic task of every row (see the module constants and :data:`QUICK`), on the few-shot
+    class pools of ``dataset`` (Omniglot), normalized with its mean and std; ``train_episodes``
+    replaces entries of :data:`TRAIN_EPISODES` (``way``, ``shot``, ``queries``) for a row, in quick
+    runs too. Evaluation episodes are the same for every row."""
+    if dataset.name != "omniglot":
+        raise ValueError(f"the omniglot experiment trains on few-shot episodes of Omniglot's alphabets, not on "
+                         f"{dataset.name}; --data takes another dataset for image-classification experiments only")
     if batch_size != 1:
         raise ValueError(f"omniglot trains on one episode per optimizer step: batch_size must be 1, got {batch_size}")
     unknown = set(train_episodes) - {"way", "shot", "queries"}
     if unknown:
         raise ValueError(f"unknown training episode options {sorted(unknown)}; valid: way, shot, queries")
-    pools, lake = _load(data_root(root))
+    pools, lake = _load(data_root(dataset.root))
     train, val, test = TRAIN_EPISODES, VAL, TEST
     if quick:
         pools = {"train": pools["train"], "val": _head(pools["val"], QUICK["classes"], QUICK["images"]),
@@ -69,8 +70,9 @@ def omniglot_task(root: str | None, quick: bool, batch_size: int, **train_episod
         train = {k: QUICK[k] for k in TRAIN_EPISODES}
         val, *test = (EpisodeSetting(s.way, s.shot, QUICK["queries"], QUICK["eval_episodes"], s.seed)
                       for s in (VAL, *TEST))
+    (mean,), (std,) = dataset.normalization
     return EpisodicTask(pools, **{**train, **train_episodes}, val=val, test=test, lake=lake, lake_key="lake20",
-                        mean=MEAN, std=STD)
+                        mean=mean, std=std)
 
 
 #: Training episodes of the protonet-* rows: 5-shot, matching the 5-shot test protocols as Snell et
@@ -110,50 +112,48 @@ _STUDY_B = {"float": 84.4, "binary-block1": 79.6, "binary-block2": 79.6, "binary
 PUBLISHED = {k: f"{v:.1f} (study B, 5-way 1-shot)" for k, v in _STUDY_B.items()}
 PUBLISHED["float"] += "; 98.1 (Vinyals et al. 2016)"
 
-register(
-    Experiment(
-        name="omniglot",
-        description="Study B: Matching Networks on Omniglot with binary activations per conv block; "
-                    "Prototypical Networks and a fully binary Hamming encoder",
-        rows=tuple(ROWS),
-        train={"epochs": EPOCHS, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 1,
-               "precision": "auto", "compile": True},
-        make_task=omniglot_task,
-        input_size=(1, 28, 28),
-        quick_model=QUICK_MODEL,
-        published=PUBLISHED,
-        targets={"float": 0.98, "binary-block1": 0.96, "binary-block4": 0.93},  # 5-way 1-shot test accuracy
-        notes=(
-            "Encoder: 4 x [Conv3x3(64)-BN-act-MaxPool2] on 28x28 images -> 64-d embedding; act is ReLU, "
-            "or a deterministic binary neuron (outputs {0, 1}, straight-through through the hard sigmoid, "
-            "slope annealed by min(5, 1 + 0.04 epoch)) in the binary blocks. Squared-l2 attention, no full "
-            "context embeddings (as study B). Rows whose last block is binary (binary-block4, binary-all*, "
-            "protonet-binary-all*) learn the similarity scale (the softmax temperature, "
-            "`learn_scale=True`): a binary embedding's distances are bit counts with no scale of their own, "
-            "which a real embedding learns through its last batch norm. binary-all-hamming: "
-            "binary (sign) weights in every conv and sign activations in every block; the embedding is 64 sign "
-            "bits and the attention uses the "
-            "Hamming distance (straight-through estimator). protonet-*: the same encoders with a "
-            "Prototypical Networks head (class means; with Hamming, the mean Hamming distance to the "
-            "class's support images).",
-            f"Training: {TRAIN_EPISODES['way']}-way {TRAIN_EPISODES['shot']}-shot episodes with "
-            f"{TRAIN_EPISODES['queries']} queries per class, {TRAIN_EPISODES['episodes_per_epoch']} episodes "
-            f"per epoch x {EPOCHS} epochs, Adam 1e-3 with cosine decay, on the 30 background alphabets minus "
-            "5 held out for validation (778 characters x 4 rotations = 3,112 classes). Model selection on "
-            f"{VAL.episodes} {VAL.key} episodes of the 5 held-out alphabets; test on the 20 evaluation "
-            "alphabets (659 characters, not rotated), touched once. Study B trained on only 100 episodes "
-            "and scored 50 episodes with 1 query each (about +-2.5%).",
-            "CPU budget: 40 CPU-minutes per row, one thread per run, through torch.compile with bfloat16 "
-            "autocast where the CPU computes bf16 natively (fp32 validation and test); `--jobs 2` trains two "
-            "rows side by side on a 2-core machine.",
-            "protonet-* rows train on 20-way 5-shot episodes with 3 queries per class (Snell et al. 2017 "
-            "match the training shot to the test shot): with one support image per class a Prototypical "
-            "Network computes the same function as a Matching Network, so 1-shot training would only "
-            "repeat the Matching Network rows.",
-            "Test protocols: 1,000 fixed episodes each with 15 queries per class (same episodes for every "
-            "row); lake20: Lake et al.'s 20 runs of within-alphabet 20-way 1-shot (400 queries). Vinyals et "
-            "al. used a different class split (1,200 / 423 characters, test classes rotated too), so their "
-            "figures are close but not identical protocols.",
-        ),
-    )
+OMNIGLOT = Experiment(
+    name="omniglot",
+    description="Study B: Matching Networks on Omniglot with binary activations per conv block; "
+                "Prototypical Networks and a fully binary Hamming encoder",
+    rows=tuple(ROWS),
+    train={"epochs": EPOCHS, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 1,
+           "precision": "auto", "compile": True},
+    dataset="omniglot",
+    make_task=omniglot_task,
+    quick_model=QUICK_MODEL,
+    published=PUBLISHED,
+    targets={"float": 0.98, "binary-block1": 0.96, "binary-block4": 0.93},  # 5-way 1-shot test accuracy
+    notes=(
+        "Encoder: 4 x [Conv3x3(64)-BN-act-MaxPool2] on 28x28 images -> 64-d embedding; act is ReLU, "
+        "or a deterministic binary neuron (outputs {0, 1}, straight-through through the hard sigmoid, "
+        "slope annealed by min(5, 1 + 0.04 epoch)) in the binary blocks. Squared-l2 attention, no full "
+        "context embeddings (as study B). Rows whose last block is binary (binary-block4, binary-all*, "
+        "protonet-binary-all*) learn the similarity scale (the softmax temperature, "
+        "`learn_scale=True`): a binary embedding's distances are bit counts with no scale of their own, "
+        "which a real embedding learns through its last batch norm. binary-all-hamming: "
+        "binary (sign) weights in every conv and sign activations in every block; the embedding is 64 sign "
+        "bits and the attention uses the "
+        "Hamming distance (straight-through estimator). protonet-*: the same encoders with a "
+        "Prototypical Networks head (class means; with Hamming, the mean Hamming distance to the "
+        "class's support images).",
+        f"Training: {TRAIN_EPISODES['way']}-way {TRAIN_EPISODES['shot']}-shot episodes with "
+        f"{TRAIN_EPISODES['queries']} queries per class, {TRAIN_EPISODES['episodes_per_epoch']} episodes "
+        f"per epoch x {EPOCHS} epochs, Adam 1e-3 with cosine decay, on the 30 background alphabets minus "
+        "5 held out for validation (778 characters x 4 rotations = 3,112 classes). Model selection on "
+        f"{VAL.episodes} {VAL.key} episodes of the 5 held-out alphabets; test on the 20 evaluation "
+        "alphabets (659 characters, not rotated), touched once. Study B trained on only 100 episodes "
+        "and scored 50 episodes with 1 query each (about +-2.5%).",
+        "CPU budget: 40 CPU-minutes per row, one thread per run, through torch.compile with bfloat16 "
+        "autocast where the CPU computes bf16 natively (fp32 validation and test); `--jobs 2` trains two "
+        "rows side by side on a 2-core machine.",
+        "protonet-* rows train on 20-way 5-shot episodes with 3 queries per class (Snell et al. 2017 "
+        "match the training shot to the test shot): with one support image per class a Prototypical "
+        "Network computes the same function as a Matching Network, so 1-shot training would only "
+        "repeat the Matching Network rows.",
+        "Test protocols: 1,000 fixed episodes each with 15 queries per class (same episodes for every "
+        "row); lake20: Lake et al.'s 20 runs of within-alphabet 20-way 1-shot (400 queries). Vinyals et "
+        "al. used a different class split (1,200 / 423 characters, test classes rotated too), so their "
+        "figures are close but not identical protocols.",
+    ),
 )

@@ -1,7 +1,7 @@
 """Trained runs as packed models: what ``onebit export`` writes and what reports evaluate.
 
 :func:`pack_run` converts a run's best-validation model exactly as ``onebit export`` does;
-:func:`evaluate_packed` runs it beside the PyTorch model on the experiment's test data
+:func:`evaluate_packed` runs it beside the PyTorch model on the run's test data
 (accuracy, agreement, output error, throughput, file size).
 """
 
@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..training import load_checkpoint
-from . import datasets, registry
-from .runner import CHECKPOINTS_ENV, build_model, checkpoint_path
+from ..data import Dataset
+from ..training import ClassificationTask, load_checkpoint
+from . import registry
+from .runner import CHECKPOINTS_ENV, build_model, checkpoint_path, data_info
 
 __all__ = ["load_trained", "pack_run", "evaluate_packed", "float32_state_bytes", "MODEL_FILE"]
 
@@ -44,17 +45,21 @@ def load_trained(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
 def pack_run(run_dir: str | Path):
     """``(model, packed)``: the run's trained PyTorch model and its
-    :class:`~onebit.deploy.PackedModel`, which takes raw uint8 images when the experiment's
-    dataset has a known normalization. Raises :class:`~onebit.deploy.UnsupportedModelError`
-    for models the packed runtime cannot reproduce."""
+    :class:`~onebit.deploy.PackedModel`, which also takes raw uint8 images (it records the
+    data's normalization). Its ``meta`` names the run, the data (``dataset``, and ``data``: the
+    spec :func:`onebit.data.datasets.from_spec` takes), the class names (classifiers) and how
+    image files become inputs (``preprocess``, for ``onebit infer --images``). Raises
+    :class:`~onebit.deploy.UnsupportedModelError` for models the packed runtime cannot reproduce."""
     from ..deploy import convert
 
     model, config = load_trained(run_dir)
-    experiment = registry.get(config["experiment"])
-    packed = convert(model, torch.zeros(2, *experiment.input_size),
-                     input_normalization=datasets.normalization(experiment.dataset, missing_ok=True))
-    packed.meta.update(experiment=config["experiment"], row=config["row"], seed=config["seed"],
-                       dataset=experiment.dataset)
+    info = data_info(run_dir, config)
+    packed = convert(model, torch.zeros(2, *info.input_size), input_normalization=info.normalization)
+    spec = registry.of_run(config).dataset_of(config).spec
+    packed.meta.update(experiment=config["experiment"], row=config["row"], seed=config["seed"], dataset=info.name,
+                       data=spec, preprocess=info.preprocess.to_json())
+    if info.classes:
+        packed.meta["classes"] = list(info.classes)
     return model, packed
 
 
@@ -90,18 +95,18 @@ class _PackedEncoder(nn.Module):
         return torch.from_numpy(self.packed(x.cpu().numpy()))
 
 
-def _compare_classifiers(model, packed, dataset: str, data: str | None, batch_size: int,
-                         max_images: int | None) -> _Comparison:
-    """Test-set accuracy of both models; outputs are logits."""
-    images, labels = datasets.test_arrays(dataset, data)
-    codes = datasets.test_arrays(dataset, data, raw=True)[0] if "input_quantization" in packed.meta else images
+def _compare_classifiers(model, packed, dataset: Dataset, batch_size: int, max_images: int | None) -> _Comparison:
+    """Accuracy of both models on the data's test split (validation without one); outputs are logits."""
+    data = dataset.load()
+    images, labels = data.test_arrays()
+    codes = data.test_arrays(raw=True)[0] if "input_quantization" in packed.meta else images
     if max_images is not None:
         images, codes, labels = images[:max_images], codes[:max_images], labels[:max_images]
     with torch.no_grad():
         reference, torch_seconds = _timed(lambda x: model(torch.from_numpy(x)).numpy(), images, batch_size)
     outputs, packed_seconds = _timed(packed, codes, batch_size)
-    accuracy = {"test": {"torch": float((reference.argmax(1) == labels).mean()),
-                         "packed": float((outputs.argmax(1) == labels).mean())}}
+    accuracy = {data.eval_split: {"torch": float((reference.argmax(1) == labels).mean()),
+                                  "packed": float((outputs.argmax(1) == labels).mean())}}
     agreement = float((reference.argmax(1) == outputs.argmax(1)).mean())
     return _Comparison(accuracy, agreement, reference, outputs, torch_seconds, packed_seconds)
 
@@ -121,21 +126,22 @@ def _compare_encoders(model, packed, task, batch_size: int) -> _Comparison:
     return _Comparison(accuracy, agreement, reference, outputs, torch_seconds, packed_seconds)
 
 
-def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size: int = 256,
+def evaluate_packed(run_dir: str | Path, root: str | None = None, *, batch_size: int = 256,
                     max_images: int | None = None) -> dict[str, Any]:
     """Convert the run, save it as :data:`MODEL_FILE` in ``run_dir`` (what ``onebit infer`` runs),
     reload it from there, and evaluate it beside the PyTorch model.
 
-    Classifiers run on the experiment's test set: PyTorch on float32 images normalized as in
-    training, the packed model on the raw uint8 pixels where it takes them (``max_images``
-    limits the set). Few-shot models (whose experiment has no such test set) convert their
-    encoder, which replaces the PyTorch one under the same head and evaluation episodes
+    Classifiers (runs of a :class:`~onebit.training.ClassificationTask`) run on the test set of
+    the run's data (its validation set when it has none): PyTorch on float32 images normalized
+    as in training, the packed model on the raw uint8 pixels where it takes them (``max_images``
+    limits the set). Few-shot models (runs of an episodic task) convert their encoder, which
+    replaces the PyTorch one under the same head and evaluation episodes
     (:meth:`~onebit.training.fewshot.EpisodicTask.final_evaluation`); throughput is that of
     embedding the test pool. Both models run in this process, batch by batch, with torch's
     current number of threads (the packed kernels get as many for the comparison).
 
     Returns:
-        ``accuracy`` (``{key: {"torch", "packed"}}``: ``"test"`` for classifiers, one entry
+        ``accuracy`` (``{key: {"torch", "packed"}}``: ``"test"`` (or ``"val"``) for classifiers, one entry
         per evaluation protocol for few-shot models), ``agreement`` (fraction of inputs with
         the same predicted class, or the identical embedding), ``max_output_diff`` (largest
         absolute logit or embedding difference), ``torch_images_per_s``,
@@ -154,15 +160,17 @@ def evaluate_packed(run_dir: str | Path, data: str | None = None, *, batch_size:
     file_bytes = path.stat().st_size
     packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
 
-    dataset = packed.meta["dataset"]
+    config = json.loads((Path(run_dir) / "config.json").read_text())
+    experiment = registry.of_run(config)
+    task = experiment.task_of(config, root)
+    if not isinstance(task, ClassificationTask) and not hasattr(task, "pool_images"):
+        return {"error": f"no packed evaluation for runs of a {type(task).__name__}"}
     threads = kernels.get_num_threads()
     kernels.set_num_threads(torch.get_num_threads())
     try:
-        if dataset in datasets.NAMES:
-            c = _compare_classifiers(model, packed, dataset, data, batch_size, max_images)
+        if isinstance(task, ClassificationTask):
+            c = _compare_classifiers(model, packed, experiment.dataset_of(config, root), batch_size, max_images)
         else:
-            config = json.loads((Path(run_dir) / "config.json").read_text())
-            task = registry.get(config["experiment"]).task_of(config, data)
             c = _compare_encoders(model, packed, task, batch_size)
     finally:
         kernels.set_num_threads(threads)

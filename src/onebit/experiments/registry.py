@@ -1,14 +1,23 @@
-"""Named experiments: a grid of rows (model + training overrides) on one dataset."""
+"""Named experiments: a grid of rows (model + training overrides) on one dataset.
+
+An experiment is data: one :class:`Experiment` entry names its dataset (a name
+:func:`onebit.data.dataset` takes), its rows and their training options, and is registered
+with :func:`register` (``onebit.experiments`` registers the built-in ones).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from ..training import Task
+from ..data import Dataset
+from ..data.datasets import from_spec
+from ..training import Task, TrainConfig
+from .tasks import classification_task
 
-__all__ = ["Row", "Experiment", "McuBenchmark", "register", "get", "names"]
+__all__ = ["Row", "Experiment", "McuBenchmark", "TRAIN", "register", "get", "names", "of_run", "trained"]
 
 
 @dataclass(frozen=True)
@@ -19,8 +28,8 @@ class Row:
         name: row name used in ``results.json`` and as the run directory.
         model: ``{"name": <model registry name>, **constructor kwargs}``.
         train: overrides of the experiment's :class:`~onebit.training.TrainConfig` defaults.
-        task: keyword arguments of the experiment's ``make_task`` for this row's runs (e.g. the
-            training episodes' shot); part of the run's ``config.json`` when not empty.
+        task: task options of this row's runs (e.g. the training episodes' shot), over the
+            experiment's ``task``; part of the run's ``config.json`` when not empty.
     """
 
     name: str
@@ -53,17 +62,19 @@ class Experiment:
         description: one line for ``onebit list`` and the report.
         rows: the runs of the table.
         train: default training options.
-        make_task: ``fn(data_root, quick, batch_size, **row.task) -> Task``; ``quick`` selects a
-            tiny subset.
-        input_size: shape of one example (for summaries and export).
+        dataset: the data every row trains on: a name :func:`onebit.data.dataset` takes
+            (``onebit run NAME --data OTHER`` trains the grid on other data of the same input size).
+        make_task: ``fn(dataset, quick, batch_size, **options) -> Task``: ``dataset`` is an
+            :class:`onebit.data.Dataset`, ``quick`` selects a tiny subset, ``options`` are the
+            experiment's ``task`` updated with the row's. Image classification by default
+            (:func:`~onebit.experiments.tasks.classification_task`).
+        task: task options of every row (e.g. ``{"shift": 4, "flip": True}``).
         published: row name -> published figure to print beside ours in the report.
         notes: paragraphs for the report (how the setting differs from the studies).
         quick_model: model constructor overrides for ``--quick`` runs (e.g. a narrow ``width``),
             so that smoke runs of large models stay fast.
         targets: row name -> test accuracy (fraction) the row should reach; the report says
             whether it did.
-        dataset: name of the test set a packed model of this experiment is evaluated on
-            (see :mod:`onebit.experiments.datasets`).
         mcu: if set, seed 0's packed model is also exported to C and run on an emulated
             Cortex-M4; the report adds its size, RAM, stack and instruction count.
     """
@@ -72,18 +83,42 @@ class Experiment:
     description: str
     rows: tuple[Row, ...]
     train: dict[str, Any]
-    make_task: Callable[..., Task]
-    input_size: tuple[int, ...]
+    dataset: str
+    make_task: Callable[..., Task] = classification_task
+    task: dict[str, Any] = field(default_factory=dict)
     published: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     quick_model: dict[str, Any] = field(default_factory=dict)
-    dataset: str = ""
     targets: dict[str, float] = field(default_factory=dict)
     mcu: McuBenchmark | None = None
 
-    def task_of(self, config: dict[str, Any], data: str | None = None) -> Task:
+    @property
+    def input_size(self) -> tuple[int, ...]:
+        """Shape of one example of the experiment's dataset."""
+        return from_spec({"name": self.dataset}).info.input_size
+
+    @property
+    def classifies(self) -> bool:
+        """Whether the rows are image classifiers (which train on any dataset of their input size)."""
+        return self.make_task is classification_task
+
+    def dataset_of(self, config: dict[str, Any], root: str | None = None) -> Dataset:
+        """The dataset a run config trains on: its ``data`` entry, else the experiment's."""
+        return from_spec(config.get("data") or {"name": self.dataset}, root)
+
+    def build_task(self, root: str | None = None, *, quick: bool = False, batch_size: int | None = None,
+                   data: dict[str, Any] | None = None, **options: Any) -> Task:
+        """The task of a run: ``data`` is a dataset spec (default: the experiment's dataset),
+        ``options`` the row's task options; ``batch_size`` defaults to the experiment's."""
+        dataset = from_spec(data or {"name": self.dataset}, root)
+        if batch_size is None:
+            batch_size = self.train.get("batch_size", TrainConfig.batch_size)
+        return self.make_task(dataset, quick, batch_size, **{**self.task, **options})
+
+    def task_of(self, config: dict[str, Any], root: str | None = None) -> Task:
         """The task a run config (``config.json``) trains and is evaluated on."""
-        return self.make_task(data, config["quick"], config["train"]["batch_size"], **config.get("task", {}))
+        return self.build_task(root, quick=config["quick"], batch_size=config["train"]["batch_size"],
+                               data=config.get("data"), **config.get("task", {}))
 
     def row(self, name: str) -> Row:
         for row in self.rows:
@@ -92,31 +127,41 @@ class Experiment:
         raise ValueError(f"experiment {self.name!r} has no row {name!r}; rows: {', '.join(r.name for r in self.rows)}")
 
 
+#: The experiment name in the records of ``onebit train``: one row per model, on the data given.
+TRAIN = "train"
+
 _EXPERIMENTS: dict[str, Experiment] = {}
 
 
 def register(experiment: Experiment) -> Experiment:
+    """Make ``experiment`` known to :func:`get` (``onebit run``, ``onebit report``, ...)."""
+    known = _EXPERIMENTS.get(experiment.name)
+    if experiment.name == TRAIN or (known is not None and known is not experiment):
+        raise ValueError(f"an experiment named {experiment.name!r} is already registered; choose another name")
     _EXPERIMENTS[experiment.name] = experiment
     return experiment
 
 
 def names() -> list[str]:
-    _load_builtin()
     return list(_EXPERIMENTS)
 
 
 def get(name: str) -> Experiment:
-    _load_builtin()
     if name not in _EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; valid experiments: {', '.join(_EXPERIMENTS)}")
     return _EXPERIMENTS[name]
 
 
-def _load_builtin() -> None:
-    # The import order is the order names() lists the experiments in.
-    # isort: off
-    from . import mnist  # noqa: F401  (registers mnist-mlp, mnist-cnn)
-    from . import omniglot  # noqa: F401  (registers omniglot)
-    from . import cifar10  # noqa: F401  (registers cifar10)
-    from . import mnist_mcu  # noqa: F401  (registers mnist-mcu)
-    # isort: on
+def trained(configs: list[dict[str, Any]]) -> Experiment:
+    """The experiment of the runs ``onebit train`` made into one directory (their configs): a row
+    per run name, in sorted order, on their data."""
+    rows = {c["row"]: Row(c["row"], c["model"]) for c in sorted(configs, key=lambda c: c["row"])}
+    models = ", ".join(f"{r.model['name']} ({r.model.get('recipe', 'float')})" for r in rows.values())
+    data = configs[0]["data"]["name"]
+    return Experiment(TRAIN, f"{models} on {Path(data).name}", tuple(rows.values()), {}, data)
+
+
+def of_run(config: dict[str, Any]) -> Experiment:
+    """The experiment a run config belongs to: a registered one, or, for a run of ``onebit train``,
+    the one-row experiment of :func:`trained`."""
+    return trained([config]) if config["experiment"] == TRAIN else get(config["experiment"])

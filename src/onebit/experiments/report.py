@@ -11,12 +11,13 @@ import torch
 from torch import nn
 
 from .._summary import summary as model_summary
+from ..data.datasets import describe
 from ..nn import QuantizedLayer
 from ..quantizers import Quantizer
 from ..training import write_json
 from . import registry
 from .packed import evaluate_packed, load_trained
-from .runner import build_model, checkpoint_path
+from .runner import DATA_FILE, build_model, checkpoint_path, data_info
 
 __all__ = ["collect_rows", "write_report", "firing_rates", "aggregate_evaluations"]
 
@@ -61,19 +62,36 @@ def _runs(exp_dir: Path, row: str) -> list[tuple[dict, dict, list[dict]]]:
     return runs
 
 
+def _experiment(exp_dir: Path, name: str) -> registry.Experiment:
+    """The registered experiment ``name``, or the experiment of the runs ``onebit train`` made here."""
+    if name != registry.TRAIN:
+        return registry.get(name)
+    configs = [json.loads(p.read_text()) for p in sorted(exp_dir.glob("*/seed*/config.json"))]
+    if not configs:
+        raise ValueError(f"{exp_dir} has no runs of `onebit train` yet")
+    return registry.trained(configs)
+
+
+def _accuracy_key(row: dict) -> str:
+    """``"test_acc"``, or ``"val_acc"`` for rows trained on data without a test split."""
+    return "test_acc" if "test_acc" in row else "val_acc"
+
+
 def collect_rows(exp_dir: Path) -> tuple[registry.Experiment, list[dict[str, Any]]]:
     """Aggregate finished runs of every row (mean and std over seeds)."""
     info = json.loads((exp_dir / "experiment.json").read_text())
-    experiment = registry.get(info["experiment"])
+    experiment = _experiment(exp_dir, info["experiment"])
     rows = []
     for row in experiment.rows:
         runs = _runs(exp_dir, row.name)
         if not runs:
             continue
         config = runs[0][0]
-        stats = model_summary(build_model(config), experiment.input_size)
+        input_size = data_info(exp_dir / row.name / f"seed{config['seed']}", config).input_size
+        stats = model_summary(build_model(config), input_size)
         out: dict[str, Any] = {"name": row.name, "seeds": [c["seed"] for c, _, _ in runs]}
-        for key in ("test_acc", "test_loss", "train_seconds", "best_epoch"):
+        split = "test" if all("test_acc" in f for _, f, _ in runs) else "val"
+        for key in (f"{split}_acc", f"{split}_loss", "train_seconds", "best_epoch"):
             values = [f[key] for _, f, _ in runs]
             out[key] = values
             out[f"{key}_mean"], out[f"{key}_std"] = _mean_std(values)
@@ -187,29 +205,45 @@ def _commands(commands: list[str]) -> str:
 NOTES_FILE = "NOTES.md"
 
 
+def _data_lines(data: dict | None) -> list[str]:
+    """What the report says of data other than the experiment's own (runs of ``--data``, ``onebit train``)."""
+    if data is None:
+        return []
+    line = f"Data: {describe(data)}." if "classes" in data else f"Data: {data['name']}."
+    if "test" not in data.get("splits", {"test": 0}):
+        line += " The data has no test split: the accuracies are those of the validation split."
+    return ["", line]
+
+
 def _markdown(experiment: registry.Experiment, commands: list[str], rows: list[dict], heatmaps: list[str],
-              has_notes_file: bool) -> str:
+              has_notes_file: bool, data: dict | None = None) -> str:
+    split = "test" if all(_accuracy_key(r) == "test_acc" for r in rows) else "val"
+    title = {"test": "test", "val": "validation"}[split]
     lines = [
         f"# {experiment.name}: {experiment.description}",
         "",
-        f"Produced by {_commands(commands)}, then `onebit report`. Test accuracy of the best-validation epoch, "
-        "mean +- std over seeds; time is training wall time per run (and its CPU time, precision and, where the run "
-        f"recorded it, CPU) with {_threads(rows)} torch threads per run.",
+        f"Produced by {_commands(commands)}, then `onebit report`. {title.capitalize()} accuracy of the "
+        "best-validation epoch, mean +- std over seeds; time is training wall time per run (and its CPU time, "
+        f"precision and, where the run recorded it, CPU) with {_threads(rows)} torch threads per run.",
+        *_data_lines(data),
         "",
-        "| row | test acc (%) | target | test loss | seeds | epochs | binary / float params | packed size | "
+        f"| row | {title} acc (%) | target | {title} loss | seeds | epochs | binary / float params | packed size | "
         "train time / run | published |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['name']} | "
-            f"{100 * r['test_acc_mean']:.2f} +- {100 * r['test_acc_std']:.2f} | {_target(r)} | "
-            f"{r['test_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
+            f"{100 * r[f'{split}_acc_mean']:.2f} +- {100 * r[f'{split}_acc_std']:.2f} | {_target(r)} | "
+            f"{r[f'{split}_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
             f"{_train_time(r)} | {r['published'] or ''} |"
         )
     pending = [row.name for row in experiment.rows if row.name not in {r["name"] for r in rows}]
-    if pending:
+    if pending and experiment.name == registry.TRAIN:
+        lines += ["", f"Not finished yet: {', '.join(pending)} (run their `onebit train` command again with "
+                  "`--resume`)."]
+    elif pending:
         lines += ["", f"Not run yet: {', '.join(pending)} (`onebit run {experiment.name} --resume --rows "
                   f"{' '.join(pending)}` with this directory's `--out` and `--seeds`)."]
     lines += _evaluations_table(rows)
@@ -253,7 +287,7 @@ def _evaluations_table(rows: list[dict]) -> list[str]:
 def _target(row: dict) -> str:
     if row["target"] is None:
         return ""
-    met = row["test_acc_mean"] >= row["target"]
+    met = row[f"{_accuracy_key(row)}_mean"] >= row["target"]
     return f">= {100 * row['target']:.1f}: {'met' if met else '**not met**'}"
 
 
@@ -403,7 +437,7 @@ def _plot_mosaic(plt, maps: torch.Tensor, cols: int, rows: int, title: str, path
 _HEATMAP_LIST = "heatmaps.json"
 
 
-def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None) -> list[str]:
+def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], root: str | None) -> list[str]:
     """Plot the first seed's firing rates of every row with binary activations into ``heatmaps/``; a row
     whose checkpoint is not kept (a committed record) keeps the heatmaps plotted earlier."""
     written = []
@@ -417,8 +451,9 @@ def _heatmaps(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], 
         if not binary_activations(model):
             continue
         if images is None:
-            task = experiment.task_of(config, data)
-            images = torch.cat([batch[0] for batch in task.eval_batches("test")])[:1000]  # inputs first
+            task = experiment.task_of(config, root)
+            split = getattr(task, "final_split", "test")
+            images = torch.cat([batch[0] for batch in task.eval_batches(split)])[:1000]  # inputs first
         names = []
         for layer, rate in firing_rates(model, images).items():
             name = f"heatmaps/{r['name']}__{layer}.png"
@@ -458,26 +493,37 @@ def _evaluate_first_seeds(exp_dir: Path, rows: list[dict], key: str, evaluate, r
             r[key] = json.loads(stored.read_text())
 
 
-def _evaluate_deployed(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], data: str | None,
+def _evaluate_deployed(exp_dir: Path, experiment: registry.Experiment, rows: list[dict], root: str | None,
                        remeasure: bool) -> None:
     """``row["packed"]`` (:func:`~onebit.experiments.packed.evaluate_packed`) and, for experiments
     with a microcontroller benchmark, ``row["mcu"]`` (:func:`~onebit.experiments.mcu.evaluate_mcu`)."""
     _evaluate_first_seeds(exp_dir, rows, "packed", lambda seed_dir, r: evaluate_packed(
-        seed_dir, data, max_images=_QUICK_PACKED_IMAGES if r["quick"] else None), remeasure)
+        seed_dir, root, max_images=_QUICK_PACKED_IMAGES if r["quick"] else None), remeasure)
     if experiment.mcu is not None:
         from .mcu import evaluate_mcu
 
         _evaluate_first_seeds(exp_dir, rows, "mcu", lambda seed_dir, r: evaluate_mcu(
-            seed_dir, data, images=_QUICK_MCU_IMAGES if r["quick"] else experiment.mcu.images), remeasure)
+            seed_dir, root, images=_QUICK_MCU_IMAGES if r["quick"] else experiment.mcu.images), remeasure)
 
 
 PackedMode = Literal["measure", "stored", "skip"]
 
 
-def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = True,
+def _data_record(exp_dir: Path, rows: list[dict]) -> dict | None:
+    """The data of the runs (the first row's first seed's :data:`~onebit.experiments.runner.DATA_FILE`,
+    else its spec) when they trained on data other than their experiment's; else None."""
+    seed_dir = exp_dir / rows[0]["name"] / f"seed{rows[0]['seeds'][0]}"
+    spec = json.loads((seed_dir / "config.json").read_text()).get("data")
+    if spec is None:
+        return None
+    return json.loads((seed_dir / DATA_FILE).read_text()) if (seed_dir / DATA_FILE).exists() else dict(spec)
+
+
+def write_report(exp_dir: str | Path, root: str | None = None, heatmaps: bool = True,
                  packed: PackedMode = "measure") -> Path:
     """Write ``results.json``, ``results.md``, ``curves.png`` and ``heatmaps/*.png`` into
-    ``exp_dir`` (``runs/<experiment>``) from its finished runs. ``packed`` says what the packed
+    ``exp_dir`` (``runs/<experiment>``) from its finished runs (``root``: the data root, for
+    heatmaps and packed evaluations of runs with a checkpoint). ``packed`` says what the packed
     table reports for each binary row: ``"measure"`` converts seed 0's model and evaluates it
     beside PyTorch (reading the stored ``packed.json`` of runs without a checkpoint),
     ``"stored"`` reads every stored ``packed.json`` and measures only runs with a checkpoint and
@@ -495,11 +541,13 @@ def write_report(exp_dir: str | Path, data: str | None = None, heatmaps: bool = 
         raise ValueError(f"{exp_dir} has no finished runs yet")
     (exp_dir / "heatmaps").mkdir(exist_ok=True)
     _plot_curves(rows, exp_dir / "curves.png")
-    maps = _heatmaps(exp_dir, experiment, rows, data) if heatmaps else []
+    maps = _heatmaps(exp_dir, experiment, rows, root) if heatmaps else []
     if packed != "skip":
-        _evaluate_deployed(exp_dir, experiment, rows, data, remeasure=packed == "measure")
-    write_json({"experiment": experiment.name, "command": info["command"], "commands": commands, "rows": rows},
-               exp_dir / "results.json")
+        _evaluate_deployed(exp_dir, experiment, rows, root, remeasure=packed == "measure")
+    data = _data_record(exp_dir, rows)
+    results = {"experiment": experiment.name, "command": info["command"], "commands": commands,
+               **({"data": data} if data is not None else {}), "rows": rows}
+    write_json(results, exp_dir / "results.json")
     path = exp_dir / "results.md"
-    path.write_text(_markdown(experiment, commands, rows, maps, (exp_dir / NOTES_FILE).exists()))
+    path.write_text(_markdown(experiment, commands, rows, maps, (exp_dir / NOTES_FILE).exists(), data))
     return path

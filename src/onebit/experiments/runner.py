@@ -18,15 +18,19 @@ from typing import Any
 import torch
 
 from .. import models
-from ..training import TrainConfig, Trainer, run_dir_lock, write_json
+from ..data import DataInfo, Dataset
+from ..training import ClassificationTask, TrainConfig, Trainer, final_accuracy, run_dir_lock, write_json
 from ..training.runlock import LOCK_NAME
 from . import registry
 
 __all__ = ["run_configs", "run_experiment", "train_run", "build_model", "parse_overrides", "checkpoint_path",
-           "find_run_dir", "CHECKPOINTS_ENV"]
+           "find_run_dir", "data_info", "CHECKPOINTS_ENV", "DATA_FILE"]
 
 #: Environment variable naming a directory for checkpoints outside the run directories.
 CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
+#: The file of a run directory that describes the data the run trained on (classes, input size,
+#: normalization, source, splits), so that exports and reports need no dataset.
+DATA_FILE = "data.json"
 
 
 def run_configs(
@@ -39,11 +43,14 @@ def run_configs(
     rows: Iterable[str] | None = None,
     device: str = "auto",
     overrides: dict[str, Any] | None = None,
+    data: Dataset | None = None,
 ) -> list[dict[str, Any]]:
     """The JSON config of every run of ``experiment`` (what ``config.json`` holds), seeds
     ``first_seed`` .. ``first_seed + seeds - 1`` of each row.
     ``overrides`` replace training options of every row (``onebit run --set KEY=VALUE``);
-    keys ``model.NAME`` replace the model's constructor argument ``NAME`` instead."""
+    keys ``model.NAME`` replace the model's constructor argument ``NAME`` instead.
+    ``data`` trains the grid on another dataset of the experiment's input size (recorded as the
+    config's ``data``; models get its number of classes)."""
     selected = [experiment.row(r) for r in rows] if rows else list(experiment.rows)
     train_overrides, model_overrides = {}, {}
     for key, value in (overrides or {}).items():
@@ -51,6 +58,7 @@ def run_configs(
             model_overrides[key.removeprefix(MODEL_PREFIX)] = value
         else:
             train_overrides[key] = value
+    data_spec = _other_data(experiment, data, model_overrides)
     configs = []
     for row in selected:
         for seed in range(first_seed, first_seed + seeds):
@@ -63,11 +71,30 @@ def run_configs(
                 train.compile = False  # compiling takes longer than a smoke run trains
             model = {**row.model, **(experiment.quick_model if quick else {}), **model_overrides}
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
-                      "model": model, "train": _train_dict(train)}
+                      **({"data": data_spec} if data_spec else {}), "model": model, "train": _train_dict(train)}
             configs.append({**config, "task": dict(row.task)} if row.task else config)
         if model_overrides:
             _check_model(configs[-1], model_overrides)
     return configs
+
+
+def _other_data(experiment: registry.Experiment, data: Dataset | None, model_overrides: dict[str, Any]) -> dict | None:
+    """The spec of ``data`` when it is not the experiment's own dataset (checking that the grid can
+    train on it), else None; adds the data's class count to ``model_overrides`` when it differs."""
+    if data is None or data.spec == {"name": experiment.dataset}:
+        return None
+    if not experiment.classifies:
+        raise ValueError(f"experiment {experiment.name!r} trains on its own task on {experiment.dataset}; --data "
+                         f"takes another dataset for image-classification experiments only")
+    own, other = experiment.dataset_of({}).info, data.load().info
+    if other.input_size != own.input_size:
+        shape = "x".join(map(str, other.input_size))
+        raise ValueError(f"experiment {experiment.name!r} trains on {'x'.join(map(str, own.input_size))} images "
+                         f"(channels x height x width); {data.name} has {shape}. Choose data of that size (an image "
+                         f"folder takes --image-size), or train a model on it with `onebit train`")
+    if len(other.classes) != len(own.classes):
+        model_overrides.setdefault("num_classes", len(other.classes))
+    return data.spec
 
 
 def _check_model(config: dict[str, Any], model_overrides: dict[str, Any]) -> None:
@@ -101,12 +128,15 @@ def _same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
 MODEL_PREFIX = "model."
 
 
-def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+def parse_overrides(pairs: list[str] | None, option: str | None = None) -> dict[str, Any]:
     """``["lr=0.01", "model.width=0.75"]`` -> ``{"lr": 0.01, "model.width": 0.75}``: the values
-    of ``onebit run --set KEY=VALUE`` (JSON values, else strings)."""
+    of ``onebit run --set KEY=VALUE`` (JSON values, else strings). With ``option`` (e.g.
+    ``"--model-arg"``), plain ``KEY=VALUE`` pairs of that option, without ``model.`` keys."""
     overrides = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
+        if option is not None and (not sep or not key or key.startswith(MODEL_PREFIX)):
+            raise ValueError(f"{option} expects KEY=VALUE, got {pair!r}")
         if not sep or not key or key in (MODEL_PREFIX, "model.name"):
             raise ValueError(f"--set expects KEY=VALUE or model.ARGUMENT=VALUE (not the model's name), got {pair!r}")
         try:
@@ -152,15 +182,28 @@ def run_dir_of(out: Path, config: dict[str, Any]) -> Path:
     return Path(out) / config["experiment"] / config["row"] / f"seed{config['seed']}"
 
 
-def train_run(config: dict[str, Any], run_dir: str | os.PathLike, data: str | None, resume: bool,
+def data_info(run_dir: str | os.PathLike, config: dict[str, Any] | None = None) -> DataInfo:
+    """What the run in ``run_dir`` knows of its data: its :data:`DATA_FILE`, else (runs recorded
+    before it, or few-shot runs) what the dataset's name says, without loading it."""
+    run_dir = Path(run_dir)
+    if (run_dir / DATA_FILE).exists():
+        return DataInfo.from_json(json.loads((run_dir / DATA_FILE).read_text()))
+    config = config or json.loads((run_dir / "config.json").read_text())
+    return registry.of_run(config).dataset_of(config).info
+
+
+def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | None, resume: bool,
               progress: bool = True, threads: int | None = None) -> dict[str, Any]:
-    """Train one run; returns its final metrics. Safe to call in a worker process."""
+    """Train one run (datasets under the data ``root``); returns its final metrics. Safe to call in
+    a worker process."""
     if threads:
         torch.set_num_threads(threads)
     run_dir = Path(run_dir)
-    experiment = registry.get(config["experiment"])
+    experiment = registry.of_run(config)
     train = TrainConfig.from_dict({**config["train"], "progress": progress})
-    task = experiment.task_of(config, data)
+    task = experiment.task_of(config, root)
+    if isinstance(task, ClassificationTask):
+        write_json(experiment.dataset_of(config, root).load().record(), run_dir / DATA_FILE)
     torch.manual_seed(train.seed)
     model = build_model(config)
     return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
@@ -199,7 +242,8 @@ def run_experiment(
     name: str,
     *,
     out: str | os.PathLike = "runs",
-    data: str | None = None,
+    data: Dataset | None = None,
+    root: str | None = None,
     quick: bool = False,
     epochs: int | None = None,
     seeds: int | None = None,
@@ -218,7 +262,9 @@ def run_experiment(
     Args:
         name: experiment name (see :func:`onebit.experiments.names`).
         out: root of the run directories; runs go to ``out/<experiment>/<row>/seed<k>/``.
-        data: dataset root (default: ``$ONEBIT_DATA`` or the per-user cache).
+        data: train on this dataset instead of the experiment's (same input size; see
+            :func:`onebit.data.dataset`); the report says which data the runs used.
+        root: data root of the built-in datasets (default: ``$ONEBIT_DATA`` or the per-user cache).
         quick: smoke version: tiny data subset, one epoch.
         epochs: override the experiment's epoch count.
         seeds: seeds per row (default 3; 1 with ``quick``).
@@ -247,7 +293,9 @@ def run_experiment(
         raise ValueError(f"--first-seed must be at least 0, got {first_seed}")
     exp_dir = Path(out) / name
     configs = run_configs(experiment, quick=quick, epochs=epochs, seeds=seeds, first_seed=first_seed, rows=rows,
-                          device=device, overrides=overrides)
+                          device=device, overrides=overrides, data=data)
+    data_spec = configs[0].get("data") if configs else None
+    check_directory(exp_dir / "experiment.json", name, data_spec)
     distributed = _init_distributed(device)
     main_process = not distributed or torch.distributed.get_rank() == 0
     todo = None
@@ -255,7 +303,7 @@ def run_experiment(
         todo = [(c, run_dir_of(Path(out), c)) for c in configs]
         todo = [(c, d) for c, d in todo if _prepare(d, c, resume)]
         exp_dir.mkdir(parents=True, exist_ok=True)
-        _record_command(exp_dir / "experiment.json", name, command or f"onebit run {name}")
+        _record_command(exp_dir / "experiment.json", name, command or f"onebit run {name}", data_spec)
         print(f"{name}: {len(configs)} runs, {len(configs) - len(todo)} already finished, {len(todo)} to train")
     if distributed:
         if jobs != 1:
@@ -267,19 +315,21 @@ def run_experiment(
         for i, (config, run_dir) in enumerate(todo, 1):
             if main_process:
                 print(f"[{i}/{len(todo)}] {config['row']} seed {config['seed']}")
-            final = train_run(config, run_dir, data, resume, progress and main_process)
+            final = train_run(config, run_dir, root, resume, progress and main_process)
             if main_process:
-                print(f"    test acc {final['test_acc']:.4f}  ({final['train_seconds']:.0f} s)")
+                split, accuracy = final_accuracy(final)
+                print(f"    {split} acc {accuracy:.4f}  ({final['train_seconds']:.0f} s)")
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         with ProcessPoolExecutor(jobs, mp_context=get_context("spawn"), initializer=_exit_with_parent,
                                  initargs=(os.getpid(),)) as pool:
-            futures = {pool.submit(train_run, c, d, data, resume, False, threads): c for c, d in todo}
+            futures = {pool.submit(train_run, c, d, root, resume, False, threads): c for c, d in todo}
             for future in futures:
                 config, final = futures[future], future.result()
-                print(f"{config['row']} seed {config['seed']}: test acc {final['test_acc']:.4f}")
+                split, accuracy = final_accuracy(final)
+                print(f"{config['row']} seed {config['seed']}: {split} acc {accuracy:.4f}")
     if main_process:  # new runs get their packed evaluation; stored ones are kept (`onebit report` re-times)
-        write_report(exp_dir, data=data, packed="stored")
+        write_report(exp_dir, root=root, packed="stored")
     return exp_dir
 
 
@@ -296,12 +346,31 @@ def _exit_with_parent(parent: int) -> None:
     threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
-def _record_command(path: Path, name: str, command: str) -> None:
-    """Write ``experiment.json``: the experiment, the latest command and every distinct command
-    that ran in this directory (runs of one directory may come from several)."""
+def check_directory(path: Path, name: str, data: dict[str, Any] | None) -> None:
+    """Refuse to add runs of ``name`` on ``data`` (a dataset spec, None: the experiment's own) to an
+    experiment directory whose ``experiment.json`` records another experiment or other data: one
+    report covers one experiment on one dataset."""
+    if not path.exists():
+        return
+    info = json.loads(path.read_text())
+    if info["experiment"] != name:
+        raise ValueError(f"{path.parent} holds runs of {info['experiment']!r}, not {name!r}: choose another --out")
+    if info.get("data") != data:
+        def named(spec: dict[str, Any] | None) -> str:
+            return spec["name"] if spec else "the experiment's own data"
+
+        raise ValueError(f"{path.parent} holds runs on {named(info.get('data'))}, not on {named(data)}: one "
+                         "directory holds runs on one dataset; choose another --out")
+
+
+def _record_command(path: Path, name: str, command: str, data: dict[str, Any] | None = None) -> None:
+    """Write ``experiment.json``: the experiment, the data when it is not the experiment's own (a
+    dataset spec), the latest command and every distinct command that ran in this directory
+    (runs of one directory may come from several)."""
+    check_directory(path, name, data)
     info = json.loads(path.read_text()) if path.exists() else {}
     commands = info.get("commands", [])
-    write_json({"experiment": name, "command": command,
+    write_json({"experiment": name, **({"data": data} if data else {}), "command": command,
                 "commands": commands + ([command] if command not in commands else [])}, path)
 
 

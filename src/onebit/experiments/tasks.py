@@ -1,0 +1,45 @@
+"""The task of an image-classification experiment, built from its dataset and task options."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from ..data import Dataset, ImageSet
+from ..data.augment import augment
+from ..training import ClassificationTask
+
+__all__ = ["QUICK_SIZES", "classification_task"]
+
+#: Images per split that ``--quick`` runs keep (a seeded random subset of each).
+QUICK_SIZES = {"train": 2000, "val": 500, "test": 1000}
+
+
+def _quick_subset(data: ImageSet, size: int, seed: int) -> ImageSet:
+    """A seeded random subset: image folders are sorted by class, so a prefix would hold a single class."""
+    generator = torch.Generator().manual_seed(seed)
+    return data.subset(torch.randperm(len(data), generator=generator)[:size])
+
+
+def classification_task(dataset: Dataset, quick: bool, batch_size: int, *, shift: int = 0, flip: bool = False,
+                        eval_batch_size: int = 1000, quick_sizes: dict[str, int] | None = None) -> ClassificationTask:
+    """Train / validation / test (when the data has it) of ``dataset``, normalized with its mean and std.
+
+    Args:
+        dataset: the experiment's (or the run's) dataset.
+        quick: keep a seeded random subset of each split (``quick_sizes``, default
+            :data:`QUICK_SIZES`).
+        batch_size: training batch size.
+        shift: move each training image by up to this many pixels (zero padding).
+        flip: flip each training image left-right with probability 1/2.
+        eval_batch_size: images per evaluation batch (speed only).
+    """
+    data = dataset.load()
+    splits = dict(data.splits)
+    if quick:
+        sizes = quick_sizes or QUICK_SIZES
+        splits = {k: _quick_subset(v, sizes[k], seed=i) for i, (k, v) in enumerate(splits.items())}
+    augmentation = partial(augment, padding=shift, flip=flip) if shift or flip else None
+    return ClassificationTask(splits, batch_size, data.info.mean, data.info.std, augment=augmentation,
+                              eval_batch_size=eval_batch_size)
