@@ -39,15 +39,27 @@ def _image_size(text: str) -> int | tuple[int, int]:
     return sides[0] if len(sides) == 1 else sides
 
 
+def _fraction(text: str) -> float:
+    """argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction between 0 and 1, got {text!r}")
+    return value
+
+
 def _dataset(args: argparse.Namespace):
-    """The dataset ``--data`` names (with ``--image-size``), or None."""
+    """The dataset ``--data`` names (with ``--image-size``, ``--val-fraction``), or None."""
     from .data import dataset
 
     if args.data is None:
-        if args.image_size:
-            raise ValueError("--image-size goes with --data DIR (an image folder)")
+        if getattr(args, "image_size", None) or getattr(args, "val_fraction", None):
+            raise ValueError("--image-size and --val-fraction go with --data DIR (an image folder)")
         return None
-    return dataset(args.data, args.data_root, image_size=args.image_size)
+    return dataset(args.data, args.data_root, image_size=getattr(args, "image_size", None),
+                   val_fraction=getattr(args, "val_fraction", None))
 
 
 def _command() -> str:
@@ -64,6 +76,34 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides=runner.parse_overrides(args.set),
     )
     print(f"results: {exp_dir / 'results.md'}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .experiments.runner import parse_overrides
+    from .experiments.train import train, train_config
+    from .training import final_accuracy
+
+    data = _dataset(args)
+    loaded = data.load()
+    print(f"data: {loaded.describe()}")
+    if "test" not in loaded.splits:
+        print("no test split (no test/ folder): the run reports its validation accuracy only")
+    config = train_config(data, args.model, args.recipe, name=args.name, seed=args.seed, quick=args.quick,
+                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                          overrides=parse_overrides(args.set, "--set"),
+                          model_args=parse_overrides(args.model_arg, "--model-arg"), device=args.device)
+    run_dir, final = train(config, args.out, root=args.data_root, resume=args.resume, progress=not args.no_progress,
+                           command=_command())
+    split, accuracy = final_accuracy(final)
+    images = loaded.sizes()["test" if split == "test" else "val"]
+    print(f"{split} accuracy {accuracy:.4f} ({images:,} {split} images{', quick subset' if args.quick else ''})")
+    print(f"run: {run_dir}; report: {Path(args.out) / 'results.md'}")
+    model_file = run_dir / "model.onebit"
+    if model_file.exists():
+        print(f"packed model: {model_file} (onebit infer {model_file} --images PATH)")
+    else:
+        print(f"export it: onebit export {args.out} -o model.onebit")
     return 0
 
 
@@ -175,18 +215,26 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_infer(args: argparse.Namespace) -> int:
-    import time
-
-    from .data.datasets import from_spec
     from .deploy import load
 
     model = load(args.file)
+    if args.images:
+        return _infer_images(model, args)
+    return _infer_dataset(model, args)
+
+
+def _infer_dataset(model, args: argparse.Namespace) -> int:
+    """Accuracy, throughput and latency on the test set of ``--data``, else of the model's data."""
+    import time
+
+    from .data.datasets import from_spec
+
     if args.data:
         dataset = _dataset(args)
     elif "data" in model.meta or "dataset" in model.meta:
         dataset = from_spec(model.meta.get("data") or {"name": model.meta["dataset"]}, args.data_root)
     else:
-        raise ValueError(f"{args.file} does not say which dataset it was trained on; pass --data")
+        raise ValueError(f"{args.file} does not say which dataset it was trained on; pass --data, or --images")
     data = dataset.load()
     # raw uint8 pixels where the model takes them (its first binary layer then runs on bit planes)
     images, labels = data.test_arrays(raw="input_quantization" in model.meta)
@@ -207,12 +255,43 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     return 0
 
 
-def _data_options(parser: argparse.ArgumentParser) -> None:
+def _infer_images(model, args: argparse.Namespace) -> int:
+    """``path,class,score`` for every image of ``--images`` on stdout; the accuracy over the images of
+    class folders on stderr."""
+    import csv
+
+    from .predict import find_images, model_classes, predict_files
+
+    if args.data:
+        raise ValueError("--images and --data exclude each other: --images predicts image files, --data "
+                         "evaluates a dataset")
+    predictions = predict_files(model, find_images(args.images, model_classes(model.meta)), args.batch_size)
+    out = csv.writer(sys.stdout, lineterminator="\n")
+    out.writerow(["path", "class", "score"])
+    for p in predictions:
+        out.writerow([str(p.path), p.predicted, f"{p.score:.4f}"])
+    labelled = [p for p in predictions if p.label is not None]
+    if labelled:
+        correct = sum(p.predicted == p.label for p in labelled)
+        print(f"accuracy {correct / len(labelled):.4f} ({correct:,} of {len(labelled):,} images in the class folders "
+              f"of {args.images})", file=sys.stderr)
+    return 0
+
+
+#: The models ``onebit train`` builds (:data:`onebit.models.CLASSIFIERS`; listed here to keep ``--help`` free of torch).
+_CLASSIFIERS = ("mlp", "small_cnn", "mcu_cnn", "vgg_small", "bireal_resnet")
+
+
+def _data_options(parser: argparse.ArgumentParser, folder_options: bool) -> None:
     parser.add_argument("--data-root", metavar="DIR",
                         help="root of the built-in datasets (default: $ONEBIT_DATA or ~/.cache/onebit)")
     parser.add_argument("--image-size", type=_image_size, metavar="SIZE",
                         help="with an image folder: resize its images to SIZE (32, or HxW such as 32x48; default: "
                              "the size they all have)")
+    if folder_options:
+        parser.add_argument("--val-fraction", type=_fraction,
+                            help="with an image folder without val/: the part of train/ held out for validation "
+                                 "(default 0.1, seeded)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -233,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train the grid on this dataset instead of the experiment's own: mnist, fashion-mnist, "
                           "cifar10, omniglot, or an image folder DIR/train/<class>/*.png (of the experiment's input "
                           "size; use another --out)")
-    _data_options(run)
+    _data_options(run, folder_options=False)
     run.add_argument("--jobs", type=_positive_int, default=1, help="runs trained in parallel processes")
     run.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     run.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
@@ -280,14 +359,45 @@ def build_parser() -> argparse.ArgumentParser:
                              "report NAME_cortex_m4.json (arm-none-eabi-gcc)")
     export.set_defaults(func=_cmd_export)
 
-    infer = sub.add_parser("infer", help="accuracy and speed of a packed model on a test set (no torch in the model)")
+    infer = sub.add_parser("infer", help="a packed model's predictions on image files, or its accuracy and speed on "
+                                         "a test set (no torch in the model)")
     infer.add_argument("file")
+    infer.add_argument("--images", metavar="PATH",
+                       help="predict these images: a folder (with class folders PATH/<class>/ it also prints the "
+                            "accuracy), an image file or a glob; prints CSV lines path,class,score")
     infer.add_argument("--data", metavar="NAME_OR_DIR",
-                       help="the test set of this dataset (default: the one the model was trained on); an image "
-                            "folder without test/ gives its validation split")
-    _data_options(infer)
+                       help="without --images: the test set of this dataset (default: the one the model was trained "
+                            "on); an image folder without test/ gives its validation split")
+    _data_options(infer, folder_options=False)
     infer.add_argument("--batch-size", type=_positive_int, default=256)
     infer.set_defaults(func=_cmd_infer)
+
+    train = sub.add_parser("train", help="train one model on a dataset or a folder of your images, into a run "
+                                         "directory that report, export, summary, infer and bench take")
+    train.add_argument("--data", required=True, metavar="NAME_OR_DIR",
+                       help="mnist, fashion-mnist, cifar10, omniglot, or an image folder: DIR/train/<class>/*.png "
+                            "(.jpg, .jpeg, .bmp), optionally DIR/val/<class>/ and DIR/test/<class>/")
+    train.add_argument("--model", required=True, help=f"an image classifier: {', '.join(_CLASSIFIERS)}")
+    train.add_argument("--recipe", required=True,
+                       help="float, binaryconnect, binaryconnect-stochastic, bnn or xnor (see onebit.recipes)")
+    train.add_argument("--out", required=True, metavar="RUN_DIR",
+                       help="the run directory: the run goes to RUN_DIR/<name>/seed<S>/ and the report to RUN_DIR")
+    train.add_argument("--name", help="the run's name in RUN_DIR and its report (default: MODEL-RECIPE)")
+    train.add_argument("--epochs", type=_positive_int, help="default 10")
+    train.add_argument("--batch-size", type=_positive_int, help="default 64")
+    train.add_argument("--lr", type=float, help="learning rate of Adam, decayed by a cosine (default 1e-3)")
+    train.add_argument("--seed", type=_non_negative_int, default=0, help="default 0")
+    train.add_argument("--set", action="append", metavar="KEY=VALUE",
+                       help="a training option (onebit.training.TrainConfig), e.g. --set weight_decay=1e-4 "
+                            "--set compile=true")
+    train.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
+                       help="a model constructor argument, e.g. --model-arg width=0.5 or --model-arg hidden=[512,512]")
+    _data_options(train, folder_options=True)
+    train.add_argument("--quick", action="store_true", help="smoke version: one epoch on a small subset")
+    train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
+    train.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    train.add_argument("--no-progress", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train)
 
     bench = sub.add_parser("bench", help="speed and size of packed models vs PyTorch float, measured side by side")
     bench.add_argument("--run-dir", help="benchmark this trained run (default: study A's BNN MLP, untrained)")
