@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("rows", nargs="*", help="rows to measure (default: all)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per mode")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (experiments train with 1 per run)")
-    parser.add_argument("--data", default=None, help="dataset root (default: $ONEBIT_DATA or the cache)")
+    parser.add_argument("--data-root", default=None, help="dataset root (default: $ONEBIT_DATA or the cache)")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE",
                         help="training option of the configured mode, as in `onebit run --set`")
     args = parser.parse_args(argv)
@@ -64,9 +64,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{'CPU-h/run':>10s}  configured mode")
     overrides = runner.parse_overrides(args.set)
     for row in args.rows or [r.name for r in experiment.rows]:
-        configured = _trainer(experiment, row, overrides, args.data)
+        configured = _trainer(experiment, row, overrides, args.data_root)
         mode = f"precision={configured.precision} compile={configured.config.compile}"
-        eager = _trainer(experiment, row, {**overrides, "precision": "fp32", "compile": False}, args.data)
+        eager = _trainer(experiment, row, {**overrides, "precision": "fp32", "compile": False}, args.data_root)
         eager_step = _cpu_seconds_per_step(eager, args.steps)
         step = _cpu_seconds_per_step(configured, args.steps)
         start = time.process_time()
