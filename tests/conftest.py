@@ -60,6 +60,17 @@ def train_briefly(tmp_path_factory):
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads, and lose a lot on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def require_tools():
     """``require_tools(*tools)`` skips the test if a tool is not on PATH, or fails it when the
     environment says ``CI=true`` (CI must run every target)."""

@@ -51,15 +51,6 @@ def test_quick_task_on_the_real_archive(shared_datasets):
     assert task.augment.keywords == {"padding": 4, "flip": True}  # random crop + flip on training batches only
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny models gain nothing from threads, and lose a lot on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.mark.slow
 def test_quick_run_end_to_end(shared_datasets, tmp_path, capsys, one_thread):
     out = tmp_path / "runs"

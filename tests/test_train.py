@@ -4,20 +4,11 @@
 import json
 
 import pytest
-import torch
 from PIL import Image
 
 from onebit import models
 from onebit.cli import _CLASSIFIERS, main
 from onebit.deploy import load
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture
