@@ -44,7 +44,7 @@ from onebit.deploy.export_c import export_c
 
 MNIST = ((0.1307,), (0.3081,))
 CIFAR10 = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
-OMNIGLOT = (0.0830, 0.2377)  # onebit.experiments.omniglot's MEAN, STD: float input, normalized here
+OMNIGLOT = (0.0830, 0.2377)  # onebit.data.omniglot's MEAN, STD: float input, normalized here
 FLASH_BYTES = 4 << 20  # mps2_an386.ld: FLASH LENGTH = 4M
 
 # label -> (build, input shape, uint8 normalization or None for float32 input)
