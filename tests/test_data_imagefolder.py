@@ -83,7 +83,9 @@ def test_the_cache_is_reused_and_invalidated_when_a_file_changes(tmp_path, draw_
     (root / "test" / "square" / "001.png").unlink()  # a file removed
     assert len(load_image_folder(root).splits["test"]) == 5 and len(decoded) == 20
     decoded.clear()
-    load_image_folder(root, image_size=12)  # another size: another cache entry
+    load_image_folder(root, image_size=12)  # another size: another cache entry, beside the first
+    assert len(decoded) == 20 and len(_cache_files(root)) == 2
+    load_image_folder(root)
     assert len(decoded) == 20
 
 

@@ -10,9 +10,9 @@ with other suffixes, are ignored.
 converted to grayscale when every image of the folder has a single channel, else to RGB, and
 resized (bilinear, antialiased) to one size: the one given, else the size all images share.
 The decoded uint8 arrays are cached in ``DIR/.onebit-cache/`` (or, when ``DIR`` is read-only,
-under ``~/.cache/onebit/image-folders/``), keyed by the folder's file list, file sizes and
-modification times and the image size asked for: a second load reads the cache, and adding,
-removing or changing an image decodes the folder again. The cache is written atomically, and
+under ``~/.cache/onebit/image-folders/``), one file per image size asked for, keyed by the
+folder's file list, file sizes and modification times: a second load reads the cache, and
+adding, removing or changing an image decodes the folder again (and removes the stale cache). The cache is written atomically, and
 nothing is written before every image has decoded.
 
 Bad input raises :class:`~onebit.data.CorruptDatasetError` (a ``ValueError``) naming the file or
@@ -199,13 +199,16 @@ def _scan(root: Path) -> tuple[list[str], dict[str, list[tuple[Path, int]]]]:
     return classes, found
 
 
-def _fingerprint(root: Path, files: dict[str, list[tuple[Path, int]]], image_size: tuple[int, int] | None) -> str:
-    digest = hashlib.sha256(f"v{_CACHE_VERSION} {image_size}\n".encode())
+def _cache_name(root: Path, files: dict[str, list[tuple[Path, int]]], image_size: tuple[int, int] | None) -> str:
+    """``<size>-<fingerprint>.npz``: the image size asked for (``native``: the images' own) and a
+    hash of every file's split, path, label, size and modification time."""
+    digest = hashlib.sha256(f"v{_CACHE_VERSION}\n".encode())
     for split, entries in files.items():
         for path, label in entries:
             stat = path.stat()
             digest.update(f"{split}\0{path.relative_to(root)}\0{label}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:20]
+    size = "native" if image_size is None else "x".join(map(str, image_size))
+    return f"{size}-{digest.hexdigest()[:20]}.npz"
 
 
 def _cache_folders(root: Path) -> list[Path]:
@@ -214,9 +217,9 @@ def _cache_folders(root: Path) -> list[Path]:
     return [root / CACHE_FOLDER, cache_dir() / "image-folders" / key]
 
 
-def _read_cache(root: Path, digest: str) -> FolderImages | None:
+def _read_cache(root: Path, name: str) -> FolderImages | None:
     for folder in _cache_folders(root):
-        path = folder / f"{digest}.npz"
+        path = folder / name
         if not path.is_file():
             continue
         try:
@@ -231,8 +234,9 @@ def _read_cache(root: Path, digest: str) -> FolderImages | None:
     return None
 
 
-def _write_cache(root: Path, digest: str, data: FolderImages) -> None:
-    """Save ``data`` atomically into the first writable cache folder; remove the folder's stale caches."""
+def _write_cache(root: Path, name: str, data: FolderImages) -> None:
+    """Save ``data`` atomically as ``name`` in the first writable cache folder; remove the caches of
+    the same image size made from other files (stale)."""
     meta = {"classes": data.classes, "source": data.source, "preprocess": data.preprocess.to_json(),
             "splits": list(data.splits)}
     arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
@@ -243,13 +247,14 @@ def _write_cache(root: Path, digest: str, data: FolderImages) -> None:
         tmp = None
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{digest}.", suffix=".tmp")
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".tmp")
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
-            os.replace(tmp, folder / f"{digest}.npz")
+            os.replace(tmp, folder / name)
             tmp = None
-            for stale in folder.glob("*.npz"):
-                if stale.name != f"{digest}.npz":
+            size = name.split("-")[0]
+            for stale in folder.glob(f"{size}-*.npz"):
+                if stale.name != name:
                     stale.unlink(missing_ok=True)
             return
         except OSError:
@@ -294,8 +299,8 @@ def load_image_folder(path: str | os.PathLike, image_size: int | Sequence[int] |
     root = Path(path).expanduser().absolute()
     size = None if image_size is None else image_shape(image_size)
     classes, files = _scan(root)
-    digest = _fingerprint(root, files, size)
-    cached = _read_cache(root, digest)
+    cache = _cache_name(root, files, size)
+    cached = _read_cache(root, cache)
     if cached is not None:
         return cached
     entries = [(split, path, label) for split, listed in files.items() for path, label in listed]
@@ -321,6 +326,6 @@ def load_image_folder(path: str | os.PathLike, image_size: int | Sequence[int] |
                               torch.tensor([label for _, label in files[split]], dtype=torch.int64), classes, source)
               for split, images in decoded.items()}
     data = FolderImages(classes, splits, preprocess, source)
-    _write_cache(root, digest, data)
+    _write_cache(root, cache, data)
     return data
 
