@@ -95,7 +95,8 @@ def draw_shapes():
 
 
 def _draw_shapes(root: Path, splits: dict[str, int], *, size: tuple[int, int] = (24, 24), mode: str = "L",
-                suffix: str = "png", classes: tuple[str, ...] = ("circle", "square", "triangle"), seed: int = 0) -> Path:
+                suffix: str = "png", classes: tuple[str, ...] = ("circle", "square", "triangle"),
+                seed: int = 0) -> Path:
     """An image folder ``root/<split>/<class>/<k>.<suffix>`` of drawn shapes, ``splits[split]`` images
     per class: a bright circle, square or triangle of random size and place on a dark background.
     ``size`` is ``(height, width)``; ``mode`` a Pillow mode ("L", "RGB")."""

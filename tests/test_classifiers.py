@@ -14,7 +14,8 @@ _NARROW = {"vgg_small": {"width": 0.125}, "bireal_resnet": {"width": 0.125}, "ml
 @pytest.mark.parametrize("channels,size", [(1, 32), (3, (16, 24))])
 def test_classifiers_take_channels_classes_and_image_size(name, channels, size):
     torch.manual_seed(0)
-    model = models.build(name, recipe="bnn", in_channels=channels, num_classes=3, image_size=size, **_NARROW.get(name, {}))
+    model = models.build(name, recipe="bnn", in_channels=channels, num_classes=3, image_size=size,
+                         **_NARROW.get(name, {}))
     height, width = models.image_shape(size)
     assert model.eval()(torch.randn(2, channels, height, width)).shape == (2, 3)
 
@@ -51,7 +52,8 @@ def test_small_cnn_float_recipe_is_study_bs_network():
     torch.manual_seed(0)
     float_ = models.SmallCNN("both", recipe="float")
     assert repr(default) == repr(float_)
-    assert all(torch.equal(a, b) for a, b in zip(default.state_dict().values(), float_.state_dict().values()))
+    pairs = zip(default.state_dict().values(), float_.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
     with pytest.raises(ValueError, match="binary='none'"):
         models.SmallCNN("both", recipe="bnn")
 

@@ -488,7 +488,8 @@ def test_committed_runs_keep_their_configuration():
 
     from onebit.experiments.runner import _same_run, run_configs
 
-    stored = [json.loads(p.read_text()) for p in sorted(Path(__file__).parents[1].glob("results/*/*/seed*/config.json"))]
+    results = Path(__file__).parents[1] / "results"
+    stored = [json.loads(p.read_text()) for p in sorted(results.glob("*/*/seed*/config.json"))]
     assert stored
     for config in stored:
         expected, = run_configs(get(config["experiment"]), seeds=1, first_seed=config["seed"], rows=[config["row"]],

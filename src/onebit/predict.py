@@ -99,7 +99,7 @@ def predict_files(model, files: list[tuple[Path, str | None]], batch_size: int =
         logits = model(codes).astype(np.float64)
         probabilities = np.exp(logits - logits.max(1, keepdims=True))
         probabilities /= probabilities.sum(1, keepdims=True)
-        for (path, label), p in zip(chunk, probabilities):
+        for (path, label), p in zip(chunk, probabilities, strict=True):
             k = int(p.argmax())
             predictions.append(Prediction(path, label, classes[k], float(p[k])))
     return predictions

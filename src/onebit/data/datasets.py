@@ -338,7 +338,8 @@ class FolderDataset(Dataset):
         splits = dict(folder.splits)
         held_out = ""
         if "val" in splits and self.val_fraction is not None:
-            raise ValueError(f"{self.path} has a val/ folder: a validation fraction applies only to folders without one")
+            raise ValueError(f"{self.path} has a val/ folder: a validation fraction applies only to folders "
+                             "without one")
         if "val" not in splits:
             fraction = VAL_FRACTION if self.val_fraction is None else self.val_fraction
             train = splits["train"]

@@ -12,8 +12,8 @@ resized (bilinear, antialiased) to one size: the one given, else the size all im
 The decoded uint8 arrays are cached in ``DIR/.onebit-cache/`` (or, when ``DIR`` is read-only,
 under ``~/.cache/onebit/image-folders/``), one file per image size asked for, keyed by the
 folder's file list, file sizes and modification times: a second load reads the cache, and
-adding, removing or changing an image decodes the folder again (and removes the stale cache). The cache is written atomically, and
-nothing is written before every image has decoded.
+adding, removing or changing an image decodes the folder again (and removes the stale cache).
+The cache is written atomically, and nothing is written before every image has decoded.
 
 Bad input raises :class:`~onebit.data.CorruptDatasetError` (a ``ValueError``) naming the file or
 folder and the fix: an unreadable image, a class folder without images, a single class, images

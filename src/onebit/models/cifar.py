@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .. import recipes
-from ..nn import BinaryConv2d, BinaryLinear
 from .._shape import image_shape
+from ..nn import BinaryConv2d, BinaryLinear
 
 __all__ = ["VGGSmall", "BiRealBlock", "BiRealResNet", "scaled_width"]
 

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from .. import recipes
-from ..nn import BinaryLinear
 from .._shape import image_shape
+from ..nn import BinaryLinear
 
 
 class MLP(nn.Module):

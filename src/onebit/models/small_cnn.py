@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from torch import Tensor, nn
 
 from .. import recipes
+from .._shape import image_shape
 from ..nn import BinaryConv2d, BinaryLinear, HardSigmoid
 from ..quantizers import BinaryNeuron
-from .._shape import image_shape
 
 POSITIONS = ("none", "first", "last", "both")
 

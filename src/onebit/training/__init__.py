@@ -7,5 +7,6 @@ from .trainer import TrainConfig, Trainer, TrainingDiverged, final_accuracy, res
 
 __all__ = [
     "BatchResult", "ClassificationTask", "Task", "TrainConfig", "Trainer", "TrainingDiverged",
-    "final_accuracy", "resolve_device", "load_checkpoint", "save_checkpoint", "write_json", "RunDirBusy", "run_dir_lock",
+    "final_accuracy", "resolve_device", "load_checkpoint", "save_checkpoint", "write_json", "RunDirBusy",
+    "run_dir_lock",
 ]
