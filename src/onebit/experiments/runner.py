@@ -81,7 +81,7 @@ def run_configs(
 def _other_data(experiment: registry.Experiment, data: Dataset | None, model_overrides: dict[str, Any]) -> dict | None:
     """The spec of ``data`` when it is not the experiment's own dataset (checking that the grid can
     train on it), else None; adds the data's class count to ``model_overrides`` when it differs."""
-    if data is None or data.spec == {"name": experiment.dataset}:
+    if data is None or data.spec == experiment.dataset_of({}).spec:
         return None
     if not experiment.classifies:
         raise ValueError(f"experiment {experiment.name!r} trains on its own task on {experiment.dataset}; --data "
