@@ -95,6 +95,7 @@ def test_train_export_infer_report_summary_bench(shapes, tmp_path, capsys, one_t
     assert [r["name"] for r in rows] == ["mlp-xnor", "small_cnn-bnn"]
 
 
+@pytest.mark.slow
 def test_train_without_a_test_split_reports_validation(tmp_path, draw_shapes, capsys, one_thread):
     shapes = draw_shapes(tmp_path / "shapes", {"train": 10, "val": 4})
     out = tmp_path / "runs"
@@ -145,6 +146,7 @@ def test_bad_folders_fail_before_writing_anything(tmp_path, draw_shapes, capsys,
     assert not out.exists() and not (root / ".onebit-cache").exists()
 
 
+@pytest.mark.slow
 def test_mixed_sizes_ask_for_an_image_size(tmp_path, draw_shapes, capsys, one_thread):
     root = draw_shapes(tmp_path / "shapes", {"train": 8})
     draw_shapes(root, {"train": 8}, size=(32, 32), classes=("triangle",), seed=2)
@@ -156,6 +158,7 @@ def test_mixed_sizes_ask_for_an_image_size(tmp_path, draw_shapes, capsys, one_th
     assert config["data"]["image_size"] == [16, 16] and config["model"]["image_size"] == 16
 
 
+@pytest.mark.slow
 def test_one_directory_holds_one_dataset(shapes, tmp_path, draw_shapes, capsys, one_thread):
     out = tmp_path / "runs"
     assert _train(shapes, out, "--quick") == 0
@@ -164,6 +167,7 @@ def test_one_directory_holds_one_dataset(shapes, tmp_path, draw_shapes, capsys, 
     assert "one directory holds runs on one dataset" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_an_experiment_on_another_dataset(tmp_path, draw_shapes, capsys, one_thread):
     """`onebit run mnist-mlp --data DIR`: the grid on other 1x28x28 images, its report names them."""
     shapes = draw_shapes(tmp_path / "shapes28", {"train": 12, "test": 4}, size=(28, 28))
@@ -183,6 +187,7 @@ def test_run_an_experiment_on_another_dataset(tmp_path, draw_shapes, capsys, one
     assert "trains on 1x28x28 images (channels x height x width); " in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_infer_images_refuses_what_it_cannot_label(shapes, tmp_path, capsys, one_thread):
     out = tmp_path / "runs"
     assert _train(shapes, out, "--quick") == 0
@@ -213,6 +218,7 @@ def test_the_cli_lists_the_classifiers():
     assert _CLASSIFIERS == models.CLASSIFIERS
 
 
+@pytest.mark.slow
 def test_a_registered_experiment_on_other_data_reports_its_packed_models(tmp_path, draw_shapes, one_thread):
     """An Experiment registered on a dataset the package does not ship trains, packs and reports."""
     from onebit.experiments import Experiment, Row, register, registry, run_experiment
