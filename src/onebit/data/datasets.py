@@ -273,7 +273,7 @@ NAMES = ("mnist", "fashion-mnist", "cifar10", "omniglot")
 
 
 @functools.lru_cache(maxsize=2)
-def _load_builtin(name: str, root: Path) -> ImageData:
+def _read_builtin(name: str, root: Path) -> ImageData:
     """A built-in dataset, read once per process and data root (reports build a task several times)."""
     spec = _builtins()[name]
     train, val, test = spec.read(root)
@@ -301,7 +301,7 @@ class BuiltinDataset(Dataset):
         return DataInfo(self.name, tuple(spec.classes), spec.mean, spec.std, spec.preprocess)
 
     def load(self) -> ImageData:
-        return _load_builtin(self.name, data_root(self.root))
+        return _read_builtin(self.name, data_root(self.root))
 
 
 # --------------------------------------------------------------------------- image folders
