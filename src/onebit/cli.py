@@ -132,7 +132,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from ._summary import summary
-    from .experiments.runner import build_model, data_info, find_run_dir
+    from .experiments.runs import build_model, data_info, find_run_dir
 
     run_dir = find_run_dir(args.run_dir)
     config = json.loads((run_dir / "config.json").read_text())
@@ -148,7 +148,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         model, packed = None, load(source)
     else:
         from .experiments.packed import pack_run
-        from .experiments.runner import find_run_dir
+        from .experiments.runs import find_run_dir
 
         model, packed = pack_run(find_run_dir(source))
     if args.format == "c":

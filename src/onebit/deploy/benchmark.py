@@ -217,8 +217,7 @@ def _subject(run_dir: str | os.PathLike | None) -> _Subject:
 
         torch.manual_seed(0)
         return _Subject(MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn", (MEAN, STD))
-    from ..experiments.packed import load_trained
-    from ..experiments.runner import data_info, find_run_dir
+    from ..experiments.runs import data_info, find_run_dir, load_trained
 
     run_dir = find_run_dir(run_dir)
     model, config = load_trained(run_dir)

@@ -16,8 +16,8 @@ from ..nn import QuantizedLayer
 from ..quantizers import Quantizer
 from ..training import write_json
 from . import registry
-from .packed import evaluate_packed, load_trained
-from .runner import DATA_FILE, build_model, checkpoint_path, data_info
+from .packed import evaluate_packed
+from .runs import DATA_FILE, build_model, checkpoint_path, data_info, load_trained
 
 __all__ = ["collect_rows", "write_report", "firing_rates", "aggregate_evaluations"]
 
@@ -510,7 +510,7 @@ PackedMode = Literal["measure", "stored", "skip"]
 
 
 def _data_record(exp_dir: Path, rows: list[dict]) -> dict | None:
-    """The data of the runs (the first row's first seed's :data:`~onebit.experiments.runner.DATA_FILE`,
+    """The data of the runs (the first row's first seed's :data:`~onebit.experiments.runs.DATA_FILE`,
     else its spec) when they trained on data other than their experiment's; else None."""
     seed_dir = exp_dir / rows[0]["name"] / f"seed{rows[0]['seeds'][0]}"
     spec = json.loads((seed_dir / "config.json").read_text()).get("data")
