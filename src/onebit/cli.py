@@ -207,7 +207,7 @@ def _export_c(packed, directory: Path, name: str, target: str | None) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .deploy.benchmark import main as bench_main
+    from .experiments.bench import main as bench_main
 
     bench_main((["--run-dir", args.run_dir] if args.run_dir else []) + (["--quick"] if args.quick else [])
                + (["--threads", str(args.threads)] if args.threads else []))
