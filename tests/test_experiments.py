@@ -290,7 +290,7 @@ def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datas
 
 
 def test_report_train_time_names_cpu_time_precision_and_the_machines_recorded():
-    from onebit.experiments.report import _train_time
+    from onebit.experiments.render import _train_time
 
     row = {"train_seconds_mean": 1200.0, "train_cpu_seconds_mean": 900.0, "precision": ["bf16"], "cpu": []}
     assert _train_time(row) == "1200 s (15.0 CPU-min, bf16)"
@@ -301,7 +301,7 @@ def test_report_train_time_names_cpu_time_precision_and_the_machines_recorded():
 
 
 def test_packed_table_names_threads_per_row_when_evaluations_differ():
-    from onebit.experiments.report import _packed_table
+    from onebit.experiments.render import _packed_table
 
     def row(name, threads):
         packed = {"accuracy": {"test": {"torch": 0.8, "packed": 0.8}}, "agreement": 1.0, "max_output_diff": 0.0,
@@ -452,7 +452,7 @@ def test_first_seed_numbers_the_runs_from_there(tmp_path):
 
 
 def test_report_orders_seeds_by_number(tmp_path):
-    from onebit.experiments.report import _runs
+    from onebit.experiments.aggregate import _runs
 
     for seed in (10, 2, 1):
         run = tmp_path / "float" / f"seed{seed}"
@@ -473,7 +473,7 @@ def test_report_rejects_unknown_packed_mode(tmp_path):
 
 
 def test_curves_of_large_experiments_are_split_into_panels_of_nameable_rows():
-    from onebit.experiments.report import _ROWS_PER_PANEL, curve_groups
+    from onebit.experiments.plots import _ROWS_PER_PANEL, curve_groups
 
     names = [r.name for r in get("mnist-cnn").rows]
     panels = curve_groups(names)

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onebit"
 LAYERS = (
     {"_cpu", "_shape", "quantizers", "recipes"},
     {"nn", "reinforce", "schedules"},
-    {"deploy", "_summary", "models", "data"},
+    {"deploy", "_summary", "inspect", "models", "data"},
     {"training", "predict"},
     {"experiments"},
     {"cli"},
