@@ -132,10 +132,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from ._summary import summary
-    from .experiments.runs import build_model, data_info, find_run_dir
+    from .experiments.runs import build_model, data_info, find_run_dir, run_config
 
     run_dir = find_run_dir(args.run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = run_config(run_dir)
     print(summary(build_model(config), data_info(run_dir, config).input_size))
     return 0
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from .._summary import summary as model_summary
 from . import registry
-from .runs import DATA_FILE, build_model, data_info
+from .runs import DATA_FILE, build_model, data_info, run_config
 
 __all__ = ["collect_rows", "aggregate_evaluations", "accuracy_key", "data_record"]
 
@@ -51,7 +51,7 @@ def _runs(exp_dir: Path, row: str) -> list[tuple[dict, dict, list[dict]]]:
         if not final_path.exists():
             continue
         metrics = [json.loads(line) for line in (seed_dir / "metrics.jsonl").read_text().splitlines() if line]
-        runs.append((json.loads((seed_dir / "config.json").read_text()), json.loads(final_path.read_text()), metrics))
+        runs.append((run_config(seed_dir), json.loads(final_path.read_text()), metrics))
     return runs
 
 
@@ -112,7 +112,7 @@ def data_record(exp_dir: Path, rows: list[dict]) -> dict | None:
     """The data of the runs (the first row's first seed's :data:`~onebit.experiments.runs.DATA_FILE`,
     else its spec) when they trained on data other than their experiment's; else None."""
     seed_dir = exp_dir / rows[0]["name"] / f"seed{rows[0]['seeds'][0]}"
-    spec = json.loads((seed_dir / "config.json").read_text()).get("data")
+    spec = run_config(seed_dir).get("data")
     if spec is None:
         return None
     return json.loads((seed_dir / DATA_FILE).read_text()) if (seed_dir / DATA_FILE).exists() else dict(spec)

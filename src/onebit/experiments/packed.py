@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -20,7 +19,7 @@ from torch import nn
 from ..data import Dataset
 from ..training import ClassificationTask
 from . import registry
-from .runs import data_info, load_trained
+from .runs import data_info, load_trained, run_config
 
 __all__ = ["pack_run", "evaluate_packed", "float32_state_bytes", "MODEL_FILE"]
 
@@ -145,7 +144,7 @@ def evaluate_packed(run_dir: str | Path, root: str | None = None, *, batch_size:
     file_bytes = path.stat().st_size
     packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
 
-    config = json.loads((Path(run_dir) / "config.json").read_text())
+    config = run_config(run_dir)
     experiment = registry.of_run(config)
     task = experiment.task_of(config, root)
     if not isinstance(task, ClassificationTask) and not hasattr(task, "pool_images"):

@@ -23,7 +23,7 @@ from ..training import TrainConfig, load_checkpoint
 from . import registry
 
 __all__ = ["build_model", "checkpoint_path", "find_run_dir", "run_dir_of", "data_info", "load_trained",
-           "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE"]
+           "run_config", "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE"]
 
 #: Environment variable naming a directory for checkpoints outside the run directories.
 CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
@@ -36,6 +36,11 @@ def build_model(config: dict[str, Any]) -> torch.nn.Module:
     """Build the (untrained) model a run config describes."""
     spec = dict(config["model"])
     return models.build(spec.pop("name"), **spec)
+
+
+def run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The config of the run in ``run_dir``: its ``config.json``."""
+    return json.loads((Path(run_dir) / "config.json").read_text())
 
 
 def train_options(train: TrainConfig) -> dict[str, Any]:
@@ -66,7 +71,7 @@ def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     root = os.environ.get(CHECKPOINTS_ENV)
     if not root:
         return run_dir / "checkpoint.pt"
-    config = json.loads((run_dir / "config.json").read_text())
+    config = run_config(run_dir)
     config = {**config, "train": train_options(TrainConfig.from_dict(config["train"]))}
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
     return Path(root) / config["experiment"] / config["row"] / f"seed{config['seed']}-{digest}" / "checkpoint.pt"
@@ -93,15 +98,14 @@ def data_info(run_dir: str | os.PathLike, config: dict[str, Any] | None = None) 
     run_dir = Path(run_dir)
     if (run_dir / DATA_FILE).exists():
         return DataInfo.from_json(json.loads((run_dir / DATA_FILE).read_text()))
-    config = config or json.loads((run_dir / "config.json").read_text())
+    config = config or run_config(run_dir)
     return registry.of_run(config).dataset_of(config).info
 
 
 def load_trained(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The best-validation model of a run directory (``runs/<exp>/<row>/seed<k>``), in
     eval mode, and the run's config."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = run_config(run_dir)
     checkpoint = checkpoint_path(run_dir)
     if not checkpoint.exists():
         raise FileNotFoundError(f"{run_dir} has no checkpoint ({checkpoint} is missing): train it with `onebit run`, "
