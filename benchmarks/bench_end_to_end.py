@@ -2,10 +2,10 @@
 
     python benchmarks/bench_end_to_end.py [--run-dir runs/mnist-mlp/bnn] [--quick]
 
-See onebit.deploy.benchmark for how the ratios are measured.
+See onebit.deploy.benchmark for how the ratios are measured, onebit.experiments.bench for the model.
 """
 
-from onebit.deploy.benchmark import end_to_end_main
+from onebit.experiments.bench import end_to_end_main
 
 if __name__ == "__main__":
     end_to_end_main()

@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from onebit.experiments import registry, runner
+from onebit.experiments import registry, runner, runs
 from onebit.training import TrainConfig, Trainer
 
 WARMUP_STEPS = 3
@@ -32,7 +32,7 @@ def _trainer(experiment, row: str, overrides: dict, data: str | None) -> Trainer
     train = TrainConfig.from_dict({**config["train"], "progress": False})
     task = experiment.task_of(config, data)
     torch.manual_seed(0)
-    return Trainer(runner.build_model(config), task, train, "/nonexistent/benchmark-run")
+    return Trainer(runs.build_model(config), task, train, "/nonexistent/benchmark-run")
 
 
 def _cpu_seconds_per_step(trainer: Trainer, steps: int) -> float:

@@ -10,9 +10,9 @@ from onebit.cli import main
 from onebit.data import dataset
 from onebit.experiments import Experiment, Row, get
 from onebit.experiments import cifar10 as exp
-from onebit.experiments.packed import load_trained
-from onebit.experiments.report import binary_activations
-from onebit.experiments.runner import build_model, run_configs
+from onebit.experiments.runner import run_configs
+from onebit.experiments.runs import build_model, load_trained
+from onebit.inspect import binary_activations
 
 ROWS = ("float", "binaryconnect", "bnn", "xnor", "bireal", "float-bireal")
 

@@ -290,7 +290,7 @@ def test_training_benchmark_compares_eager_with_the_configured_mode(shared_datas
 
 
 def test_report_train_time_names_cpu_time_precision_and_the_machines_recorded():
-    from onebit.experiments.report import _train_time
+    from onebit.experiments.render import _train_time
 
     row = {"train_seconds_mean": 1200.0, "train_cpu_seconds_mean": 900.0, "precision": ["bf16"], "cpu": []}
     assert _train_time(row) == "1200 s (15.0 CPU-min, bf16)"
@@ -301,7 +301,7 @@ def test_report_train_time_names_cpu_time_precision_and_the_machines_recorded():
 
 
 def test_packed_table_names_threads_per_row_when_evaluations_differ():
-    from onebit.experiments.report import _packed_table
+    from onebit.experiments.render import _packed_table
 
     def row(name, threads):
         packed = {"accuracy": {"test": {"torch": 0.8, "packed": 0.8}}, "agreement": 1.0, "max_output_diff": 0.0,
@@ -321,7 +321,7 @@ def test_packed_table_names_threads_per_row_when_evaluations_differ():
 def test_checkpoints_kept_outside_the_run_directories(shared_datasets, tmp_path, monkeypatch, capsys):
     """$ONEBIT_CHECKPOINTS: run records in one tree (e.g. results/ in a recreated work tree),
     checkpoints in another; an interrupted run resumes from there and reports read them."""
-    from onebit.experiments.runner import checkpoint_path
+    from onebit.experiments.runs import checkpoint_path
 
     monkeypatch.setenv("ONEBIT_CHECKPOINTS", str(tmp_path / "checkpoints"))
     out, row = tmp_path / "results", "deterministic-st-first"
@@ -441,7 +441,8 @@ def test_cli_rejects_counts_below_their_minimum(args, minimum, capsys):
 
 def test_first_seed_numbers_the_runs_from_there(tmp_path):
     from onebit.experiments import registry, run_experiment
-    from onebit.experiments.runner import run_configs, run_dir_of
+    from onebit.experiments.runner import run_configs
+    from onebit.experiments.runs import run_dir_of
 
     configs = run_configs(registry.get("mnist-mlp"), seeds=2, first_seed=1, rows=["float"])
     assert [(c["seed"], c["train"]["seed"]) for c in configs] == [(1, 1), (2, 2)]
@@ -451,7 +452,7 @@ def test_first_seed_numbers_the_runs_from_there(tmp_path):
 
 
 def test_report_orders_seeds_by_number(tmp_path):
-    from onebit.experiments.report import _runs
+    from onebit.experiments.aggregate import _runs
 
     for seed in (10, 2, 1):
         run = tmp_path / "float" / f"seed{seed}"
@@ -472,7 +473,7 @@ def test_report_rejects_unknown_packed_mode(tmp_path):
 
 
 def test_curves_of_large_experiments_are_split_into_panels_of_nameable_rows():
-    from onebit.experiments.report import _ROWS_PER_PANEL, curve_groups
+    from onebit.experiments.plots import _ROWS_PER_PANEL, curve_groups
 
     names = [r.name for r in get("mnist-cnn").rows]
     panels = curve_groups(names)
@@ -486,7 +487,8 @@ def test_committed_runs_keep_their_configuration():
     """Every committed run's config.json is the run `onebit run --out results` would train now, so it is reused."""
     from pathlib import Path
 
-    from onebit.experiments.runner import _same_run, run_configs
+    from onebit.experiments.runner import run_configs
+    from onebit.experiments.runs import same_run
 
     results = Path(__file__).parents[1] / "results"
     stored = [json.loads(p.read_text()) for p in sorted(results.glob("*/*/seed*/config.json"))]
@@ -494,7 +496,7 @@ def test_committed_runs_keep_their_configuration():
     for config in stored:
         expected, = run_configs(get(config["experiment"]), seeds=1, first_seed=config["seed"], rows=[config["row"]],
                                 quick=config["quick"])
-        assert _same_run(config, expected), f"{config['experiment']}/{config['row']}/seed{config['seed']}"
+        assert same_run(config, expected), f"{config['experiment']}/{config['row']}/seed{config['seed']}"
 
 
 def test_experiments_are_registered_explicitly():

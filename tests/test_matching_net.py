@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from onebit import models
 from onebit.data import ClassPool
-from onebit.experiments.report import binary_activations
+from onebit.inspect import binary_activations
 from onebit.models.matching_net import ConvEncoder, MatchingNetwork, PrototypicalNetwork
 from onebit.nn import BinaryConv2d
 from onebit.quantizers import BinaryNeuron, SignSTE

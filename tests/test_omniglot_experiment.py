@@ -9,9 +9,10 @@ import torch
 from onebit.cli import main
 from onebit.data import dataset
 from onebit.experiments import get
+from onebit.experiments.aggregate import aggregate_evaluations
 from onebit.experiments.omniglot import omniglot_task
-from onebit.experiments.report import aggregate_evaluations
-from onebit.experiments.runner import build_model, run_configs
+from onebit.experiments.runner import run_configs
+from onebit.experiments.runs import build_model
 from onebit.quantizers import BinaryNeuron, SignSTE
 
 KEYS = ["5way1shot", "5way5shot", "20way1shot", "20way5shot", "lake20"]

@@ -132,10 +132,10 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_summary(args: argparse.Namespace) -> int:
     from ._summary import summary
-    from .experiments.runner import build_model, data_info, find_run_dir
+    from .experiments.runs import build_model, data_info, find_run_dir, run_config
 
     run_dir = find_run_dir(args.run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
+    config = run_config(run_dir)
     print(summary(build_model(config), data_info(run_dir, config).input_size))
     return 0
 
@@ -148,7 +148,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         model, packed = None, load(source)
     else:
         from .experiments.packed import pack_run
-        from .experiments.runner import find_run_dir
+        from .experiments.runs import find_run_dir
 
         model, packed = pack_run(find_run_dir(source))
     if args.format == "c":
@@ -207,7 +207,7 @@ def _export_c(packed, directory: Path, name: str, target: str | None) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .deploy.benchmark import main as bench_main
+    from .experiments.bench import main as bench_main
 
     bench_main((["--run-dir", args.run_dir] if args.run_dir else []) + (["--quick"] if args.quick else [])
                + (["--threads", str(args.threads)] if args.threads else []))

@@ -4,6 +4,9 @@
     python benchmarks/bench_kernels.py [--quick] [--threads N]
     python benchmarks/bench_end_to_end.py [--run-dir runs/mnist-mlp/bnn] [--quick]
 
+This module times models it is given; :mod:`onebit.experiments.bench` picks the model
+(a trained run, or an untrained study A MLP) for ``onebit bench`` and the end-to-end script.
+
 Kernels: binary GEMM (packed activations, prepared weights) vs ``F.linear`` for M in
 {1, 64, 256}, K, N in {784, 1024, 4096} ("w/ pack" adds packing the float activations), and
 3x3 binary conv 64->64 on 32x32 with input packing vs ``F.conv2d``, with int32 outputs and
@@ -37,7 +40,8 @@ import torch.nn.functional as F
 from .._cpu import cpu_name
 from . import kernels as K
 
-__all__ = ["numpy_blas", "compare", "bench_gemm", "bench_conv", "end_to_end", "kernels_main", "end_to_end_main", "main"]
+__all__ = ["numpy_blas", "sample", "compare", "set_threads", "bench_gemm", "bench_conv", "kernels_main", "Subject",
+           "end_to_end", "end_to_end_table"]
 
 
 def numpy_blas() -> str:
@@ -71,7 +75,7 @@ def _openblas_core() -> str | None:
     return None
 
 
-def _set_threads(threads: int | None) -> None:
+def set_threads(threads: int | None) -> None:
     """Give torch and the binary kernels the same number of threads (None: their defaults)."""
     if threads is not None and threads < 1:
         raise SystemExit(f"--threads must be a positive integer, got {threads}")
@@ -156,7 +160,7 @@ def kernels_main(argv: list[str] | None = None) -> None:
                         "their defaults)")
     args = parser.parse_args(argv)
     repeats, min_seconds = (5, 0.01) if args.quick else (11, 0.03)
-    _set_threads(args.threads)
+    set_threads(args.threads)
 
     print(f"CPU: {cpu_name()}")
     print(
@@ -198,32 +202,13 @@ def kernels_main(argv: list[str] | None = None) -> None:
     print(f"\nload average at end: {os.getloadavg()[0]:.2f}")
 
 
-class _Subject(NamedTuple):
+class Subject(NamedTuple):
     """The model an end-to-end benchmark times, with what it needs to say and feed."""
 
     model: torch.nn.Module
     input_size: tuple[int, ...]
     name: str
     normalization: tuple[tuple[float, ...], tuple[float, ...]]
-
-
-def _subject(run_dir: str | os.PathLike | None) -> _Subject:
-    """A trained run's best-validation model, its checkpoint found where reports find it (under
-    ``$ONEBIT_CHECKPOINTS`` when set); without ``run_dir``, an untrained study A BNN MLP (the
-    same speed and size)."""
-    if run_dir is None:
-        from ..data.mnist import MEAN, STD
-        from ..models import MLP
-
-        torch.manual_seed(0)
-        return _Subject(MLP(recipe="bnn"), (1, 28, 28), "MLP 784-2048-2048-2048-10, recipe bnn", (MEAN, STD))
-    from ..experiments.packed import load_trained
-    from ..experiments.runner import data_info, find_run_dir
-
-    run_dir = find_run_dir(run_dir)
-    model, config = load_trained(run_dir)
-    info = data_info(run_dir, config)
-    return _Subject(model, info.input_size, f"{config['experiment']}/{config['row']}", info.normalization)
 
 
 def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=(1, 256), repeats: int = 5,
@@ -261,7 +246,7 @@ def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=
     return rows
 
 
-def _end_to_end_table(subject: _Subject, quick: bool) -> None:
+def end_to_end_table(subject: Subject, quick: bool) -> None:
     """Print :func:`end_to_end` of ``subject`` with the setup it ran in."""
     repeats, min_seconds = (3, 0.05) if quick else (7, 0.3)
     print(f"end to end: {subject.name}; torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "
@@ -276,29 +261,3 @@ def _end_to_end_table(subject: _Subject, quick: bool) -> None:
         u8 = f"{r['packed_u8_ms']:>10.3f} {r['speedup_u8']:>8.1f}x" if "packed_u8_ms" in r else f"{'-':>10} {'-':>9}"
         print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x {u8} "
               f"{r['state_dict_bytes']:>12,} {r['packed_bytes']:>12,} {r['size_ratio']:>7.1f}x")
-
-
-def _parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--run-dir", help="a trained run, runs/<experiment>/<row>[/seed<k>] (default: an untrained "
-                        "study A BNN MLP, same speed and size)")
-    parser.add_argument("--quick", action="store_true", help="fewer, shorter samples")
-    parser.add_argument("--threads", type=int, help="threads for both torch and the packed model (default: "
-                        "their defaults)")
-    return parser
-
-
-def end_to_end_main(argv: list[str] | None = None) -> None:
-    """``benchmarks/bench_end_to_end.py``: the end-to-end table."""
-    args = _parser("packed model vs torch float eval").parse_args(argv)
-    _set_threads(args.threads)
-    _end_to_end_table(_subject(args.run_dir), args.quick)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``onebit bench``: the kernel table, then the end-to-end table."""
-    args = _parser("onebit bench").parse_args(argv)
-    subject = _subject(args.run_dir)  # a run without its checkpoint fails before anything is timed
-    kernels_main((["--quick"] if args.quick else []) + (["--threads", str(args.threads)] if args.threads else []))
-    print()
-    _end_to_end_table(subject, args.quick)

@@ -3,7 +3,6 @@ run on QEMU's mps2-an386 board beside the numpy runtime and PyTorch."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,6 +13,7 @@ import torch
 
 from . import registry
 from .packed import pack_run
+from .runs import run_config
 
 __all__ = ["evaluate_mcu"]
 
@@ -38,7 +38,7 @@ def evaluate_mcu(run_dir: str | Path, root: str | None = None, images: int = 100
     from ..deploy.export_c import export_c
 
     model, packed = pack_run(run_dir)
-    config = json.loads((Path(run_dir) / "config.json").read_text())
+    config = run_config(run_dir)
     data = registry.of_run(config).dataset_of(config, root).load()
     codes, labels = data.test_arrays(raw=True)
     floats = data.test_arrays()[0]

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import copy
-import json
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -18,29 +17,14 @@ import torch
 from torch import nn
 
 from ..data import Dataset
-from ..training import ClassificationTask, load_checkpoint
+from ..training import ClassificationTask
 from . import registry
-from .runner import CHECKPOINTS_ENV, build_model, checkpoint_path, data_info
+from .runs import data_info, load_trained, run_config
 
-__all__ = ["load_trained", "pack_run", "evaluate_packed", "float32_state_bytes", "MODEL_FILE"]
+__all__ = ["pack_run", "evaluate_packed", "float32_state_bytes", "MODEL_FILE"]
 
 #: The packed model :func:`evaluate_packed` writes into the run directory it evaluates.
 MODEL_FILE = "model.onebit"
-
-
-def load_trained(run_dir: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """The best-validation model of a run directory (``runs/<exp>/<row>/seed<k>``), in
-    eval mode, and the run's config."""
-    run_dir = Path(run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    checkpoint = checkpoint_path(run_dir)
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint ({checkpoint} is missing): train it with `onebit run`, "
-                                f"or set ${CHECKPOINTS_ENV} to where its checkpoints are kept")
-    state = load_checkpoint(checkpoint)
-    model = build_model(config)
-    model.load_state_dict(state["best_model"] or state["model"])
-    return model.eval(), config
 
 
 def pack_run(run_dir: str | Path):
@@ -160,7 +144,7 @@ def evaluate_packed(run_dir: str | Path, root: str | None = None, *, batch_size:
     file_bytes = path.stat().st_size
     packed = load(path)  # evaluate what a user would deploy: the file, not the in-memory object
 
-    config = json.loads((Path(run_dir) / "config.json").read_text())
+    config = run_config(run_dir)
     experiment = registry.of_run(config)
     task = experiment.task_of(config, root)
     if not isinstance(task, ClassificationTask) and not hasattr(task, "pool_images"):

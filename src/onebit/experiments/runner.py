@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -10,27 +9,20 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .. import models
-from ..data import DataInfo, Dataset
+from ..data import Dataset
 from ..training import ClassificationTask, TrainConfig, Trainer, final_accuracy, run_dir_lock, write_json
 from ..training.runlock import LOCK_NAME
 from . import registry
+from .report import write_report
+from .runs import DATA_FILE, build_model, checkpoint_path, run_dir_of, same_run, train_options
 
-__all__ = ["run_configs", "run_experiment", "train_run", "build_model", "parse_overrides", "checkpoint_path",
-           "find_run_dir", "data_info", "CHECKPOINTS_ENV", "DATA_FILE"]
-
-#: Environment variable naming a directory for checkpoints outside the run directories.
-CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
-#: The file of a run directory that describes the data the run trained on (classes, input size,
-#: normalization, source, splits), so that exports and reports need no dataset.
-DATA_FILE = "data.json"
+__all__ = ["run_configs", "run_experiment", "train_run", "parse_overrides"]
 
 
 def run_configs(
@@ -71,7 +63,7 @@ def run_configs(
                 train.compile = False  # compiling takes longer than a smoke run trains
             model = {**row.model, **(experiment.quick_model if quick else {}), **model_overrides}
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
-                      **({"data": data_spec} if data_spec else {}), "model": model, "train": _train_dict(train)}
+                      **({"data": data_spec} if data_spec else {}), "model": model, "train": train_options(train)}
             configs.append({**config, "task": dict(row.task)} if row.task else config)
         if model_overrides:
             _check_model(configs[-1], model_overrides)
@@ -107,23 +99,6 @@ def _check_model(config: dict[str, Any], model_overrides: dict[str, Any]) -> Non
         raise ValueError(f"row {config['row']!r} ({config['model']['name']}) rejects {given}: {err}") from err
 
 
-def _train_dict(train: TrainConfig) -> dict[str, Any]:
-    options = asdict(train)
-    del options["progress"]  # display only: not part of what a run is
-    return options
-
-
-def _same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
-    """Whether a stored ``config.json`` describes the run ``config`` describes. Training options
-    added to :class:`TrainConfig` after the run was stored take their defaults, so runs made by
-    an older onebit stay resumable."""
-    try:
-        train = _train_dict(TrainConfig.from_dict(stored.get("train", {})))
-    except (TypeError, ValueError):
-        return False
-    return {**stored, "train": train} == config
-
-
 #: Prefix of ``--set`` keys that replace a model constructor argument (``model.width=0.75``).
 MODEL_PREFIX = "model."
 
@@ -144,52 +119,6 @@ def parse_overrides(pairs: list[str] | None, option: str | None = None) -> dict[
         except json.JSONDecodeError:
             overrides[key] = value
     return overrides
-
-
-def build_model(config: dict[str, Any]) -> torch.nn.Module:
-    """Build the (untrained) model a run config describes."""
-    spec = dict(config["model"])
-    return models.build(spec.pop("name"), **spec)
-
-
-def checkpoint_path(run_dir: str | os.PathLike) -> Path:
-    """The checkpoint file of the run in ``run_dir``: ``run_dir/checkpoint.pt``, or, when
-    ``$ONEBIT_CHECKPOINTS`` names a directory, ``<it>/<experiment>/<row>/seed<k>-<hash>/checkpoint.pt``
-    with the hash of the run's ``config.json`` (defaults filled in). Keeping checkpoints
-    there lets runs recorded in a work tree that gets recreated (``--out results``) resume
-    on a machine that is kept, and a changed configuration never resumes a stale one."""
-    run_dir = Path(run_dir)
-    root = os.environ.get(CHECKPOINTS_ENV)
-    if not root:
-        return run_dir / "checkpoint.pt"
-    config = json.loads((run_dir / "config.json").read_text())
-    config = {**config, "train": _train_dict(TrainConfig.from_dict(config["train"]))}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(root) / config["experiment"] / config["row"] / f"seed{config['seed']}-{digest}" / "checkpoint.pt"
-
-
-def find_run_dir(path: str | os.PathLike) -> Path:
-    """``path`` if it is a run directory (it holds ``config.json``), else the first run directory
-    below it: ``runs/mnist-mlp/bnn`` gives ``runs/mnist-mlp/bnn/seed0``."""
-    path = Path(path)
-    candidates = [path / "config.json"] if (path / "config.json").exists() else sorted(path.glob("**/config.json"))
-    if not candidates:
-        raise FileNotFoundError(f"no run (config.json) found under {path}")
-    return candidates[0].parent
-
-
-def run_dir_of(out: Path, config: dict[str, Any]) -> Path:
-    return Path(out) / config["experiment"] / config["row"] / f"seed{config['seed']}"
-
-
-def data_info(run_dir: str | os.PathLike, config: dict[str, Any] | None = None) -> DataInfo:
-    """What the run in ``run_dir`` knows of its data: its :data:`DATA_FILE`, else (runs recorded
-    before it, or few-shot runs) what the dataset's name says, without loading it."""
-    run_dir = Path(run_dir)
-    if (run_dir / DATA_FILE).exists():
-        return DataInfo.from_json(json.loads((run_dir / DATA_FILE).read_text()))
-    config = config or json.loads((run_dir / "config.json").read_text())
-    return registry.of_run(config).dataset_of(config).info
 
 
 def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | None, resume: bool,
@@ -218,7 +147,7 @@ def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
 def _prepare_locked(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:
     config_path = run_dir / "config.json"
     if config_path.exists():
-        if not _same_run(json.loads(config_path.read_text()), config):
+        if not same_run(json.loads(config_path.read_text()), config):
             raise ValueError(
                 f"{run_dir} holds a run with a different configuration; choose another --out "
                 f"directory or delete {run_dir} to train this one"
@@ -282,8 +211,6 @@ def run_experiment(
     Returns:
         The experiment directory ``out/<experiment>``.
     """
-    from .report import write_report
-
     experiment = registry.get(name)
     if seeds is None:
         seeds = 1 if quick else 3

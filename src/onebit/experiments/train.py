@@ -20,7 +20,8 @@ from ..data import Dataset
 from ..training import TrainConfig
 from . import registry
 from .report import write_report
-from .runner import _prepare, _record_command, _train_dict, build_model, check_directory, train_run
+from .runner import _prepare, _record_command, check_directory, train_run
+from .runs import build_model, train_options
 
 __all__ = ["DEFAULTS", "train_config", "train"]
 
@@ -63,7 +64,7 @@ def train_config(dataset: Dataset, model: str, recipe: str, *, name: str | None 
         train.epochs = 1
         train.compile = False
     config = {"experiment": registry.TRAIN, "row": name or f"{model}-{recipe}", "seed": seed, "quick": quick,
-              "data": dataset.spec, "model": spec, "train": _train_dict(train)}
+              "data": dataset.spec, "model": spec, "train": train_options(train)}
     try:
         build_model(config)  # an argument the model does not take fails now, not after loading the data
     except (TypeError, ValueError) as err:

@@ -1,0 +1,116 @@
+"""A run on disk: its directory, its checkpoint, its data and its trained model.
+
+A run is one ``(experiment, row, seed)``; its directory ``<out>/<experiment>/<row>/seed<k>/``
+holds ``config.json`` (the run config: model spec, training options, data), and the trainer's
+records. Everything that reads a run back (the runner, reports, packed evaluations, ``onebit
+export``, ``summary`` and ``bench``) finds and rebuilds it through this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import models
+from ..data import DataInfo
+from ..training import TrainConfig, load_checkpoint
+from . import registry
+
+__all__ = ["build_model", "checkpoint_path", "find_run_dir", "run_dir_of", "data_info", "load_trained",
+           "run_config", "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE"]
+
+#: Environment variable naming a directory for checkpoints outside the run directories.
+CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
+#: The file of a run directory that describes the data the run trained on (classes, input size,
+#: normalization, source, splits), so that exports and reports need no dataset.
+DATA_FILE = "data.json"
+
+
+def build_model(config: dict[str, Any]) -> torch.nn.Module:
+    """Build the (untrained) model a run config describes."""
+    spec = dict(config["model"])
+    return models.build(spec.pop("name"), **spec)
+
+
+def run_config(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """The config of the run in ``run_dir``: its ``config.json``."""
+    return json.loads((Path(run_dir) / "config.json").read_text())
+
+
+def train_options(train: TrainConfig) -> dict[str, Any]:
+    """The training options a run config records: ``train`` without its display options."""
+    options = asdict(train)
+    del options["progress"]  # display only: not part of what a run is
+    return options
+
+
+def same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a stored ``config.json`` describes the run ``config`` describes. Training options
+    added to :class:`TrainConfig` after the run was stored take their defaults, so runs made by
+    an older onebit stay resumable."""
+    try:
+        train = train_options(TrainConfig.from_dict(stored.get("train", {})))
+    except (TypeError, ValueError):
+        return False
+    return {**stored, "train": train} == config
+
+
+def checkpoint_path(run_dir: str | os.PathLike) -> Path:
+    """The checkpoint file of the run in ``run_dir``: ``run_dir/checkpoint.pt``, or, when
+    ``$ONEBIT_CHECKPOINTS`` names a directory, ``<it>/<experiment>/<row>/seed<k>-<hash>/checkpoint.pt``
+    with the hash of the run's ``config.json`` (defaults filled in). Keeping checkpoints
+    there lets runs recorded in a work tree that gets recreated (``--out results``) resume
+    on a machine that is kept, and a changed configuration never resumes a stale one."""
+    run_dir = Path(run_dir)
+    root = os.environ.get(CHECKPOINTS_ENV)
+    if not root:
+        return run_dir / "checkpoint.pt"
+    config = run_config(run_dir)
+    config = {**config, "train": train_options(TrainConfig.from_dict(config["train"]))}
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(root) / config["experiment"] / config["row"] / f"seed{config['seed']}-{digest}" / "checkpoint.pt"
+
+
+def find_run_dir(path: str | os.PathLike) -> Path:
+    """``path`` if it is a run directory (it holds ``config.json``), else the first run directory
+    below it: ``runs/mnist-mlp/bnn`` gives ``runs/mnist-mlp/bnn/seed0``."""
+    path = Path(path)
+    candidates = [path / "config.json"] if (path / "config.json").exists() else sorted(path.glob("**/config.json"))
+    if not candidates:
+        raise FileNotFoundError(f"no run (config.json) found under {path}")
+    return candidates[0].parent
+
+
+def run_dir_of(out: Path, config: dict[str, Any]) -> Path:
+    """The directory of the run ``config`` describes under the run root ``out``."""
+    return Path(out) / config["experiment"] / config["row"] / f"seed{config['seed']}"
+
+
+def data_info(run_dir: str | os.PathLike, config: dict[str, Any] | None = None) -> DataInfo:
+    """What the run in ``run_dir`` knows of its data: its :data:`DATA_FILE`, else (runs recorded
+    before it, or few-shot runs) what the dataset's name says, without loading it."""
+    run_dir = Path(run_dir)
+    if (run_dir / DATA_FILE).exists():
+        return DataInfo.from_json(json.loads((run_dir / DATA_FILE).read_text()))
+    config = config or run_config(run_dir)
+    return registry.of_run(config).dataset_of(config).info
+
+
+def load_trained(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The best-validation model of a run directory (``runs/<exp>/<row>/seed<k>``), in
+    eval mode, and the run's config."""
+    config = run_config(run_dir)
+    checkpoint = checkpoint_path(run_dir)
+    if not checkpoint.exists():
+        raise FileNotFoundError(f"{run_dir} has no checkpoint ({checkpoint} is missing): train it with `onebit run`, "
+                                f"or set ${CHECKPOINTS_ENV} to where its checkpoints are kept")
+    state = load_checkpoint(checkpoint)
+    model = build_model(config)
+    model.load_state_dict(state["best_model"] or state["model"])
+    return model.eval(), config
