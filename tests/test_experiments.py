@@ -515,3 +515,21 @@ def test_experiments_are_registered_explicitly():
         registry._EXPERIMENTS.pop("tiny-mlp")
     with pytest.raises(ValueError, match="already registered"):
         register(Experiment("train", "", (), {}, "mnist"))  # the name of `onebit train`'s records
+
+
+def test_mnist_cnn_table_names_each_rows_estimator():
+    from onebit.experiments.render import markdown
+
+    experiment = get("mnist-cnn")
+    rows = {r.name: r.description for r in experiment.rows}
+    assert rows["deterministic-st-both"] == "straight-through"
+    assert rows["stochastic-reinforce-last-loo-annealed"] == (
+        "REINFORCE, leave-one-out baseline over 4 samples, slope annealed")
+    assert rows["stochastic-reinforce-first"] == "REINFORCE, moving-average baseline"
+    row = {"name": "stochastic-reinforce-last", "test_acc": [0.9], "test_acc_mean": 0.9, "test_acc_std": 0.0,
+           "target": 0.97, "test_loss_mean": 0.3, "seeds": [0], "epochs": 10, "binary_params": 0, "float_params": 1,
+           "packed_bytes": 4, "train_seconds_mean": 1.0, "train_cpu_seconds_mean": 1.0, "precision": ["fp32"],
+           "cpu": [], "threads": [1], "published": "", "quick": False}
+    table = markdown(experiment, ["onebit run mnist-cnn"], [row], [], False)
+    assert "| row | estimator | test acc (%) |" in table
+    assert "| stochastic-reinforce-last | REINFORCE, moving-average baseline | 90.00 +- 0.00 |" in table

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import product
 
 from .registry import Experiment, Row
@@ -66,6 +67,21 @@ CNN_ROWS += [
         {"name": "small_cnn", "binary": pos, "mode": "stochastic", "estimator": "reinforce"}, REINFORCE_LOO)
     for pos in POSITIONS
 ]
+
+
+def _estimator(row: Row) -> str:
+    """How a mnist-cnn row trains its binary units, for the table."""
+    if row.model["binary"] == "none":
+        return "none (float hard sigmoid)"
+    annealed = ", slope annealed" if row.train.get("slope_schedule") else ""
+    if row.model["estimator"] == "st":
+        return f"straight-through{annealed}"
+    baseline = row.train.get("reinforce_baseline", "moving-average")
+    samples = row.train.get("reinforce_samples", 1)
+    return f"REINFORCE, {baseline} baseline{f' over {samples} samples' if samples > 1 else ''}{annealed}"
+
+
+CNN_ROWS = [replace(row, description=_estimator(row)) for row in CNN_ROWS]
 _STUDY_B = {
     "none": 98.79, "stochastic-st-first": 98.29, "stochastic-st-last": 98.31, "stochastic-st-both": 97.54,
     "stochastic-reinforce-first": 97.56, "stochastic-reinforce-last": 88.95, "stochastic-reinforce-both": 80.68,
@@ -78,6 +94,7 @@ MNIST_CNN = Experiment(
     name="mnist-cnn",
     description="Study B: 2-conv CNN with binary activations (first/last/both) x estimators",
     rows=tuple(CNN_ROWS),
+    row_column="estimator",
     train={"epochs": 10, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 64,
            "clip_latent": None},
     dataset="mnist",

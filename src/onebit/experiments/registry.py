@@ -30,12 +30,15 @@ class Row:
         train: overrides of the experiment's :class:`~onebit.training.TrainConfig` defaults.
         task: task options of this row's runs (e.g. the training episodes' shot), over the
             experiment's ``task``; part of the run's ``config.json`` when not empty.
+        description: what sets the row apart, for the table's column the experiment names
+            (:attr:`Experiment.row_column`, e.g. the estimator); not part of the run's config.
     """
 
     name: str
     model: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ class Experiment:
             whether it did.
         mcu: if set, seed 0's packed model is also exported to C and run on an emulated
             Cortex-M4; the report adds its size, RAM, stack and instruction count.
+        row_column: if set, the results table's column (e.g. ``"estimator"``) holding each
+            row's :attr:`Row.description`.
     """
 
     name: str
@@ -91,6 +96,7 @@ class Experiment:
     quick_model: dict[str, Any] = field(default_factory=dict)
     targets: dict[str, float] = field(default_factory=dict)
     mcu: McuBenchmark | None = None
+    row_column: str = ""
 
     @property
     def input_size(self) -> tuple[int, ...]:

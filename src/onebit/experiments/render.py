@@ -121,13 +121,14 @@ def markdown(experiment: registry.Experiment, commands: list[str], rows: list[di
         f"precision and, where the run recorded it, CPU) with {_threads(rows)} torch threads per run.",
         *_data_lines(data),
         "",
-        f"| row | {title} acc (%) | target | {title} loss | seeds | epochs | binary / float params | packed size | "
-        "train time / run | published |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| row |{f' {experiment.row_column} |' if experiment.row_column else ''} {title} acc (%) | target | "
+        f"{title} loss | seeds | epochs | binary / float params | packed size | train time / run | published |",
+        "|---|" + "---|" * (10 if experiment.row_column else 9),
     ]
+    described = {row.name: f" {row.description} |" for row in experiment.rows} if experiment.row_column else {}
     for r in rows:
         lines.append(
-            f"| {r['name']} | "
+            f"| {r['name']} |{described.get(r['name'], '')} "
             f"{100 * r[f'{split}_acc_mean']:.2f} +- {100 * r[f'{split}_acc_std']:.2f} | {_target(r)} | "
             f"{r[f'{split}_loss_mean']:.4f} | {len(r['seeds'])} | {r['epochs']} | "
             f"{r['binary_params']:,} / {r['float_params']:,} | {r['packed_bytes'] / 1024:,.1f} KiB | "
