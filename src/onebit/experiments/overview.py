@@ -51,7 +51,7 @@ LINES: dict[str, Line] = {
                      {"float": "float", "binary-block4": "block 4"}, {"binary-all-hamming": "Hamming encoder"}),
     "mnist-mcu": Line("`mnist-mcu`, fully binary CNNs for a Cortex-M4", {},
                       {"mcu-4k": "4 KiB", "mcu-8k": "8 KiB", "mcu-16k": "16 KiB"},
-                      {"mcu-4k": "eBNN", "mcu-16k": "BitNetMCU"},
+                      {"mcu-4k": "", "mcu-16k": ""},
                       mcu={"mcu-4k": "4 KiB", "mcu-16k": "16 KiB"}),
     "cifar10": Line("`cifar10`, width 0.5", {"float": "VGG-small", "float-bireal": "ResNet-18"},
                     {"binaryconnect": "binaryconnect", "bnn": "bnn", "bireal": "Bi-Real"}, {"bnn": "bnn"},

@@ -84,7 +84,7 @@ def _mcu_table(experiment: registry.Experiment, rows: list[dict]) -> list[str]:
                      f"{m['weights_bytes']:,} | {m['flash_bytes']:,} | {m['ram_bytes']:,} | {m['stack_bytes']:,} | "
                      f"{m['instructions_per_inference']:,} |")
     for reference, accuracy, size in experiment.mcu.anchors:
-        lines.append(f"| {reference} | | {accuracy} (published) | | {size} | | | | |")
+        lines.append(f"| {reference} (published) | | {accuracy} | | {size} | | | | |")
     compilers = sorted({r["mcu"]["compiler"] for r in measured})
     if compilers:
         lines += ["", f"Compiler: {'; '.join(compilers)}."]
