@@ -16,7 +16,7 @@ MNIST_MCU = Experiment(
     train={"epochs": 20, "optimizer": "adam", "lr": 2e-3, "lr_schedule": "cosine", "batch_size": 100,
            "precision": "auto", "compile": True},
     dataset="mnist",
-    mcu=McuBenchmark(images=1000, anchors=(
+    mcu=McuBenchmark(images=10000, anchors=(
         ("eBNN (McDanel et al. 2017), Intel Curie", "95", "15 KB of memory, binary weights and activations"),
         ("BitNetMCU (2024), CH32V003", "99.02", "12.3 KB model, 2-4-bit weights and 8-bit activations"),
         ("CBin-NN (Sakr et al. 2024), STM32", "no MNIST figure (CIFAR-10 only)",
@@ -35,7 +35,7 @@ MNIST_MCU = Experiment(
         "clipped to [-1, 1], training images shifted by up to 2 pixels.",
         "The microcontroller columns are measured on seed 0's model: exported to C "
         "(`onebit export --format c`), built with arm-none-eabi-gcc -O2 for a Cortex-M4F and run on "
-        "QEMU's mps2-an386 board on the first 1,000 MNIST test images. Weights: the constant arrays "
+        "QEMU's mps2-an386 board on the whole MNIST test set (10,000 images). Weights: the constant arrays "
         "(packed weights, thresholds, flips, scales); flash: text + rodata of the whole program; RAM: "
         "activation arena + data + bss; stack: the high-water mark of one inference; instructions: "
         "QEMU's count under -icount, not cycles.",
