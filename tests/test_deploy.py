@@ -62,10 +62,10 @@ def test_packed_model_equals_pytorch_on_mnist(build, mnist_small, train_briefly,
     assert (expected.argmax(1) == mnist_small.splits["test"].labels.numpy()).mean() > 0.5  # really trained
     assert np.array_equal(logits.argmax(1), expected.argmax(1))
     # Logits agree to float precision. A unit whose real-valued pre-activation lies within
-    # float32 rounding of its threshold can flip (torch and numpy sum in different orders);
-    # allow that for at most 0.1% of the images.
+    # float32 rounding of its threshold can flip (torch and the runtime both sum in float32, in
+    # different orders); allow that for at most 0.5% of the images.
     close = np.isclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max()).all(axis=1)
-    assert close.mean() >= 0.999, np.flatnonzero(~close)
+    assert close.mean() >= 0.995, np.flatnonzero(~close)
 
     # The same model fed raw uint8 images (its first binary layer then runs on bit planes).
     from onebit.data.mnist import MEAN, STD
@@ -154,3 +154,25 @@ def test_unsupported_modules_are_named():
     conv = nn.Sequential(BinaryConv2d(1, 2, 3, dilation=2), nn.Flatten())
     with pytest.raises(UnsupportedModelError, match="0: only square, ungrouped, undilated"):
         convert(conv, torch.zeros(2, 1, 5, 5))
+
+
+@pytest.mark.parametrize("recipe", ["bnn", "xnor"])
+def test_a_batch_split_over_threads_gives_every_row_its_own_result(recipe, monkeypatch):
+    """Each thread runs a slice of the batch through every layer: the rows must not depend on
+    the split (float input, and uint8 input through the exact pixel layer)."""
+    from onebit.data.mnist import MEAN, STD
+
+    torch.manual_seed(0)
+    model = MLP(hidden=(96, 80), recipe=recipe).eval()
+    packed = convert(model, torch.zeros(2, 1, 28, 28), input_normalization=(MEAN, STD))
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (37, 1, 28, 28)).astype(np.uint8)
+    floats = rng.standard_normal((37, 1, 28, 28)).astype(np.float32)
+    for x in (codes, floats):
+        monkeypatch.setattr(kernels, "_num_threads", 1)
+        rows = np.concatenate([packed(x[i : i + 1]) for i in range(len(x))])
+        assert len(packed._slices(len(x))) == 1
+        monkeypatch.setattr(kernels, "_num_threads", 3)
+        assert len(packed._slices(len(x))) == 3
+        np.testing.assert_array_equal(packed(x), rows)
+        assert len(packed._slices(20)) == 2 and len(packed._slices(15)) == 1  # at least 8 rows per thread

@@ -12,7 +12,8 @@ from test_deploy_conv import randomize_batchnorm
 from onebit import models
 from onebit.cli import main
 from onebit.deploy import convert, load, runtime, targets
-from onebit.deploy.export_c import ExportError, _pixel_thresholds, export_c
+from onebit.deploy.export_c import ExportError, export_c
+from onebit.deploy.runtime import pixel_thresholds
 from onebit.models import MLP, SmallCNN
 from onebit.training import TrainConfig, Trainer
 
@@ -75,9 +76,10 @@ def test_pixel_thresholds_reproduce_the_runtime_float64_comparison():
     thresholds = rng.normal(0, 30, 50)
     thresholds[:5] = sums[:5] * offset + np.arange(5) * scale  # ties exactly on reachable products
     thresholds[5] = -np.inf
-    got = _pixel_thresholds(thresholds, scale, offset, sums)
+    thresholds[6] = np.inf
+    got = pixel_thresholds(thresholds, scale, offset, sums)
     products = np.arange(-255 * 784, 255 * 784 + 1, 97, dtype=np.int64)
-    products = np.concatenate([products, got[6:], got[6:] - 1])
+    products = np.concatenate([products, got[7:], got[7:] - 1])
     for t, s, threshold in zip(thresholds, sums, got, strict=True):
         runtime_bit = products.astype(np.float64) * scale + offset * np.float64(s) >= t
         assert np.array_equal(runtime_bit, products >= threshold)
@@ -108,9 +110,9 @@ def test_header_arena_and_weights_in_flash(trained_mlps, tmp_path):
 def test_mlp_recipes_equal_the_runtime_on_the_whole_mnist_test_set(trained_mlps, mnist_test, tmp_path):
     for recipe, packed in trained_mlps.items():
         executable = _host(packed, tmp_path / recipe)
-        # bnn / xnor: integer layers, float epilogue in the runtime's order; binaryconnect's hidden
-        # layers sum ReLU outputs in double, exact only when their exponents span few binades
-        assert_agrees(targets.run_harness(executable, mnist_test), packed(mnist_test), exact=recipe != "binaryconnect")
+        # bnn / xnor: integer layers, float epilogue in the runtime's order; binaryconnect's layers on
+        # real input: float sums in the runtime's fixed order
+        assert_agrees(targets.run_harness(executable, mnist_test), packed(mnist_test), exact=True)
 
 
 @pytest.mark.slow

@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pytest
 
+from onebit.deploy import _threads
 from onebit.deploy import kernels as K
 
 BACKENDS = K.AVAILABLE_BACKENDS
@@ -185,7 +186,7 @@ def test_run_workers_hands_out_every_item_once_across_threads():
     worker = _visit_worker()
     for nthreads in (1, 2, 4):
         visits, arrived = np.zeros(20_000, np.int64), np.zeros(1, np.int64)
-        K._nb.run_workers(nthreads, worker, arrived, nthreads, visits)
+        _threads.run_workers(nthreads, worker, arrived, nthreads, visits)
         assert arrived[0] == nthreads and (visits == 1).all()
 
 
@@ -194,13 +195,13 @@ def test_run_workers_from_concurrent_callers_growing_a_fresh_pool(monkeypatch):
     """Callers asking for different thread counts at once, while the pool grows (it is replaced)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(K._nb, "_POOL", None)
-    monkeypatch.setattr(K._nb, "_POOL_SIZE", 0)
+    monkeypatch.setattr(_threads, "_POOL", None)
+    monkeypatch.setattr(_threads, "_POOL_SIZE", 0)
     worker = _visit_worker()
 
     def call(nthreads):  # no waiting for the helpers: callers compete for them
         visits, arrived = np.zeros(5_000, np.int64), np.zeros(1, np.int64)
-        K._nb.run_workers(nthreads, worker, arrived, 0, visits)
+        _threads.run_workers(nthreads, worker, arrived, 0, visits)
         return (visits == 1).all()
 
     with ThreadPoolExecutor(6) as callers:
@@ -222,7 +223,7 @@ def test_run_workers_raises_a_helpers_error_after_every_helper_stopped():
             raise ArithmeticError("helper failed")
 
     with pytest.raises(ArithmeticError, match="helper failed"):
-        K._nb.run_workers(2, worker)
+        _threads.run_workers(2, worker)
 
 
 @needs_numba
@@ -230,17 +231,59 @@ def test_run_workers_raises_a_helpers_error_after_every_helper_stopped():
 def test_forked_child_gets_a_pool_of_its_own(monkeypatch):
     """The parent's pool threads do not exist in a forked child: its helpers must run there."""
     worker = _visit_worker()
-    K._nb.run_workers(3, worker, np.zeros(1, np.int64), 0, np.zeros(10, np.int64))  # parent's pool exists
+    _threads.run_workers(3, worker, np.zeros(1, np.int64), 0, np.zeros(10, np.int64))  # parent's pool exists
     pid = os.fork()
     if pid == 0:  # child: every helper must arrive, else the worker's bounded spin gives up
         import signal
 
         signal.alarm(60)  # a hang fails the test too
         visits, arrived = np.zeros(1000, np.int64), np.zeros(1, np.int64)
-        K._nb.run_workers(3, worker, arrived, 3, visits)
+        _threads.run_workers(3, worker, arrived, 3, visits)
         os._exit(0 if arrived[0] == 3 and (visits == 1).all() else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_run_tasks_returns_every_result_in_order_with_the_kernels_serial_inside(monkeypatch):
+    import threading
+
+    monkeypatch.setattr(K, "_num_threads", 4)
+    barrier = threading.Barrier(3, timeout=10)  # three tasks at once: the pool runs the other two
+
+    def task(i):
+        def run():
+            barrier.wait()
+            return i, _threads.in_task(), K._threads_for(K._PARALLEL_MIN_WORDS), threading.get_ident()
+        return run
+
+    results = _threads.run_tasks([task(i) for i in range(3)])
+    assert [r[:3] for r in results] == [(i, True, 1) for i in range(3)]
+    assert len({r[3] for r in results}) == 3 and results[0][3] == threading.get_ident()
+    assert not _threads.in_task() and K._threads_for(K._PARALLEL_MIN_WORDS) == 4
+
+
+def test_run_tasks_runs_a_task_no_helper_started_on_the_calling_thread(monkeypatch):
+    """With the pool's only thread busy, the second task must run on the caller, not be lost."""
+    import threading
+
+    release = threading.Event()
+    monkeypatch.setattr(_threads, "_POOL", None)
+    monkeypatch.setattr(_threads, "_POOL_SIZE", 0)
+    [busy] = _threads._submit([(release.wait, (10,))])
+    try:
+        assert _threads.run_tasks([lambda: "first", lambda: threading.get_ident()]) == [
+            "first", threading.get_ident()]
+    finally:
+        release.set()
+        busy.result()
+
+
+def test_run_tasks_raises_a_tasks_error():
+    def fail():
+        raise ArithmeticError("task failed")
+
+    with pytest.raises(ArithmeticError, match="task failed"):
+        _threads.run_tasks([lambda: 1, fail])
 
 
 def test_thread_count_setting(monkeypatch):
@@ -432,3 +475,45 @@ def test_onebit_backend_env_var_names_an_available_back_end():
     result = _isolated("import onebit.deploy.kernels", ONEBIT_BACKEND="sse2")
     assert result.returncode != 0
     assert "ValueError: ONEBIT_BACKEND='sse2' is not available here (have " in result.stderr
+
+
+def _real_reference(x: np.ndarray, signs: np.ndarray) -> np.ndarray:
+    """2 P - T with P and T added one float32 at a time, in input order (the definition)."""
+    out = np.empty((x.shape[0], signs.shape[0]), np.float32)
+    for m, row in enumerate(x):
+        total = np.float32(0)
+        for v in row:
+            total = np.float32(total + v)
+        for n, s in enumerate(signs):
+            plus = np.float32(0)
+            for v, w in zip(row, s):
+                if w > 0:
+                    plus = np.float32(plus + v)
+            out[m, n] = np.float32(np.float32(2) * plus - total)
+    return out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 63, 31), (5, 64, 33), (9, 130, 70)])
+def test_real_matmul_sums_in_its_defined_order(backend, m, k, n):
+    rng = np.random.default_rng(m * k * n)
+    x = (rng.standard_normal((m, k)) * np.exp2(rng.integers(-12, 12, (m, k)))).astype(np.float32)
+    signs = np.where(rng.random((n, k)) < 0.5, -1, 1).astype(np.int8)
+    prepared = K.prepare_real_weights(K.pack_signs(signs), k)
+    got = K.real_matmul_prepared(x, prepared, backend=backend)
+    assert got.dtype == np.float32 and got.shape == (m, n)
+    np.testing.assert_array_equal(got, _real_reference(x, signs))
+    np.testing.assert_allclose(got, x.astype(np.float64) @ signs.T, rtol=1e-4, atol=1e-5 * np.abs(x).sum())
+
+
+def test_real_matmul_threads_give_the_same_bits(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((301, 784)).astype(np.float32)
+    prepared = K.prepare_real_weights(K.pack_signs(rng.standard_normal((100, 784))), 784)
+    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
+    serial = K.real_matmul_prepared(x, prepared, backend="numpy")
+    for threads in (1, 3):
+        monkeypatch.setattr(K, "_num_threads", threads)
+        np.testing.assert_array_equal(K.real_matmul_prepared(x, prepared), serial)
+    with pytest.raises(ValueError, match=r"shape \(M, 784\)"):
+        K.real_matmul_prepared(x[:, :700], prepared)

@@ -42,8 +42,8 @@ and would make NaN handling of the sign packer undefined: it is not used.
 
 Threading: every kernel is a ``nogil`` *worker* that takes work items (row block x panel
 for the GEMMs, row chunks for the packer) from a shared atomic counter until none are left.
-:func:`run_workers` runs the worker on the calling thread and on ``nthreads - 1`` helper
-threads of a persistent Python thread pool; small problems run on the calling thread alone
+:func:`onebit.deploy._threads.run_workers` runs the worker on the calling thread and on ``nthreads - 1``
+helper threads of a persistent Python thread pool; small problems run on the calling thread alone
 (see ``kernels._threads_for``).  No numba threading layer (OpenMP, TBB, workqueue) is
 involved: on the 2-core VMs measured, numba's ``workqueue`` layer cost about 1 ms per launch
 and gave no speed-up, and an OpenMP layer spin-waits against the libgomp that torch ships
@@ -53,10 +53,7 @@ helpers block, not spin, while idle.
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 
 import numba
 import numpy as np
@@ -64,6 +61,8 @@ from llvmlite import binding, ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ._threads import run_workers
 
 PANEL = 32  # output columns per prepared panel
 TILE_ROWS = 4  # rows per register tile
@@ -115,63 +114,6 @@ def simd_backends() -> tuple[str, ...]:
     has AVX512-VPOPCNTDQ, ``"avx2"`` (nibble lookups) wherever it has AVX2, AVX-512 CPUs
     included; none where only the portable kernel runs."""
     return (("avx512",) if has_avx512_popcount() else ()) + (("avx2",) if has_avx2() else ())
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_SIZE = 0
-_POOL_LOCK = threading.Lock()
-
-
-def _forget_pool() -> None:
-    """In a forked child: the parent's pool threads do not exist there, so start afresh."""
-    global _POOL, _POOL_SIZE, _POOL_LOCK
-    _POOL, _POOL_SIZE, _POOL_LOCK = None, 0, threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _submit_helpers(count: int, worker: Callable[..., None], args: tuple) -> list[Future]:
-    """Submit ``count`` calls ``worker(*args)`` to the shared pool, grown to at least ``count``
-    threads first (a replaced pool finishes the jobs it has, then its threads exit). Returns
-    fewer futures (possibly none) if the interpreter is shutting down."""
-    global _POOL, _POOL_SIZE
-    futures: list[Future] = []
-    with _POOL_LOCK:  # grow and submit in one step: no submission can reach a pool being replaced
-        if _POOL is None or _POOL_SIZE < count:
-            old, _POOL, _POOL_SIZE = _POOL, ThreadPoolExecutor(count, thread_name_prefix="onebit-kernel"), count
-            if old is not None:
-                old.shutdown(wait=False)
-        try:
-            for _ in range(count):
-                futures.append(_POOL.submit(worker, *args))
-        except RuntimeError:  # interpreter shutdown: the calling thread does the work alone
-            pass
-    return futures
-
-
-def run_workers(nthreads: int, worker: Callable[..., None], *args) -> None:
-    """Run ``worker(counter, *args)`` on the calling thread and ``nthreads - 1`` pool threads.
-
-    ``worker`` is a ``nogil`` kernel that takes work items from the shared ``counter`` (a
-    one-element int64 array) until none are left, so the calling thread alone finishes the
-    job if the helpers are late (busy with another caller's job, or descheduled); helpers
-    that had not started by then are cancelled.  Returns only when no helper is still
-    running, and raises the first error of any of them.  Safe to call from several Python
-    threads at once.
-    """
-    counter = np.zeros(1, np.int64)
-    futures = _submit_helpers(nthreads - 1, worker, (counter, *args)) if nthreads > 1 else []
-    try:
-        worker(counter, *args)
-    finally:
-        for future in futures:
-            future.cancel()
-        wait(futures)
-    for future in futures:
-        if not future.cancelled() and future.exception() is not None:
-            raise future.exception()
 
 
 # --------------------------------------------------------------------------------------

@@ -158,23 +158,29 @@ static void ob_dense_u8(const uint32_t *planes, int kw, const uint32_t *w, int n
 """, ("popcount", "planes_dot", "put_bit"))
 
 _kernel("dense_float", """
-/* Binary dense layer on real input x (k floats): d = sum of +-x, in double (exact for inputs such
-   as normalized pixels, so its bits do not depend on the order of summation). */
+/* Binary dense layer on real input x (k floats): d = 2 p - t in float, with p the sum of the
+   inputs whose weight is +1 and t the sum of all inputs, each added in input order (the numpy
+   runtime's order, so the bits are the same). */
 static void ob_dense_float(const float *x, int k, const uint32_t *w, int kw, int n,
                            const double *thr, const uint32_t *flip, uint32_t *ybits,
                            const float *scale, const float *shift, float *yf)
 {
     uint32_t word = 0;
+    float t = 0.0f;
     int o, j;
+    for (j = 0; j < k; j++)
+        t += x[j];
     for (o = 0; o < n; o++) {
         const uint32_t *row = w + (long)o * kw;
-        double d = 0.0;
+        float p = 0.0f, d;
         for (j = 0; j < k; j++)
-            d += ((row[j >> 5] >> (j & 31)) & 1u) ? x[j] : -x[j];
+            if ((row[j >> 5] >> (j & 31)) & 1u)
+                p += x[j];
+        d = 2.0f * p - t;
         if (ybits)
-            ob_put_bit(ybits, o, n, d >= thr[o], &word, flip);
+            ob_put_bit(ybits, o, n, (double)d >= thr[o], &word, flip);
         else
-            yf[o] = (float)d * scale[o] + shift[o];
+            yf[o] = d * scale[o] + shift[o];
     }
 }
 """, ("put_bit",))
@@ -280,8 +286,9 @@ static void ob_conv_u8(const uint8_t *x, int h, int w, int cin, const uint32_t *
 
 _kernel("conv_float", """
 /* Binary convolution of real NCHW input (cin x h x w floats), weights (cout, kh, kw, cw words:
-   the channels of one tap), zero padding, then max pooling (pk = 1: none), summed in double as
-   ob_dense_float does. */
+   the channels of one tap), zero padding, then max pooling (pk = 1: none); d = 2 p - t over each
+   receptive field as ob_dense_float computes it, the inputs taken tap by tap, channels fastest
+   (padding taps add nothing). */
 static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const uint32_t *wt, int cout,
                           int kh, int kw, int stride, int pad, int pk, int ps,
                           const double *thr, const uint32_t *flip, uint32_t *ybits,
@@ -294,12 +301,12 @@ static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const u
         for (px = 0; px < wp; px++) {
             uint32_t word = 0;
             for (o = 0; o < cout; o++) {
-                double best = 0.0;
+                float best = 0.0f;
                 int first = 1;
                 for (qy = 0; qy < pk; qy++)
                     for (qx = 0; qx < pk; qx++) {
                         int iy0 = (py * ps + qy) * stride - pad, ix0 = (px * ps + qx) * stride - pad;
-                        double d = 0.0;
+                        float p = 0.0f, t = 0.0f, d;
                         for (dy = 0; dy < kh; dy++) {
                             int iy = iy0 + dy;
                             if (iy < 0 || iy >= h)
@@ -310,19 +317,22 @@ static void ob_conv_float(const float *x, int h, int w, int cin, int cw, const u
                                 if (ix < 0 || ix >= w)
                                     continue;
                                 for (c = 0; c < cin; c++) {
-                                    double v = x[((long)c * h + iy) * w + ix];
-                                    d += ((b[c >> 5] >> (c & 31)) & 1u) ? v : -v;
+                                    float v = x[((long)c * h + iy) * w + ix];
+                                    if ((b[c >> 5] >> (c & 31)) & 1u)
+                                        p += v;
+                                    t += v;
                                 }
                             }
                         }
+                        d = 2.0f * p - t;
                         if (first || d > best)
                             best = d;
                         first = 0;
                     }
                 if (ybits)
-                    ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, best >= thr[o], &word, flip);
+                    ob_put_bit(ybits + ((long)py * wp + px) * cow, o, cout, (double)best >= thr[o], &word, flip);
                 else
-                    yf[((long)o * hp + py) * wp + px] = (float)best * scale[o] + shift[o];
+                    yf[((long)o * hp + py) * wp + px] = best * scale[o] + shift[o];
             }
         }
 }

@@ -21,9 +21,10 @@ the numpy runtime computes (:mod:`onebit.deploy.runtime`), in the same precision
 on packed input in exact integer arithmetic; binary first layers on uint8 pixels (dense, or
 convolutions without padding) exactly in integers, their thresholds moved onto the integer
 product here by evaluating the runtime's own float64 expression; binary layers on real input
-and float convolutions and linear layers summing in double and rounding once, as the runtime
-does, so that the result does not depend on the order of summation (exactly so for inputs such
-as normalized pixels); every other float op in float32, in the runtime's order. Compile in an ISO
+in float32, summed in the runtime's fixed order (:func:`~onebit.deploy.kernels.real_matmul_prepared`);
+float convolutions and linear layers summing in double and rounding once, as the runtime does,
+so that the result does not depend on the order of summation (exactly so for inputs such as
+normalized pixels); every other float op in float32, in the runtime's order. Compile in an ISO
 C mode (``-std=c99``): GCC's GNU modes contract ``a * b + c`` into fused multiply-adds, which
 round differently from numpy.
 """
@@ -210,33 +211,6 @@ def _flip_words(flip: np.ndarray) -> np.ndarray:
     return np.packbits(bits, bitorder="little").view("<u4")
 
 
-def _pixel_thresholds(thresholds: np.ndarray, scale: float, offset: float, weight_sums: np.ndarray) -> np.ndarray:
-    """Integer thresholds on the exact product ``P = codes . w`` of a binary dense layer on
-    pixels: the smallest ``T`` with ``P * scale + offset * sum(w) >= t`` evaluated in float64 as
-    the numpy runtime evaluates it (:class:`~onebit.deploy.runtime.BinaryDense`), found from the
-    real-valued solution by stepping over the few integers rounding can move it by. ``scale``
-    is positive, so the expression is non-decreasing in ``P``."""
-    if not scale > 0:
-        raise ExportError(f"input scale must be positive, got {scale}")
-
-    def reaches(p: int, base: np.float64, t: np.float64) -> bool:
-        return bool(np.float64(p) * np.float64(scale) + base >= t)
-
-    out = np.empty(len(thresholds), np.int64)
-    for n, (t, total) in enumerate(zip(np.asarray(thresholds, np.float64), weight_sums, strict=True)):
-        if np.isinf(t):
-            out[n] = _INT32.min if t < 0 else _INT32.max
-            continue
-        base = np.float64(offset) * np.float64(total)
-        guess = int(np.clip(np.ceil((t - base) / scale), -(2**40), 2**40))
-        while reaches(guess - 1, base, t):
-            guess -= 1
-        while not reaches(guess, base, t):
-            guess += 1
-        out[n] = guess
-    return np.clip(out, _INT32.min, _INT32.max)
-
-
 # -- ops ----------------------------------------------------------------------------------------
 
 
@@ -244,7 +218,7 @@ def _binary_epilogue(p: _Program, op: runtime._BinaryLayer, label: str, out_shap
                      int_thresholds=None, real_input: bool = False) -> tuple[str, _Value | None]:
     """The epilogue arguments ``thr, flip, ybits, scale, shift, yf`` (``{out}`` stands for the
     output) and, for bits, the output value. Integer thresholds act on ``|d| <= bound``; a
-    layer on real input compares its double ``d`` with the float64 thresholds themselves."""
+    layer on real input compares its float ``d``, as a double, with the float64 thresholds themselves."""
     if op.output == "bits":
         if real_input:
             thr = p.array(f"{label}_thr", op.thresholds, "double")
@@ -264,7 +238,7 @@ def _pixel_epilogue(p: _Program, op: runtime._BinaryLayer, label: str, out_shape
     scale, offset = quant
     if op.output == "bits":
         args, out = _binary_epilogue(p, op, label, out_shape, bound=255 * k,
-                                     int_thresholds=_pixel_thresholds(op.thresholds, scale, offset, sums))
+                                     int_thresholds=runtime.pixel_thresholds(op.thresholds, scale, offset, sums))
         ow = "0"
     else:
         args, out = _binary_epilogue(p, op, label, out_shape)

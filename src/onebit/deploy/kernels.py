@@ -56,11 +56,14 @@ from typing import Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
+from . import _threads
+
 __all__ = [
     "AVAILABLE_BACKENDS", "DEFAULT_BACKEND", "PANEL", "Backend", "PreparedConvWeights", "PreparedWeights",
     "binary_conv2d", "binary_conv2d_threshold", "binary_matmul", "binary_matmul_prepared", "get_num_threads",
     "binary_matmul_threshold", "binary_maxpool2d", "pack_signs", "pixel_matmul_prepared", "PreparedPixelWeights",
-    "prepare_conv_weights", "prepare_pixel_weights", "prepare_weights", "set_num_threads", "sign_sums", "signs_matmul",
+    "prepare_conv_weights", "prepare_pixel_weights", "prepare_real_weights", "prepare_weights", "PreparedRealWeights",
+    "real_matmul_prepared", "set_num_threads", "sign_sums", "signs_matmul",
     "threshold_bits", "unpack_signs",
 ]  # fmt: skip
 
@@ -69,10 +72,11 @@ Backend = Literal["avx512", "avx2", "numba", "numpy"]
 if os.environ.get("ONEBIT_NO_NUMBA", "") in ("", "0"):
     try:
         from . import _numba_kernels as _nb
+        from . import _numba_real as _nb_real
     except ImportError:  # numba (or llvmlite) not installed
-        _nb = None
+        _nb = _nb_real = None
 else:
-    _nb = None
+    _nb = _nb_real = None
 
 #: Back ends usable in this process, fastest first.
 AVAILABLE_BACKENDS: tuple[Backend, ...] = (
@@ -147,7 +151,10 @@ def set_num_threads(n: int) -> None:
 
 def _threads_for(work: int, minimum: int | None = None) -> int:
     """Threads for a numba kernel doing ``work`` units (threshold: ``minimum``, default
-    :data:`_PARALLEL_MIN_WORDS`, read at call time); 1 keeps it on the calling thread."""
+    :data:`_PARALLEL_MIN_WORDS`, read at call time); 1 keeps it on the calling thread, as does
+    being called from a task of a parallel forward pass (:func:`onebit.deploy._threads.in_task`)."""
+    if _threads.in_task():
+        return 1
     return _num_threads if work >= (_PARALLEL_MIN_WORDS if minimum is None else minimum) else 1
 
 
@@ -451,6 +458,57 @@ def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
         return out[:m, : prepared.n]
     dtype = np.float32 if 255 * k < 2**24 else np.float64
     return signs_matmul(codes.astype(dtype), prepared.bits, k).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class PreparedRealWeights:
+    """±1 weights prepared for :func:`real_matmul_prepared`: ``masks`` uint32 ``(ceil(N / 32), k)``,
+    bit ``c`` of ``masks[jb, i]`` set where output column ``32 jb + c`` has weight +1 at input
+    ``i`` (one bit per weight; columns past ``n`` are 0)."""
+
+    masks: np.ndarray
+    n: int
+    k: int
+
+
+def prepare_real_weights(b_packed: np.ndarray, k: int) -> PreparedRealWeights:
+    """Prepare packed ``(N, ceil(k / 64))`` ±1 weights for :func:`real_matmul_prepared`."""
+    bits = _check_packed(b_packed, "b_packed", k)
+    n, n_panels = bits.shape[0], -(-bits.shape[0] // PANEL)
+    plus = np.zeros((n_panels * PANEL, k), bool)
+    plus[:n] = unpack_signs(bits, k) > 0
+    masks = np.packbits(plus.reshape(n_panels, PANEL, k).transpose(0, 2, 1), axis=-1, bitorder="little")
+    return PreparedRealWeights(np.ascontiguousarray(masks).view("<u4").reshape(n_panels, k), n, k)
+
+
+def real_matmul_prepared(x: np.ndarray, prepared: PreparedRealWeights, *, backend: Backend | None = None) -> np.ndarray:
+    r"""``x @ w.T`` for real ``x`` and ±1 weights ``w``, in float32 summed in a fixed order:
+    float32 ``(M, N)``.
+
+    With :math:`P_n = \sum_{i:\,w_{n,i} = +1} x_i` and :math:`T = \sum_i x_i`, each accumulated
+    in float32 from +0.0 in order of ``i``, the result is :math:`2 P_n - T` (one rounding:
+    :math:`2 P_n` is exact). The order is part of the definition, so every back end and the C
+    export (:mod:`onebit.deploy.export_c`) give the same bits, however the work is split. The
+    numba back ends run one masked vector add per 16 weights (:mod:`onebit.deploy._numba_real`);
+    the numpy back end adds one input column at a time.
+
+    ``x``: float32 ``(M, k)`` (other real dtypes are converted).
+    """
+    x = np.ascontiguousarray(x, np.float32)
+    if x.ndim != 2 or x.shape[1] != prepared.k:
+        raise ValueError(f"x must have shape (M, {prepared.k}), got {x.shape}")
+    m, n = x.shape[0], prepared.n
+    if _backend(backend) != "numpy":
+        out = np.empty((m, n), np.float32)
+        _nb_real.real_matmul(_threads_for(m * prepared.masks.size // 2), x, prepared.masks, n, out)
+        return out
+    plus = np.unpackbits(prepared.masks.view(np.uint8), axis=-1, bitorder="little").reshape(-1, prepared.k, PANEL)
+    plus = plus.transpose(1, 0, 2).reshape(prepared.k, -1)[:, :n].astype(bool)  # (k, N)
+    p = np.zeros((m, n), np.float32)
+    for i in range(prepared.k):
+        p += np.where(plus[i], x[:, i : i + 1], np.float32(0))
+    totals = np.add.accumulate(x, axis=1)[:, -1:] if prepared.k else np.zeros((m, 1), np.float32)
+    return 2 * p - totals
 
 
 def signs_matmul(x: np.ndarray, b_packed: np.ndarray, k: int) -> np.ndarray:

@@ -20,16 +20,17 @@ ops also get the model's value stack (:attr:`Op.uses_stack`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from . import fileformat, kernels
+from . import _threads, fileformat, kernels
 
 __all__ = ["Bits", "Pixels", "PackedModel", "load", "OPS"]
 
-_WEIGHT_CHUNK = 1 << 22  # weight elements unpacked to float32 at a time (16 MiB)
+_TASK_MIN_ROWS = 8  # inputs per thread below which a forward pass runs on the calling thread alone
 _IM2COL_BYTES = 1 << 23  # receptive fields built at a time by float convolutions (8 MiB)
 # byte -> its 8 bits as -1.0/+1.0, least significant bit first (the packing's bit order)
 _SIGN_TABLE = (2 * ((np.arange(256)[:, None] >> np.arange(8)) & 1) - 1).astype(np.float32)
@@ -103,25 +104,23 @@ def _im2col(x: np.ndarray, kh: int, kw: int, stride: int, padding: int) -> np.nd
     return cols.transpose(0, 2, 3, 4, 5, 1).reshape(n, ho, wo, kh * kw * c)
 
 
-def _conv_matmul(x: np.ndarray, weight_blocks, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
-    """Float convolution of NCHW ``x`` as im2col products: ``(N, Ho, Wo, C_out)`` in ``x``'s dtype.
+def _conv_matmul(x: np.ndarray, product, kh: int, kw: int, stride: int, padding: int) -> np.ndarray:
+    """A convolution of NCHW ``x`` as products of its receptive fields: ``(N, Ho, Wo, C_out)``.
 
-    ``weight_blocks`` yields ``(start, w)`` with ``w`` float ``(rows, kh * kw * C)`` (tap-major,
-    channel fastest), the weights of output channels ``start .. start + rows - 1``. The
-    receptive fields are built a few images at a time (:data:`_IM2COL_BYTES`): a whole batch's
-    im2col would take gigabytes and run at memory speed.
+    ``product`` maps receptive fields ``(rows, kh * kw * C)`` (tap-major, channel fastest, in
+    ``x``'s dtype) to their outputs ``(rows, C_out)``. The fields are built a few images at a
+    time (:data:`_IM2COL_BYTES`): a whole batch's im2col would take gigabytes and run at memory
+    speed.
     """
     n, c, h, wd = x.shape
     ho, wo = (h + 2 * padding - kh) // stride + 1, (wd + 2 * padding - kw) // stride + 1
-    blocks = list(weight_blocks)
-    out = np.empty((n, ho, wo, sum(w.shape[0] for _, w in blocks)), x.dtype)
     images = max(1, _IM2COL_BYTES // (x.itemsize * ho * wo * kh * kw * c))
+    blocks = []
     for first in range(0, n, images):
         cols = _im2col(x[first : first + images], kh, kw, stride, padding)
-        cols = cols.reshape(-1, cols.shape[-1])  # one 2-D product (a 4-D one runs per image row)
-        for start, w in blocks:
-            out[first : first + images, ..., start : start + w.shape[0]] = (cols @ w.T).reshape(-1, ho, wo, w.shape[0])
-    return out
+        blocks.append(product(cols.reshape(-1, cols.shape[-1])))  # one 2-D product (a 4-D one runs per image row)
+    out = np.concatenate(blocks) if len(blocks) > 1 else blocks[0]
+    return out.reshape(n, ho, wo, -1)
 
 
 @dataclass
@@ -349,7 +348,8 @@ class Conv2d(Op):
     def __call__(self, x):
         _, _, kh, kw = self.weight.shape
         x = _float(x, self.kind).astype(np.float64)
-        out = _conv_matmul(x, [(0, self._weight64)], kh, kw, self.stride, self.padding).astype(np.float32)
+        out = _conv_matmul(x, lambda cols: cols @ self._weight64.T, kh, kw, self.stride, self.padding)
+        out = out.astype(np.float32)
         out += self.bias
         return out.transpose(0, 3, 1, 2)
 
@@ -385,16 +385,44 @@ class UnpackSigns(Op):
         return np.ascontiguousarray(values.transpose(0, 3, 1, 2)) if values.ndim == 4 else values
 
 
+def pixel_thresholds(thresholds: np.ndarray, scale: float, offset: float, weight_sums: np.ndarray) -> np.ndarray:
+    r"""Integer thresholds on the exact product :math:`P = c\,S^\top` of a binary layer on
+    pixels ``x = scale * c + offset``: per output channel, the smallest integer ``T`` with
+    ``P * scale + offset * sum(S) >= t`` evaluated in float64 (the pre-activation of
+    :class:`BinaryDense` and :class:`BinaryConv2d` on :class:`Pixels`), so that the output bit is
+    ``(P >= T) XOR flip``. Found from the real-valued solution by stepping over the few integers
+    rounding can move it by; ``scale > 0`` makes the expression non-decreasing in ``P``. int32
+    ``(C_out,)``: thresholds no product reaches (``+inf``, NaN) become the int32 maximum, ``-inf``
+    the minimum."""
+    if not scale > 0:
+        raise ValueError(f"input scale must be positive, got {scale}")
+    t = np.asarray(thresholds, np.float64)
+    base = np.float64(offset) * np.asarray(weight_sums, np.float64)
+    finite = np.isfinite(t)
+    guess = np.clip(np.ceil((np.where(finite, t, 0.0) - base) / np.float64(scale)), -(2.0**40), 2.0**40)
+
+    def reaches(products: np.ndarray) -> np.ndarray:
+        return products * np.float64(scale) + base >= t
+
+    while (down := finite & reaches(guess - 1)).any():
+        guess[down] -= 1
+    while (up := finite & ~reaches(guess)).any():
+        guess[up] += 1
+    limits = np.iinfo(np.int32)
+    out = np.where(finite, guess, np.where(t < 0, limits.min, limits.max))
+    return np.clip(out, limits.min, limits.max).astype(np.int32)
+
+
 class _BinaryLayer(Op):
     r"""What :class:`BinaryDense` and :class:`BinaryConv2d` share: 1-bit weights ``S`` and
     the epilogue applied to the pre-activation ``d`` (output channels on the last axis).
 
-    ``d`` is the exact integer XNOR-popcount product when the input is :class:`Bits` and a
-    float64 sum of the ±inputs (weights unpacked block by block, never stored as floats) when
-    the input is real: float32 inputs whose exponents span less than about 50 - log2(K) binades,
-    such as normalized 8-bit pixels, sum exactly in float64, so ``d`` does not depend on the
-    order of summation and the exported C code (:mod:`onebit.deploy.export_c`) computes the
-    same bits. Output, per output channel ``c``:
+    ``d`` is the exact integer XNOR-popcount product when the input is :class:`Bits`, and when
+    the input is real a float32 sum in a fixed order, :math:`d = 2 P - T` with :math:`P` the sum of
+    the inputs whose weight is +1 and :math:`T` the sum of all inputs, each accumulated in input
+    order (:func:`~onebit.deploy.kernels.real_matmul_prepared`; the weights keep one bit each):
+    ``d`` does not depend on how the batch is split, and the exported C code
+    (:mod:`onebit.deploy.export_c`) computes the same bits. Output, per output channel ``c``:
 
     - ``"bits"``: :math:`(d_c \ge t_c) \oplus \text{flip}_c`, i.e. the sign of
       :math:`\text{scale}_c\, d_c + \text{shift}_c` (XNOR scale, bias, batch norm and the
@@ -402,7 +430,8 @@ class _BinaryLayer(Op):
       packed for the next binary layer.
     - ``"float"``: :math:`d_c \cdot \text{scale}_c + \text{shift}_c`.
 
-    ``thresholds`` (float64) act on integer ``d`` as their ceiling.
+    ``thresholds`` (float64) act on integer ``d`` as their ceiling, on float32 ``d`` as
+    themselves (``d`` is compared in float64).
     """
 
     accepts_bits = True
@@ -421,6 +450,18 @@ class _BinaryLayer(Op):
         self._int_thresholds = None
         if self.output == "bits":
             self._int_thresholds = np.clip(np.ceil(self.thresholds), -(2**31), 2**31 - 1).astype(np.int32)
+        self._pixel_thresholds: dict[tuple[float, float], np.ndarray] = {}
+
+    def _pixel_epilogue(self, products: np.ndarray, x: Pixels, channels: int):
+        """The epilogue of exact integer products ``c S`` of :class:`Pixels` ``x``: their bits by
+        :func:`pixel_thresholds` (computed once per input quantization), or the floats of
+        ``d = s P + o \\Sigma S`` in float64."""
+        if self.output == "bits":
+            key = (x.scale, x.offset)
+            if key not in self._pixel_thresholds:
+                self._pixel_thresholds[key] = pixel_thresholds(self.thresholds, x.scale, x.offset, self._weight_sums)
+            return Bits(kernels.threshold_bits(products, self._pixel_thresholds[key], self.flip), channels)
+        return self._epilogue(products * x.scale + x.offset * self._weight_sums.astype(np.float64), channels)
 
     def _epilogue(self, dot: np.ndarray, channels: int):
         """``dot (..., C_out)`` (int or float) -> :class:`Bits` or float32, channels last."""
@@ -456,6 +497,7 @@ class BinaryDense(_BinaryLayer):
         self._init_epilogue()
         self._prepared = kernels.prepare_weights(np.ascontiguousarray(self.weight_bits))
         self._weight_sums = kernels.sign_sums(self.weight_bits, self.k)
+        self._real: kernels.PreparedRealWeights | None = None
         self._pixel_weights: kernels.PreparedPixelWeights | None = None
 
     def params(self):
@@ -479,12 +521,14 @@ class BinaryDense(_BinaryLayer):
                 raise ValueError(f"binary_dense expects {self.k} input features, got codes of shape {x.codes.shape}")
             if self._pixel_weights is None:
                 self._pixel_weights = kernels.prepare_pixel_weights(self.weight_bits, self.k)
-            exact = kernels.pixel_matmul_prepared(x.codes, self._pixel_weights)
-            dot = exact * x.scale + x.offset * self._weight_sums.astype(np.float64)
+            return self._pixel_epilogue(kernels.pixel_matmul_prepared(x.codes, self._pixel_weights), x,
+                                        self.out_features)
         else:
             if x.shape[1] != self.k:
                 raise ValueError(f"binary_dense expects {self.k} input features, got {x.shape[1]}")
-            dot = kernels.signs_matmul(np.ascontiguousarray(x, np.float64), self.weight_bits, self.k)
+            if self._real is None:
+                self._real = kernels.prepare_real_weights(self.weight_bits, self.k)
+            dot = kernels.real_matmul_prepared(x, self._real)
         return self._epilogue(dot, self.out_features)
 
 
@@ -496,7 +540,7 @@ class BinaryConv2d(_BinaryLayer):
 
     :math:`d = x \star S`: on packed NHWC :class:`Bits` with
     :func:`~onebit.deploy.kernels.binary_conv2d` (padding contributes exactly 0), on real NCHW
-    input as a float im2col product.
+    input by :func:`~onebit.deploy.kernels.real_matmul_prepared` of its receptive fields.
 
     Raw 8-bit images given as :class:`Pixels` ``x = s c + o`` reach an unpadded convolution
     (``padding == 0``, so every tap sees a pixel) undequantized: :math:`d = s\,(c \star S) +
@@ -535,6 +579,10 @@ class BinaryConv2d(_BinaryLayer):
     def __post_init__(self) -> None:
         self._init_epilogue()
         self._prepared = kernels.prepare_conv_weights(np.ascontiguousarray(self.weight_bits), self.c_in)
+        signs = kernels.unpack_signs(self.weight_bits, self.c_in).reshape(self.out_channels, -1)  # one field a row
+        self._weight_sums = signs.sum(axis=1, dtype=np.int64)
+        self._field_bits = kernels.pack_signs(signs)
+        self._real: kernels.PreparedRealWeights | None = None
         if self.output == "bits":
             self._no_flip = np.zeros(self.out_channels, bool)
             self._flip_words = kernels.pack_signs(np.where(self.flip, 1, -1).astype(np.int8))
@@ -550,26 +598,30 @@ class BinaryConv2d(_BinaryLayer):
     @property
     def weight_sums(self) -> np.ndarray:
         """Sum of each output channel's ±1 weights over its whole receptive field: int64 ``(C_out,)``."""
-        signs = kernels.unpack_signs(self.weight_bits, self.c_in, dtype=np.int64)
-        return signs.sum(axis=(1, 2, 3))
+        return self._weight_sums
 
     @property
     def out_channels(self) -> int:
         return self.weight_bits.shape[0]
 
-    def _float_conv(self, x: np.ndarray) -> np.ndarray:
-        """``(N, C, H, W)`` real input -> ``(N, Ho, Wo, C_out)`` in ``x``'s float dtype."""
-        co, kh, kw, _ = self.weight_bits.shape
-        rows = max(1, _WEIGHT_CHUNK // max(1, kh * kw * self.c_in))
-        blocks = ((start, _unpack_float(self.weight_bits[start : start + rows], self.c_in).astype(x.dtype).reshape(
-            min(rows, co - start), -1)) for start in range(0, co, rows))  # (rows, kh * kw * C_in) ±1
-        return _conv_matmul(x, blocks, kh, kw, self.stride, self.padding)
+    def _real_conv(self, x: np.ndarray) -> np.ndarray:
+        """``(N, C, H, W)`` real input -> float32 ``(N, Ho, Wo, C_out)`` by
+        :func:`~onebit.deploy.kernels.real_matmul_prepared` of the receptive fields (inputs in
+        tap-major, channel-fastest order; padding taps are +0.0)."""
+        _, kh, kw, _ = self.weight_bits.shape
+        if self._real is None:
+            self._real = kernels.prepare_real_weights(self._field_bits, kh * kw * self.c_in)
+        return _conv_matmul(np.asarray(x, np.float32), partial(kernels.real_matmul_prepared, prepared=self._real),
+                            kh, kw, self.stride, self.padding)
 
     def _pixel_products(self, x: Pixels) -> np.ndarray:
         """Exact integer products ``c * S`` of uint8 NCHW codes: int64 ``(N, Ho, Wo, C_out)``."""
         _, kh, kw, _ = self.weight_bits.shape
-        dtype = np.float32 if 255 * kh * kw * self.c_in < 2**24 else np.float64
-        return self._float_conv(x.codes.astype(dtype)).astype(np.int64)
+        k = kh * kw * self.c_in
+        dtype = np.float32 if 255 * k < 2**24 else np.float64
+        products = _conv_matmul(x.codes.astype(dtype), lambda cols: kernels.signs_matmul(cols, self._field_bits, k),
+                                kh, kw, self.stride, self.padding)
+        return products.astype(np.int64)
 
     def __call__(self, x):
         pooled = self.pool_kernel > 0
@@ -579,7 +631,8 @@ class BinaryConv2d(_BinaryLayer):
             products = self._pixel_products(x)
             if pooled:  # d increases with the product (s > 0): pool the exact integers
                 products = _pool(products, self.pool_kernel, self.pool_stride, axes=(1, 2))
-            return self._finish(products * x.scale + x.offset * self.weight_sums.astype(np.float64))
+            out = self._pixel_epilogue(products, x, self.out_channels)
+            return out if isinstance(out, Bits) else np.ascontiguousarray(out.transpose(0, 3, 1, 2))
         if isinstance(x, Bits):
             if x.k != self.c_in or x.words.ndim != 4:
                 raise ValueError(f"binary_conv2d expects packed NHWC maps of {self.c_in} channels, got {x.k} "
@@ -595,7 +648,7 @@ class BinaryConv2d(_BinaryLayer):
         else:
             if x.ndim != 4 or x.shape[1] != self.c_in:
                 raise ValueError(f"binary_conv2d expects (N, {self.c_in}, H, W) input, got {x.shape}")
-            dot = self._float_conv(np.ascontiguousarray(x, np.float64))
+            dot = self._real_conv(x)
         if pooled:
             dot = _pool(dot, self.pool_kernel, self.pool_stride, axes=(1, 2))
         return self._finish(dot)
@@ -632,11 +685,30 @@ class PackedModel:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Logits (or embeddings) of the batch ``x``: float32 normalized like the training data,
-        or raw uint8 images when the model records ``meta["input_quantization"]``."""
+        or raw uint8 images when the model records ``meta["input_quantization"]``.
+
+        A batch of at least ``2 * _TASK_MIN_ROWS`` inputs is split into one slice per thread of
+        the engine, each slice running through every layer on its own thread (one hand-off per
+        forward pass instead of one per kernel call); every output row is the same either way.
+        """
         expected = self.meta.get("input_shape")
         x = np.asarray(x)
         if expected is not None and tuple(x.shape[1:]) != tuple(expected):
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+        slices = self._slices(len(x))
+        if len(slices) == 1:
+            return self._forward(x)
+        return np.concatenate(_threads.run_tasks([partial(self._forward, x[part]) for part in slices]))
+
+    @staticmethod
+    def _slices(batch: int) -> list[slice]:
+        """The batch split evenly over the engine's threads (:func:`~onebit.deploy.kernels.get_num_threads`),
+        at least :data:`_TASK_MIN_ROWS` rows each; one slice when the batch is smaller."""
+        parts = max(1, min(kernels.get_num_threads(), batch // _TASK_MIN_ROWS))
+        bounds = [batch * i // parts for i in range(parts + 1)]
+        return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
         x = self._pixels(x) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
         stack: list[np.ndarray] = []
         for op in self.ops:
