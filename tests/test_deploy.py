@@ -176,3 +176,20 @@ def test_a_batch_split_over_threads_gives_every_row_its_own_result(recipe, monke
         assert len(packed._slices(len(x))) == 3
         np.testing.assert_array_equal(packed(x), rows)
         assert len(packed._slices(20)) == 2 and len(packed._slices(15)) == 1  # at least 8 rows per thread
+
+
+def test_layer_seconds_attribute_the_time_to_the_op_that_takes_it(monkeypatch):
+    import time
+
+    torch.manual_seed(0)
+    packed = convert(MLP(hidden=(64, 64), recipe="bnn").eval(), torch.zeros(2, 1, 28, 28))
+    slow = packed.ops[2]
+    original = type(slow).__call__
+    monkeypatch.setattr(type(slow), "__call__", lambda op, x: (time.sleep(0.03) if op is slow else None) or
+                        original(op, x))
+    x = np.random.default_rng(0).standard_normal((32, 1, 28, 28)).astype(np.float32)
+    for threads in (1, 2):
+        monkeypatch.setattr(kernels, "_num_threads", threads)
+        seconds = packed.layer_seconds(x)
+        assert len(seconds) == len(packed.ops) and min(seconds) >= 0
+        assert seconds[2] >= 0.03 and max(seconds[:2] + seconds[3:]) < 0.03

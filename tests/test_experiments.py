@@ -272,8 +272,12 @@ def test_bench_reads_a_trained_runs_checkpoint_where_it_is_kept(trained_bnn, mon
     assert main(["bench", "--run-dir", str(run.parent), "--quick", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "binary GEMM vs torch" in printed and "end to end: mnist-mlp/bnn;" in printed
-    end_to_end = [line.split() for line in printed.split("end to end:")[1].splitlines()[4:]]
-    assert [row[0] for row in end_to_end] == ["1", "256"]  # one line per batch size
+    end_to_end, layers = printed.split("end to end:")[1].split("packed model per layer at batch 256")
+    assert [line.split()[0] for line in end_to_end.splitlines()[6:]] == ["1", "256"]  # one line per batch size
+    rows = [line.split() for line in layers.splitlines()[2:]]
+    assert [row[1] for row in rows[:-2]] == ["flatten", "binary_dense", "binary_dense", "binary_dense"]
+    float_total, u8_total = (float(v) for v in rows[-1][1:])
+    assert rows[-2][:2] == ["sum", "of"] and 0 < float(rows[-2][3]) <= 1.5 * float_total and u8_total > 0
 
 
 @pytest.mark.slow

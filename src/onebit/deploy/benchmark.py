@@ -240,24 +240,53 @@ def end_to_end(model: torch.nn.Module, input_size: tuple[int, ...], batch_sizes=
         t_torch, t_packed, *t_u8 = compare(fns, repeats, min_seconds)
         rows.append({"batch": batch, "torch_ms": 1e3 * t_torch, "packed_ms": 1e3 * t_packed,
                      "speedup": t_torch / t_packed, "state_dict_bytes": buffer.tell(),
-                     "packed_bytes": packed_bytes, "size_ratio": buffer.tell() / packed_bytes})
+                     "packed_bytes": packed_bytes, "size_ratio": buffer.tell() / packed_bytes,
+                     "layers": [op.kind for op in packed.ops], "layers_ms": layer_ms(packed, xn, repeats)})
         if t_u8:
-            rows[-1].update(packed_u8_ms=1e3 * t_u8[0], speedup_u8=t_torch / t_u8[0])
+            rows[-1].update(packed_u8_ms=1e3 * t_u8[0], speedup_u8=t_torch / t_u8[0],
+                            layers_u8_ms=layer_ms(packed, codes, repeats))
     return rows
 
 
-def end_to_end_table(subject: Subject, quick: bool) -> None:
-    """Print :func:`end_to_end` of ``subject`` with the setup it ran in."""
+def layer_ms(packed, x: np.ndarray, repeats: int) -> list[float]:
+    """Median milliseconds of each op of ``packed`` on ``x`` over ``repeats`` forward passes
+    (:meth:`~onebit.deploy.PackedModel.layer_seconds`: the batch split as a call splits it)."""
+    packed.layer_seconds(x)  # warm-up
+    runs = [packed.layer_seconds(x) for _ in range(max(repeats, 3))]
+    return [1e3 * statistics.median(times) for times in zip(*runs)]
+
+
+def end_to_end_table(subject: Subject, quick: bool, thread_counts: list[int | None] | None = None) -> None:
+    """Print :func:`end_to_end` of ``subject`` with the setup it ran in, for each of
+    ``thread_counts`` (torch and the packed model get that many threads; None: their defaults),
+    and, per thread count, the packed model's time per layer at the largest batch beside its total."""
     repeats, min_seconds = (3, 0.05) if quick else (7, 0.3)
-    print(f"end to end: {subject.name}; torch {torch.__version__}; threads: torch {torch.get_num_threads()}, "
-          f"packed {K.get_num_threads()}")
+    print(f"end to end: {subject.name}; torch {torch.__version__}")
     print(f"numpy {np.__version__}, BLAS {numpy_blas()} (the packed models' float layers run on it)")
     print("torch and 'packed' get normalized float32 inputs; 'packed u8' gets the raw uint8 images")
-    print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
-          f"{'state dict':>12} {'packed file':>12} {'smaller':>8}")
-    rows = end_to_end(subject.model, subject.input_size, repeats=repeats, min_seconds=min_seconds,
-                      input_normalization=subject.normalization)
-    for r in rows:
-        u8 = f"{r['packed_u8_ms']:>10.3f} {r['speedup_u8']:>8.1f}x" if "packed_u8_ms" in r else f"{'-':>10} {'-':>9}"
-        print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x {u8} "
-              f"{r['state_dict_bytes']:>12,} {r['packed_bytes']:>12,} {r['size_ratio']:>7.1f}x")
+    for threads in thread_counts or [None]:
+        set_threads(threads)
+        print(f"\nthreads: torch {torch.get_num_threads()}, packed {K.get_num_threads()}; "
+              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+        print(f"{'batch':>6} {'torch ms':>10} {'packed ms':>10} {'speed-up':>9} {'packed u8':>10} {'speed-up':>9} "
+              f"{'state dict':>12} {'packed file':>12} {'smaller':>8}")
+        rows = end_to_end(subject.model, subject.input_size, repeats=repeats, min_seconds=min_seconds,
+                          input_normalization=subject.normalization)
+        for r in rows:
+            u8 = (f"{r['packed_u8_ms']:>10.3f} {r['speedup_u8']:>8.1f}x" if "packed_u8_ms" in r
+                  else f"{'-':>10} {'-':>9}")
+            print(f"{r['batch']:>6} {r['torch_ms']:>10.3f} {r['packed_ms']:>10.3f} {r['speedup']:>8.1f}x {u8} "
+                  f"{r['state_dict_bytes']:>12,} {r['packed_bytes']:>12,} {r['size_ratio']:>7.1f}x")
+        _layer_table(rows[-1])
+
+
+def _layer_table(row: dict) -> None:
+    """The per-layer times of one :func:`end_to_end` row, their sum and the measured total."""
+    u8 = "layers_u8_ms" in row
+    print(f"packed model per layer at batch {row['batch']} (median ms; the slices of a split batch run at once)")
+    print(f"{'':>3} {'layer':<16} {'float in':>9}" + (f" {'u8 in':>9}" if u8 else ""))
+    for i, kind in enumerate(row["layers"]):
+        print(f"{i:>3} {kind:<16} {row['layers_ms'][i]:>9.3f}" + (f" {row['layers_u8_ms'][i]:>9.3f}" if u8 else ""))
+    print(f"{'':>3} {'sum of layers':<16} {sum(row['layers_ms']):>9.3f}"
+          + (f" {sum(row['layers_u8_ms']):>9.3f}" if u8 else ""))
+    print(f"{'':>3} {'total':<16} {row['packed_ms']:>9.3f}" + (f" {row['packed_u8_ms']:>9.3f}" if u8 else ""))

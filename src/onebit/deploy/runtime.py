@@ -19,6 +19,7 @@ ops also get the model's value stack (:attr:`Op.uses_stack`).
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -708,13 +709,30 @@ class PackedModel:
         bounds = [batch * i // parts for i in range(parts + 1)]
         return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
-    def _forward(self, x: np.ndarray) -> np.ndarray:
+    def layer_seconds(self, x: np.ndarray) -> list[float]:
+        """Wall seconds each op takes in one forward pass of ``x``, the batch split as
+        :meth:`__call__` splits it (per op, the mean over the slices, which run at the same time;
+        an op that dequantizes pixels includes that)."""
+        x = np.asarray(x)
+        slices = self._slices(len(x))
+        per_slice = [[0.0] * len(self.ops) for _ in slices]
+        if len(slices) == 1:
+            self._forward(x, per_slice[0])
+        else:
+            _threads.run_tasks([partial(self._forward, x[part], times) for part, times in zip(slices, per_slice)])
+        return [sum(times) / len(slices) for times in zip(*per_slice)]
+
+    def _forward(self, x: np.ndarray, seconds: list[float] | None = None) -> np.ndarray:
+        """The op chain on one batch; with ``seconds``, each op's wall time is added there."""
         x = self._pixels(x) if x.dtype == np.uint8 else x.astype(np.float32, copy=False)
         stack: list[np.ndarray] = []
-        for op in self.ops:
+        for i, op in enumerate(self.ops):
+            start = time.perf_counter() if seconds is not None else 0.0
             if isinstance(x, Pixels) and not op.accepts_pixels:
                 x = x.dequantize()
             x = op(x, stack) if op.uses_stack else op(x)
+            if seconds is not None:
+                seconds[i] += time.perf_counter() - start
         if isinstance(x, Bits):
             raise TypeError("the model ends in packed bits; it should end in a float layer")
         return x
