@@ -121,6 +121,26 @@ def test_pixel_matmul_threaded_path(backend, monkeypatch):
     np.testing.assert_array_equal(out, codes.astype(np.int64) @ K.unpack_signs(w, 300).T.astype(np.int64))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 784, 33), (9, 130, 64), (6, 64, 100)])
+def test_pixel_matmul_threshold_packs_the_comparison(backend, m, k, n, monkeypatch):
+    """The fused epilogue (AVX512-VNNI) against the numpy comparison of the exact product, with
+    thresholds on the products themselves (ties), at the int32 extremes, partial tiles and threads."""
+    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 1)
+    monkeypatch.setattr(K, "_num_threads", 2)
+    rng = np.random.default_rng(m + k + n)
+    codes = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = K.pack_signs(signs(n, k))
+    products = codes.astype(np.int64) @ K.unpack_signs(w, k).T.astype(np.int64)
+    thresholds = products[rng.integers(0, m, n), np.arange(n)] + rng.integers(-1, 2, n)
+    thresholds[:2] = [np.iinfo(np.int32).min, np.iinfo(np.int32).max][: min(n, 2)]
+    flip = rng.random(n) < 0.4
+    got = K.pixel_matmul_threshold(codes, K.prepare_pixel_weights(w, k), thresholds.astype(np.int32), flip,
+                                   backend=backend)
+    assert got.dtype == np.uint64 and got.shape == (m, -(-n // 64))
+    np.testing.assert_array_equal(got, K.threshold_bits(products, thresholds, flip))
+
+
 def test_pixel_matmul_float64_fallback_for_long_rows():
     k = 70_000  # 255 k >= 2**24: float32 partial sums would no longer be exact
     codes = np.full((1, k), 255, np.uint8)

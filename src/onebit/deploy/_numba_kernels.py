@@ -69,7 +69,7 @@ TILE_ROWS = 4  # rows per register tile
 _LANES = 8  # 64-bit lanes per 512-bit vector
 _VECS = PANEL // _LANES
 
-_I1, _I8, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_I1, _I8, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V8I64 = ir.VectorType(_I64, _LANES)
 _V8I32 = ir.VectorType(_I32, _LANES)
 _V8I1 = ir.VectorType(_I1, _LANES)
@@ -508,12 +508,16 @@ PIXEL_ROW_BLOCK = 64  # rows of codes per work item (64 x k bytes stay in L1/L2 
 
 
 @intrinsic
-def _tile_u8s8(typingctx, a, row0, panels, jb, out):
+def _tile_u8s8(typingctx, a, row0, panels, jb, out, thresholds, flipbits, out_bits):
     """``out[row0 + r, 32 jb + c] = sum_g dot4(a[row0 + r, g], panels[jb, g, c])`` for ``r < 4``,
     ``c < 32``: ``a`` is int32 ``(M4, G)`` holding 4 uint8 codes each, ``panels`` int32
     ``(NB, G, 32)`` holding 4 int8 weights each (VNNI layout). One ``vpdpbusd`` per row, group
-    and 16 columns: 64 multiply-adds per instruction, 8 accumulators in registers."""
-    sig = types.void(a, row0, panels, jb, out)
+    and 16 columns: 64 multiply-adds per instruction, 8 accumulators in registers.
+
+    With ``thresholds`` (int32, one per padded column; empty for products) the tile writes packed
+    bits ``(product >= thresholds[col]) ^ flip[col]`` into the byte view ``out_bits`` instead of
+    ``out`` (``flipbits``: one bit per column, little-endian bytes)."""
+    sig = types.void(a, row0, panels, jb, out, thresholds, flipbits, out_bits)
 
     def codegen(context, builder, sig, args):
         ac = _Args(context, builder, sig, args)
@@ -548,41 +552,57 @@ def _tile_u8s8(typingctx, a, row0, panels, jb, out):
 
         builder.position_at_end(tail)
         col0 = builder.mul(jb, ir.Constant(_I64, PANEL))
+        products, bits, done = (fn.append_basic_block(f"u8s8.{name}") for name in ("products", "bits", "done"))
+        builder.cbranch(builder.icmp_signed("==", ac.shape(5, 0), ir.Constant(_I64, 0)), products, bits)
+
+        builder.position_at_end(products)
         for r in range(TILE_ROWS):
             out_row = builder.add(builder.mul(builder.add(row0, ir.Constant(_I64, r)), ldo), col0)
             for v in range(2):
                 ptr = _vec_ptr(builder, ac.data(4), builder.add(out_row, ir.Constant(_I64, 16 * v)), _V16I32)
                 builder.store(acc[r][v], ptr, align=4)
+        builder.branch(done)
+
+        builder.position_at_end(bits)
+        thr, flips, out_bits, ldb = ac.data(5), ac.data(6), ac.data(7), ac.shape(7, 1)
+        for v in range(2):
+            byte = builder.add(builder.mul(jb, ir.Constant(_I64, PANEL // 8)), ir.Constant(_I64, 2 * v))
+            tvec = builder.load(_vec_ptr(builder, thr, builder.mul(byte, ir.Constant(_I64, 8)), _V16I32), align=4)
+            flip = builder.load(builder.bitcast(builder.gep(flips, [byte]), _I16.as_pointer()), align=1)
+            for r in range(TILE_ROWS):
+                mask = builder.bitcast(builder.icmp_signed(">=", acc[r][v], tvec), _I16)
+                row = builder.add(row0, ir.Constant(_I64, r))
+                ptr = builder.gep(out_bits, [builder.add(builder.mul(row, ldb), byte)])
+                builder.store(builder.xor(mask, flip), builder.bitcast(ptr, _I16.as_pointer()), align=1)
+        builder.branch(done)
+        builder.position_at_end(done)
         return context.get_dummy_value()
 
     return sig, codegen
 
 
 @njit(**_JIT)
-def _u8s8_items(start, stop, a, panels, out):
-    """Work items ``start .. stop - 1``; item = (block of PIXEL_ROW_BLOCK rows, panel)."""
+def _u8s8_worker(counter, nitems, a, panels, out, thresholds, flipbits, out_bits):
+    """Work items (block of PIXEL_ROW_BLOCK rows, panel) until none are left."""
     n_panels = panels.shape[0]
-    for item in range(start, stop):
+    item = _fetch_add(counter, 1)
+    while item < nitems:
         first = (item // n_panels) * PIXEL_ROW_BLOCK
         jb = item % n_panels
         for row0 in range(first, min(a.shape[0], first + PIXEL_ROW_BLOCK), TILE_ROWS):
-            _tile_u8s8(a, row0, panels, jb, out)
-
-
-@njit(**_JIT)
-def _u8s8_worker(counter, nitems, a, panels, out):
-    item = _fetch_add(counter, 1)
-    while item < nitems:
-        _u8s8_items(item, item + 1, a, panels, out)
+            _tile_u8s8(a, row0, panels, jb, out, thresholds, flipbits, out_bits)
         item = _fetch_add(counter, 1)
 
 
-def u8s8_gemm(nthreads: int, a: np.ndarray, panels: np.ndarray, out: np.ndarray) -> None:
+def u8s8_gemm(nthreads: int, a: np.ndarray, panels: np.ndarray, out: np.ndarray, thresholds: np.ndarray,
+              flipbits: np.ndarray, out_bits: np.ndarray) -> None:
     """``out = codes @ weights.T`` with ``a`` the int32 view ``(M4, G)`` of zero-padded uint8
     codes (``M4`` a multiple of 4), ``panels`` int32 ``(NB, G, 32)`` and ``out`` int32
-    ``(M4, 32 NB)``."""
+    ``(M4, 32 NB)``; or, with ``thresholds`` (int32 ``(32 NB,)``; padded columns must give 0
+    bits), the thresholded bits into ``out_bits`` (uint8 view of ``(M4, words)`` uint64).
+    Arrays a mode does not use are passed empty."""
     nitems = -(-a.shape[0] // PIXEL_ROW_BLOCK) * panels.shape[0]
-    run_workers(min(nthreads, nitems), _u8s8_worker, nitems, a, panels, out)
+    run_workers(min(nthreads, nitems), _u8s8_worker, nitems, a, panels, out, thresholds, flipbits, out_bits)
 
 
 # --------------------------------------------------------------------------------------

@@ -62,8 +62,8 @@ __all__ = [
     "AVAILABLE_BACKENDS", "DEFAULT_BACKEND", "PANEL", "Backend", "PreparedConvWeights", "PreparedWeights",
     "binary_conv2d", "binary_conv2d_threshold", "binary_matmul", "binary_matmul_prepared", "get_num_threads",
     "binary_matmul_threshold", "binary_maxpool2d", "pack_signs", "pixel_matmul_prepared", "PreparedPixelWeights",
-    "prepare_conv_weights", "prepare_pixel_weights", "prepare_real_weights", "prepare_weights", "PreparedRealWeights",
-    "real_matmul_prepared", "set_num_threads", "sign_sums", "signs_matmul",
+    "pixel_matmul_threshold", "prepare_conv_weights", "prepare_pixel_weights", "prepare_real_weights",
+    "prepare_weights", "PreparedRealWeights", "real_matmul_prepared", "set_num_threads", "sign_sums", "signs_matmul",
     "threshold_bits", "unpack_signs",
 ]  # fmt: skip
 
@@ -443,21 +443,52 @@ def pixel_matmul_prepared(codes: np.ndarray, prepared: PreparedPixelWeights, *,
     of the codes with ±1 weights unpacked block by block, exact because every partial sum is an integer below
     :math:`2^{24}` (float32; float64 when :math:`255 k \ge 2^{24}`).
     """
+    return _pixel_gemm(codes, prepared, backend)
+
+
+def pixel_matmul_threshold(codes: np.ndarray, prepared: PreparedPixelWeights, thresholds: np.ndarray,
+                           flip: np.ndarray, *, backend: Backend | None = None) -> np.ndarray:
+    """Packed ``(codes @ w.T >= thresholds) XOR flip`` (as :func:`binary_matmul_threshold` packs
+    it: uint64 ``(M, ceil(N / 64))``) of the exact product of :func:`pixel_matmul_prepared`; on
+    AVX512-VNNI the comparison runs in the tile's epilogue, without materialising the product.
+    ``thresholds``: int32 ``(N,)``; ``flip``: bool ``(N,)``."""
+    return _pixel_gemm(codes, prepared, backend, (np.asarray(thresholds, np.int32).reshape(prepared.n),
+                                                  np.asarray(flip, bool).reshape(prepared.n)))
+
+
+def _pixel_gemm(codes: np.ndarray, prepared: PreparedPixelWeights, backend: Backend | None,
+                threshold: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """The product of :func:`pixel_matmul_prepared`, or with ``threshold = (thresholds, flip)``
+    the bits of :func:`pixel_matmul_threshold`."""
     codes = np.asarray(codes)
-    k = prepared.k
+    k, n = prepared.k, prepared.n
     if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] != k:
         raise ValueError(f"codes must be uint8 of shape (M, {k}), got {codes.dtype} {codes.shape}")
     m = codes.shape[0]
-    if _backend(backend) != "numpy" and prepared.panels is not None:  # panels exist only with AVX512-VNNI
-        groups = prepared.panels.shape[1]
-        padded = np.zeros((-(-m // 4) * 4, 4 * groups), np.uint8)
+    if _backend(backend) == "numpy" or prepared.panels is None:  # panels exist only with AVX512-VNNI
+        dtype = np.float32 if 255 * k < 2**24 else np.float64
+        products = signs_matmul(codes.astype(dtype), prepared.bits, k).astype(np.int32)
+        return products if threshold is None else threshold_bits(products, *threshold)
+    n_panels, groups = prepared.panels.shape[0], prepared.panels.shape[1]
+    rows = -(-m // 4) * 4
+    if rows == m and 4 * groups == k:
+        padded = np.ascontiguousarray(codes)
+    else:
+        padded = np.zeros((rows, 4 * groups), np.uint8)
         padded[:m, :k] = codes
-        out = _aligned_empty((padded.shape[0], prepared.panels.shape[0] * PANEL), np.int32)
-        work = m * prepared.n * groups // 8  # vpdpbusd count x 2: about the cost of as many popcount word-ops
-        _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, out)
-        return out[:m, : prepared.n]
-    dtype = np.float32 if 255 * k < 2**24 else np.float64
-    return signs_matmul(codes.astype(dtype), prepared.bits, k).astype(np.int32)
+    work = m * n * groups // 8  # vpdpbusd count x 2: about the cost of as many popcount word-ops
+    if threshold is None:
+        out = _aligned_empty((rows, n_panels * PANEL), np.int32)
+        _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, out, _NO_I32, _NO_U8, _NO_U8_2D)
+        return out[:m, :n]
+    thr = np.full(n_panels * PANEL, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
+    thr[:n] = threshold[0]
+    flips = np.zeros(n_panels * PANEL, bool)
+    flips[:n] = threshold[1]
+    bits = np.zeros((rows, _words(n)), np.uint64)
+    _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, _NO_I32_2D, thr,
+                  np.packbits(flips, bitorder="little"), bits.view(np.uint8))
+    return bits[:m]
 
 
 @dataclass(frozen=True)

@@ -458,11 +458,15 @@ class _BinaryLayer(Op):
         :func:`pixel_thresholds` (computed once per input quantization), or the floats of
         ``d = s P + o \\Sigma S`` in float64."""
         if self.output == "bits":
-            key = (x.scale, x.offset)
-            if key not in self._pixel_thresholds:
-                self._pixel_thresholds[key] = pixel_thresholds(self.thresholds, x.scale, x.offset, self._weight_sums)
-            return Bits(kernels.threshold_bits(products, self._pixel_thresholds[key], self.flip), channels)
+            return Bits(kernels.threshold_bits(products, self._pixel_int_thresholds(x), self.flip), channels)
         return self._epilogue(products * x.scale + x.offset * self._weight_sums.astype(np.float64), channels)
+
+    def _pixel_int_thresholds(self, x: Pixels) -> np.ndarray:
+        """:func:`pixel_thresholds` for ``x``'s quantization (computed once per quantization)."""
+        key = (x.scale, x.offset)
+        if key not in self._pixel_thresholds:
+            self._pixel_thresholds[key] = pixel_thresholds(self.thresholds, x.scale, x.offset, self._weight_sums)
+        return self._pixel_thresholds[key]
 
     def _epilogue(self, dot: np.ndarray, channels: int):
         """``dot (..., C_out)`` (int or float) -> :class:`Bits` or float32, channels last."""
@@ -522,6 +526,10 @@ class BinaryDense(_BinaryLayer):
                 raise ValueError(f"binary_dense expects {self.k} input features, got codes of shape {x.codes.shape}")
             if self._pixel_weights is None:
                 self._pixel_weights = kernels.prepare_pixel_weights(self.weight_bits, self.k)
+            if self.output == "bits":
+                bits = kernels.pixel_matmul_threshold(x.codes, self._pixel_weights, self._pixel_int_thresholds(x),
+                                                      self.flip)
+                return Bits(bits, self.out_features)
             return self._pixel_epilogue(kernels.pixel_matmul_prepared(x.codes, self._pixel_weights), x,
                                         self.out_features)
         else:
