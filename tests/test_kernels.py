@@ -537,3 +537,19 @@ def test_real_matmul_threads_give_the_same_bits(monkeypatch):
         np.testing.assert_array_equal(K.real_matmul_prepared(x, prepared), serial)
     with pytest.raises(ValueError, match=r"shape \(M, 784\)"):
         K.real_matmul_prepared(x[:, :700], prepared)
+
+
+def test_blas_threads_bounds_numpys_blas_inside_the_block_only():
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return {lib["filepath"]: lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"}
+
+    before = blas_threads()
+    if not before:
+        pytest.skip("numpy is built without a BLAS threadpoolctl controls")
+    with _threads.blas_threads(1):
+        assert set(blas_threads().values()) == {1}
+    assert blas_threads() == before
+    with _threads.blas_threads(_threads._cpus()):  # the default: left alone
+        assert blas_threads() == before

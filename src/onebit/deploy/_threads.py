@@ -5,18 +5,20 @@ by whole-network forward passes (:func:`run_tasks`: one slice of the batch per t
 Idle pool threads block instead of spinning, and no OpenMP runtime is involved, so the pool
 does not compete with the one torch ships. Code running inside :func:`run_tasks` is *serial*
 (:func:`in_task`): the kernels it calls run on its thread alone, since every core already has
-a slice of the batch. This module imports only the standard library.
+a slice of the batch. :func:`blas_threads` bounds the threads of the BLAS that numpy's float
+layers call (threadpoolctl), so that BLAS threads do not compete with the engine's either.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from typing import TypeVar
 
-__all__ = ["in_task", "run_tasks", "run_workers"]
+__all__ = ["blas_threads", "in_task", "run_tasks", "run_workers"]
 
 T = TypeVar("T")
 
@@ -113,3 +115,27 @@ def run_tasks(tasks: Sequence[Callable[[], T]]) -> list[T]:
     finally:
         _join(futures)
     return results
+
+
+_BLAS = None  # threadpoolctl's controller of the BLAS libraries loaded at its first use
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def blas_threads(limit: int) -> Iterator[None]:
+    """Run the block with the process's BLAS libraries (numpy's OpenBLAS, MKL, ...) using at most
+    ``limit`` threads each, restored afterwards; nothing to do when ``limit`` covers every CPU
+    (the libraries' default). The limit is process-wide while the block runs."""
+    global _BLAS
+    if limit >= _cpus():
+        yield
+        return
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController().select(user_api="blas")
+    with _BLAS.limit(limits=limit):
+        yield

@@ -698,7 +698,9 @@ class PackedModel:
 
         A batch of at least ``2 * _TASK_MIN_ROWS`` inputs is split into one slice per thread of
         the engine, each slice running through every layer on its own thread (one hand-off per
-        forward pass instead of one per kernel call); every output row is the same either way.
+        forward pass instead of one per kernel call; the BLAS of float layers runs on one thread per
+        slice then, and otherwise on at most the engine's threads); every output row is the same
+        either way.
         """
         expected = self.meta.get("input_shape")
         x = np.asarray(x)
@@ -706,8 +708,10 @@ class PackedModel:
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
         slices = self._slices(len(x))
         if len(slices) == 1:
-            return self._forward(x)
-        return np.concatenate(_threads.run_tasks([partial(self._forward, x[part]) for part in slices]))
+            with _threads.blas_threads(kernels.get_num_threads()):
+                return self._forward(x)
+        with _threads.blas_threads(1):  # every engine thread has a slice: BLAS calls stay on it
+            return np.concatenate(_threads.run_tasks([partial(self._forward, x[part]) for part in slices]))
 
     @staticmethod
     def _slices(batch: int) -> list[slice]:
@@ -725,9 +729,11 @@ class PackedModel:
         slices = self._slices(len(x))
         per_slice = [[0.0] * len(self.ops) for _ in slices]
         if len(slices) == 1:
-            self._forward(x, per_slice[0])
+            with _threads.blas_threads(kernels.get_num_threads()):
+                self._forward(x, per_slice[0])
         else:
-            _threads.run_tasks([partial(self._forward, x[part], times) for part, times in zip(slices, per_slice)])
+            with _threads.blas_threads(1):
+                _threads.run_tasks([partial(self._forward, x[part], times) for part, times in zip(slices, per_slice)])
         return [sum(times) / len(slices) for times in zip(*per_slice)]
 
     def _forward(self, x: np.ndarray, seconds: list[float] | None = None) -> np.ndarray:
