@@ -162,7 +162,10 @@ def run_workers(nthreads: int, worker: Callable[..., None], *args) -> None:
     threads at once.
     """
     counter = np.zeros(1, np.int64)
-    futures = _submit_helpers(nthreads - 1, worker, (counter, *args)) if nthreads > 1 else []
+    if nthreads <= 1:  # no pool, no futures: the per-call cost of a small GEMM is the kernel's
+        worker(counter, *args)
+        return
+    futures = _submit_helpers(nthreads - 1, worker, (counter, *args))
     try:
         worker(counter, *args)
     finally:
@@ -172,6 +175,12 @@ def run_workers(nthreads: int, worker: Callable[..., None], *args) -> None:
     for future in futures:
         if not future.cancelled() and future.exception() is not None:
             raise future.exception()
+
+
+@njit(**_JIT)
+def address(a):
+    """Address of ``a``'s first element (cheaper to call than ``a.ctypes.data``)."""
+    return a.ctypes.data
 
 
 # --------------------------------------------------------------------------------------
@@ -552,8 +561,11 @@ def gemm(
     ``dot = bias[rowclass[m], col] - 2 * mismatches``: ``bias = k`` for a plain GEMM.
     """
     block_rows = max(TILE_ROWS, _BLOCK_BYTES // (8 * max(koff.shape[0], 1)) // TILE_ROWS * TILE_ROWS)
-    n_row_blocks = -(-rowbase.shape[0] // block_rows)
-    nitems = n_row_blocks * panels.shape[0]
+    nitems = -(-rowbase.shape[0] // block_rows) * panels.shape[0]
+    if nthreads <= 1 or nitems <= 1:  # the common small call: straight to the kernel
+        _gemm_worker(np.zeros(1, np.int64), nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels,
+                     out, thresholds, flipbits, out_bits)  # fmt: skip
+        return
     run_workers(min(nthreads, nitems), _gemm_worker, nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias,
                 panels, out, thresholds, flipbits, out_bits)  # fmt: skip
 
