@@ -70,7 +70,7 @@ TILE_ROWS = 4  # rows per register tile
 _LANES = 8  # 64-bit lanes per 512-bit vector
 _VECS = PANEL // _LANES
 
-_I1, _I8, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(32), ir.IntType(64)
+_I1, _I8, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(8), ir.IntType(16), ir.IntType(32), ir.IntType(64)
 _V8I64 = ir.VectorType(_I64, _LANES)
 _V8I32 = ir.VectorType(_I32, _LANES)
 _V8I1 = ir.VectorType(_I1, _LANES)
@@ -219,21 +219,33 @@ class _Args:
         return self.context.cast(self.builder, self.args[i], self.sig.args[i], types.int64)
 
 
-# Epilogue: (builder, row index i64, vector index p in 0..3, dot <8 x i32>) -> None
+# Epilogue: (builder, row index i64, group g, dot <W x i32> of columns W g .. W g + W - 1) -> None,
+# with W = 8 (one accumulator) or 16 (two accumulators packed together, see _emit_tile)
 _Epilogue = Callable[[ir.IRBuilder, ir.Value, int, ir.Value], None]
+_LOW_DWORDS = ir.Constant(ir.VectorType(_I32, 2 * _LANES), [2 * j for j in range(2 * _LANES)])
 
 
-def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str) -> None:
+def _counts(builder: ir.IRBuilder, acc: list[ir.Value], g: int, width: int) -> ir.Value:
+    """Columns ``width * g ..`` of a row's ``<8 x i64>`` counts (each below 2**31) as ``<width x i32>``:
+    one accumulator truncated (``vpmovqd``), or the low dwords of two (one ``vpermt2d``)."""
+    if width == _LANES:
+        return builder.trunc(acc[g], _V8I32)
+    lo, hi = (builder.bitcast(acc[2 * g + h], _V16I32) for h in range(2))
+    return builder.shuffle_vector(lo, hi, _LOW_DWORDS)
+
+
+def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str, width: int) -> None:
     """Emit the 4 x 32 popcount tile shared by all GEMM intrinsics.
 
     Argument positions 0..8 are always ``a, rowbase, koff, rowclass, bias, row0, mr,
     panels, jb``.  The tile covers rows ``row0 .. row0 + mr - 1`` (1 <= mr <= 4; one
     specialised loop per ``mr`` so a single-row GEMV does no wasted work) and panel
-    ``jb``, and hands ``dot = bias[rowclass[row], col] - 2 * mismatches`` to ``epilogue``.
-    The mismatches are counted by :func:`_count_vpopcntq` (generic LLVM vector IR) for
-    ``counter="avx512"`` and by :func:`_count_bytes` for ``counter="avx2"``. On a CPU
-    without AVX2 (where the ``"avx2"`` back end is not available, so the tile never runs)
-    the latter emits the former too, since LLVM cannot compile its AVX2 intrinsic there.
+    ``jb``, and hands ``dot = bias[rowclass[row], col] - 2 * mismatches`` to ``epilogue``,
+    ``width`` (8 or 16) columns per call (see :func:`_counts`).  The mismatches are counted
+    by :func:`_count_vpopcntq` (generic LLVM vector IR) for ``counter="avx512"`` and by
+    :func:`_count_bytes` for ``counter="avx2"``. On a CPU without AVX2 (where the ``"avx2"``
+    back end is not available, so the tile never runs) the latter emits the former too,
+    since LLVM cannot compile its AVX2 intrinsic there.
     """
     builder = ac.builder
     a, rowbase, koff, rowclass, bias, panels = (ac.data(i) for i in (0, 1, 2, 3, 4, 7))
@@ -256,10 +268,11 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str) -> None:
         for r in range(rows):
             cls = builder.sext(builder.load(builder.gep(rowclass, [row_idx[r]])), _I64)
             bias_row = builder.gep(bias, [builder.add(builder.mul(cls, bias_stride), col0)])
-            for p in range(_VECS):
-                bvec = builder.load(_vec_ptr(builder, bias_row, _LANES * p, _V8I32), align=4)
-                counts = builder.trunc(mismatches[r][p], _V8I32)
-                epilogue(builder, row_idx[r], p, builder.sub(bvec, builder.add(counts, counts)))
+            vtype = ir.VectorType(_I32, width)
+            for g in range(PANEL // width):
+                bvec = builder.load(_vec_ptr(builder, bias_row, width * g, vtype), align=4)
+                counts = _counts(builder, mismatches[r], g, width)
+                epilogue(builder, row_idx[r], g, builder.sub(bvec, builder.add(counts, counts)))
         builder.branch(done)
     builder.position_at_end(done)
 
@@ -400,7 +413,8 @@ def _make_tile_dot(counter: str):
                 ptr = _vec_ptr(b, out_data, b.add(b.mul(row, ldo), b.add(col0, ir.Constant(_I64, _LANES * p))), _V8I32)
                 b.call(mstore, [dot, ptr, ir.Constant(_I32, 4), mask])
 
-            _emit_tile(ac, store, counter)
+            # 256-bit stores: 512-bit ones are slower when the output does not fit the caches
+            _emit_tile(ac, store, counter, _LANES)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -422,14 +436,15 @@ def _make_tile_threshold(counter: str):
             thr, flips, out_data, ldo = ac.data(9), ac.data(10), ac.data(11), ac.shape(11, 1)
             byte0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL // 8))
 
-            def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
-                byte = b.add(byte0, ir.Constant(_I64, p))
-                tvec = b.load(_vec_ptr(b, thr, b.mul(byte, ir.Constant(_I64, 8)), _V8I32), align=4)
-                bits = b.bitcast(b.icmp_signed(">=", dot, tvec), _I8)
-                bits = b.xor(bits, b.load(b.gep(flips, [byte])))
-                b.store(bits, b.gep(out_data, [b.add(b.mul(row, ldo), byte)]))
+            def store(b: ir.IRBuilder, row: ir.Value, g: int, dot: ir.Value) -> None:
+                byte = b.add(byte0, ir.Constant(_I64, 2 * g))
+                tvec = b.load(_vec_ptr(b, thr, b.mul(byte, ir.Constant(_I64, 8)), _V16I32), align=4)
+                bits = b.bitcast(b.icmp_signed(">=", dot, tvec), _I16)
+                bits = b.xor(bits, b.load(b.bitcast(b.gep(flips, [byte]), _I16.as_pointer()), align=1))
+                b.store(bits, b.bitcast(b.gep(out_data, [b.add(b.mul(row, ldo), byte)]), _I16.as_pointer()), align=1)
 
-            _emit_tile(ac, store, counter)
+            # 16 columns per compare: one vpcmpd and a 2-byte store per row and half panel
+            _emit_tile(ac, store, counter, 2 * _LANES)
             return context.get_dummy_value()
 
         return sig, codegen
