@@ -357,6 +357,17 @@ def test_binary_conv2d_threshold(backend, threads):
     np.testing.assert_array_equal(out, K.pack_signs(np.where((conv >= thresholds) ^ flip, 1.0, -1.0)))
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prepared_conv_weights_serve_several_input_geometries(backend):
+    """The border biases cached in the prepared weights are per input size, padding and stride."""
+    wt = signs(20, 3, 3, 70)
+    prepared = K.prepare_conv_weights(K.pack_signs(wt), 70)
+    for h, w, padding, stride in [(5, 6, 1, 1), (7, 4, 1, 1), (5, 6, 0, 1), (5, 6, 1, 2), (5, 6, 1, 1)]:
+        x = signs(2, h, w, 70)
+        out = K.binary_conv2d(K.pack_signs(x), 70, prepared, padding=padding, stride=stride, backend=backend)
+        np.testing.assert_array_equal(out, conv_reference(x, wt, padding, stride))
+
+
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (2, 1)])
 def test_maxpool_is_or_of_signs(kernel, stride):
     x = signs(2, 7, 6, 70)

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
@@ -106,6 +106,8 @@ _NO_I32_2D = np.empty((0, 0), np.int32)
 _NO_I32 = np.empty(0, np.int32)
 _NO_U8 = np.empty(0, np.uint8)
 _NO_U8_2D = np.empty((0, 0), np.uint8)
+_INT32_MAX = int(np.iinfo(np.int32).max)
+_CONV_BIASES_KEPT = 16  # input geometries whose border biases a PreparedConvWeights keeps
 
 
 def _backend(backend: Backend | None) -> Backend:
@@ -335,6 +337,8 @@ def _int_thresholds(thresholds: npt.ArrayLike, n: int) -> np.ndarray:
     """int32 thresholds; a real ``t`` becomes ``ceil(t)`` (``dot >= t`` iff ``dot >= ceil(t)``
     for integer ``dot``), clipped to the int32 range (|dot| never reaches its ends)."""
     t = np.asarray(thresholds).reshape(n)
+    if t.dtype == np.int32:
+        return t
     if not np.issubdtype(t.dtype, np.integer):
         t = np.ceil(t)
     info = np.iinfo(np.int32)
@@ -350,7 +354,7 @@ def _bits(
     if backend not in _SIMD_BACKENDS:
         return threshold_bits(_dots(op, w, backend), thresholds, flip)
     padded_n = op.bias.shape[1]
-    thr = np.full(padded_n, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
+    thr = np.full(padded_n, _INT32_MAX, np.int32)  # padded columns: never >=
     thr[: w.n] = thresholds
     flips = np.zeros(padded_n, bool)
     flips[: w.n] = flip
@@ -510,12 +514,14 @@ class PreparedConvWeights:
     ``kh * kw * Cw`` words (tap-major, channel words fastest) and prepared as panels.
     ``tap_dots[dy, dx, co] = c_in - 2 * popcount(w[co, dy, dx])`` is the dot product of
     one tap with an all-zero-bits (all -1) pixel, used to cancel the padding taps.
+    The per-border-pattern biases derived from them are cached per input geometry.
     """
 
     weights: PreparedWeights
     kernel_size: tuple[int, int]
     c_in: int
     tap_dots: np.ndarray
+    _biases: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 def prepare_conv_weights(w_packed: np.ndarray, c_in: int) -> PreparedConvWeights:
@@ -591,10 +597,16 @@ def _conv_operand(x: np.ndarray, w: PreparedConvWeights, padding: int, stride: i
     geo = _conv_geometry(n, h, wd, cw, kh, kw, padding, stride)
     padded = np.zeros((n, *geo.padded_hw, cw), np.uint64)
     padded[:, padding : padding + h, padding : padding + wd] = x
-    ypat, xpat = geo.patterns
-    inside = np.einsum("ya,xb,abc->yxc", ypat, xpat, w.tap_dots)  # (Py, Px, C_out)
-    bias = np.zeros((ypat.shape[0] * xpat.shape[0], w.weights.panels.shape[0] * PANEL), np.int32)
-    bias[:, : w.weights.n] = (kh * kw * w.c_in - w.tap_dots.sum(axis=(0, 1)) + inside).reshape(bias.shape[0], -1)
+    key = (h, wd, padding, stride)
+    bias = w._biases.get(key)
+    if bias is None:  # depends on the weights and the tap patterns only: computed once per geometry
+        ypat, xpat = geo.patterns
+        inside = np.einsum("ya,xb,abc->yxc", ypat, xpat, w.tap_dots)  # (Py, Px, C_out)
+        bias = np.zeros((ypat.shape[0] * xpat.shape[0], w.weights.panels.shape[0] * PANEL), np.int32)
+        bias[:, : w.weights.n] = (kh * kw * w.c_in - w.tap_dots.sum(axis=(0, 1)) + inside).reshape(bias.shape[0], -1)
+        if len(w._biases) >= _CONV_BIASES_KEPT:
+            w._biases.clear()
+        w._biases[key] = bias
     op = _Operand(padded.reshape(-1), geo.rowbase, geo.koff, geo.rowclass, bias)
     return op, (n, *geo.out_hw, w.weights.n)
 
