@@ -16,15 +16,32 @@ Data layout shared with :mod:`onebit.deploy.kernels`:
 
 GEMM micro-kernel (AVX-512 back end): a tile of up to 4 rows x 32 columns keeps 16
 ``<8 x i64>`` accumulators in registers.  Per reduction word it loads the 4 weight
-vectors, broadcasts one activation word per row and does ``acc += popcount(a ^ w)``
-(``vpxorq`` + ``vpopcntq`` + ``vpaddq``), i.e. 3 vector instructions per 8 x 64 binary
-multiply-adds.  LLVM does not find this schedule from scalar code, so the loop is
-written as LLVM vector IR through :func:`numba.extending.intrinsic`.  The epilogue
-turns mismatch counts into ``dot = bias[rowclass[m], col] - 2 * popcount`` (one class
-with ``bias = k`` for a plain GEMM; a convolution has one class per border pattern that
-also cancels the padding taps, see ``kernels._conv_operand``) and either stores the
-dots (masked store for the last, partial panel) or compares them with per-column
-thresholds and writes packed output bits directly.
+vectors, broadcasts one activation word per row (``vpbroadcastq`` from memory: a load,
+no ALU work) and does ``acc += popcount(a ^ w)`` (``vpxorq`` + ``vpopcntq`` + ``vpaddq``),
+i.e. 3 vector instructions per 8 x 64 binary multiply-adds.  LLVM does not find this
+schedule from scalar code, so the loop is written as LLVM vector IR through
+:func:`numba.extending.intrinsic`.  The epilogue turns mismatch counts into
+``dot = bias[rowclass[m], col] - 2 * popcount`` (one class with ``bias = k`` for a plain
+GEMM; a convolution has one class per border pattern that also cancels the padding taps,
+see ``kernels._conv_operand``) and either stores the dots (one accumulator truncated per
+256-bit masked store, which also handles the last, partial panel) or compares them with
+per-column thresholds, 16 columns per compare (two accumulators packed into one
+``<16 x i32>`` by a ``vpermt2d``), and writes packed output bits directly.
+
+Why this tile: the loop is bound by vector ALU throughput, not by loads or registers.  On
+the Zen 4 measured (AVX-512 double-pumped on four 256-bit pipes) at most two 512-bit ALU
+instructions issue per cycle, of which one ``vpopcntq``: the three instructions take 1.5
+cycles per 8 x 64 multiply-adds, a peak of 16/3 word-ops per cycle, and the 4 x 32 tile
+runs at about 97% of it at K = 4096 and 88% at K = 784, where the epilogue and the start
+of the next tile (about 35 cycles per tile) weigh more.  Tiles of 5 or 6 rows (20 or 24
+accumulators), unrolling the reduction loop by 2 and software prefetch of the next panel
+measured no faster (within 2%), and 512-bit stores of the int32 dots were up to 10% slower
+once the output outgrew the caches (an 8 MiB conv output), so every CPU runs this tile,
+which also wastes least for small M.  Since the tile is at its ALU peak, what a call costs
+beyond it is fixed overhead, kept small for small problems: :func:`gemm` calls the kernel
+directly when one thread does the work (``python benchmarks/bench_kernels.py --threads 1
+--quick`` gives torch ``F.linear`` / binary 31-33x at M=64, K=N=4096, about 20x at M=64,
+K=784, N=1024 and 6-9x for a single row with K, N <= 1024 on that 2-core VM).
 
 AVX2 back end (no ``vpopcntq``): the same tile, counted in sub-tiles of 2 rows x 8
 columns whose 4 byte counters take ``popcount`` by two ``vpshufb`` nibble lookups per
