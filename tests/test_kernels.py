@@ -82,6 +82,7 @@ def test_pack_zero_nan_and_axis(backend):
 GEMM_SHAPES = [
     (2, 0, 3), (0, 5, 3), (1, 1, 1), (1, 784, 1024), (3, 63, 7), (3, 65, 33), (5, 1000, 40), (9, 784, 33), (4, 128, 64),
     (3, 2000, 17), (6, 4100, 40),  # 32 and 65 words: the AVX2 tile's byte counters flush every 31 words
+    (5, 130, 57), (7, 300, 91),  # last panel with 25 and 27 columns: its second 16-column half partly masked
 ]  # fmt: skip
 
 
@@ -363,7 +364,8 @@ def test_shape_checks():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("m,k,n", [(1, 65, 1), (3, 784, 33), (5, 100, 64), (7, 200, 130), (70, 1000, 100)])
+@pytest.mark.parametrize("m,k,n", [(1, 65, 1), (3, 784, 33), (5, 100, 64), (7, 200, 130), (70, 1000, 100),
+                                   (6, 130, 90)])
 def test_threshold_epilogue(backend, m, k, n, threads):
     a, b = signs(m, k), signs(n, k)
     dots = a.astype(np.float64) @ b.T
@@ -416,6 +418,17 @@ def test_binary_conv2d_threshold(backend, threads):
     out = K.binary_conv2d_threshold(K.pack_signs(x), 16, prepared, thresholds, flip, padding=2, backend=backend)
     assert out.shape == (2, 6, 5, 2)
     np.testing.assert_array_equal(out, K.pack_signs(np.where((conv >= thresholds) ^ flip, 1.0, -1.0)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_prepared_conv_weights_serve_several_input_geometries(backend):
+    """The border biases cached in the prepared weights are per input size, padding and stride."""
+    wt = signs(20, 3, 3, 70)
+    prepared = K.prepare_conv_weights(K.pack_signs(wt), 70)
+    for h, w, padding, stride in [(5, 6, 1, 1), (7, 4, 1, 1), (5, 6, 0, 1), (5, 6, 1, 2), (5, 6, 1, 1)]:
+        x = signs(2, h, w, 70)
+        out = K.binary_conv2d(K.pack_signs(x), 70, prepared, padding=padding, stride=stride, backend=backend)
+        np.testing.assert_array_equal(out, conv_reference(x, wt, padding, stride))
 
 
 @pytest.mark.parametrize("kernel,stride", [(2, 2), (3, 2), (2, 1)])

@@ -16,15 +16,32 @@ Data layout shared with :mod:`onebit.deploy.kernels`:
 
 GEMM micro-kernel (AVX-512 back end): a tile of up to 4 rows x 32 columns keeps 16
 ``<8 x i64>`` accumulators in registers.  Per reduction word it loads the 4 weight
-vectors, broadcasts one activation word per row and does ``acc += popcount(a ^ w)``
-(``vpxorq`` + ``vpopcntq`` + ``vpaddq``), i.e. 3 vector instructions per 8 x 64 binary
-multiply-adds.  LLVM does not find this schedule from scalar code, so the loop is
-written as LLVM vector IR through :func:`numba.extending.intrinsic`.  The epilogue
-turns mismatch counts into ``dot = bias[rowclass[m], col] - 2 * popcount`` (one class
-with ``bias = k`` for a plain GEMM; a convolution has one class per border pattern that
-also cancels the padding taps, see ``kernels._conv_operand``) and either stores the
-dots (masked store for the last, partial panel) or compares them with per-column
-thresholds and writes packed output bits directly.
+vectors, broadcasts one activation word per row (``vpbroadcastq`` from memory: a load,
+no ALU work) and does ``acc += popcount(a ^ w)`` (``vpxorq`` + ``vpopcntq`` + ``vpaddq``),
+i.e. 3 vector instructions per 8 x 64 binary multiply-adds.  LLVM does not find this
+schedule from scalar code, so the loop is written as LLVM vector IR through
+:func:`numba.extending.intrinsic`.  The epilogue turns mismatch counts into
+``dot = bias[rowclass[m], col] - 2 * popcount`` (one class with ``bias = k`` for a plain
+GEMM; a convolution has one class per border pattern that also cancels the padding taps,
+see ``kernels._conv_operand``) and either stores the dots (one accumulator truncated per
+256-bit masked store, which also handles the last, partial panel) or compares them with
+per-column thresholds, 16 columns per compare (two accumulators packed into one
+``<16 x i32>`` by a ``vpermt2d``), and writes packed output bits directly.
+
+Why this tile: the loop is bound by vector ALU throughput, not by loads or registers.  On
+the Zen 4 measured (AVX-512 double-pumped on four 256-bit pipes) at most two 512-bit ALU
+instructions issue per cycle, of which one ``vpopcntq``: the three instructions take 1.5
+cycles per 8 x 64 multiply-adds, a peak of 16/3 word-ops per cycle, and the 4 x 32 tile
+runs at about 97% of it at K = 4096 and 88% at K = 784, where the epilogue and the start
+of the next tile (about 35 cycles per tile) weigh more.  Tiles of 5 or 6 rows (20 or 24
+accumulators), unrolling the reduction loop by 2 and software prefetch of the next panel
+measured no faster (within 2%), and 512-bit stores of the int32 dots were up to 10% slower
+once the output outgrew the caches (an 8 MiB conv output), so every CPU runs this tile,
+which also wastes least for small M.  Since the tile is at its ALU peak, what a call costs
+beyond it is fixed overhead, kept small for small problems: :func:`gemm` calls the kernel
+directly when one thread does the work (``python benchmarks/bench_kernels.py --threads 1
+--quick`` gives torch ``F.linear`` / binary 31-33x at M=64, K=N=4096, about 20x at M=64,
+K=784, N=1024 and 6-9x for a single row with K, N <= 1024 on that 2-core VM).
 
 AVX2 back end (no ``vpopcntq``): the same tile, counted in sub-tiles of 2 rows x 8
 columns whose 4 byte counters take ``popcount`` by two ``vpshufb`` nibble lookups per
@@ -116,6 +133,12 @@ def simd_backends() -> tuple[str, ...]:
     return (("avx512",) if has_avx512_popcount() else ()) + (("avx2",) if has_avx2() else ())
 
 
+@njit(**_JIT)
+def address(a):
+    """Address of ``a``'s first element (cheaper to call than ``a.ctypes.data``)."""
+    return a.ctypes.data
+
+
 # --------------------------------------------------------------------------------------
 # LLVM IR helpers
 # --------------------------------------------------------------------------------------
@@ -152,21 +175,33 @@ class _Args:
         return self.context.cast(self.builder, self.args[i], self.sig.args[i], types.int64)
 
 
-# Epilogue: (builder, row index i64, vector index p in 0..3, dot <8 x i32>) -> None
+# Epilogue: (builder, row index i64, group g, dot <W x i32> of columns W g .. W g + W - 1) -> None,
+# with W = 8 (one accumulator) or 16 (two accumulators packed together, see _emit_tile)
 _Epilogue = Callable[[ir.IRBuilder, ir.Value, int, ir.Value], None]
+_LOW_DWORDS = ir.Constant(ir.VectorType(_I32, 2 * _LANES), [2 * j for j in range(2 * _LANES)])
 
 
-def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str) -> None:
+def _counts(builder: ir.IRBuilder, acc: list[ir.Value], g: int, width: int) -> ir.Value:
+    """Columns ``width * g ..`` of a row's ``<8 x i64>`` counts (each below 2**31) as ``<width x i32>``:
+    one accumulator truncated (``vpmovqd``), or the low dwords of two (one ``vpermt2d``)."""
+    if width == _LANES:
+        return builder.trunc(acc[g], _V8I32)
+    lo, hi = (builder.bitcast(acc[2 * g + h], _V16I32) for h in range(2))
+    return builder.shuffle_vector(lo, hi, _LOW_DWORDS)
+
+
+def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str, width: int) -> None:
     """Emit the 4 x 32 popcount tile shared by all GEMM intrinsics.
 
     Argument positions 0..8 are always ``a, rowbase, koff, rowclass, bias, row0, mr,
     panels, jb``.  The tile covers rows ``row0 .. row0 + mr - 1`` (1 <= mr <= 4; one
     specialised loop per ``mr`` so a single-row GEMV does no wasted work) and panel
-    ``jb``, and hands ``dot = bias[rowclass[row], col] - 2 * mismatches`` to ``epilogue``.
-    The mismatches are counted by :func:`_count_vpopcntq` (generic LLVM vector IR) for
-    ``counter="avx512"`` and by :func:`_count_bytes` for ``counter="avx2"``. On a CPU
-    without AVX2 (where the ``"avx2"`` back end is not available, so the tile never runs)
-    the latter emits the former too, since LLVM cannot compile its AVX2 intrinsic there.
+    ``jb``, and hands ``dot = bias[rowclass[row], col] - 2 * mismatches`` to ``epilogue``,
+    ``width`` (8 or 16) columns per call (see :func:`_counts`).  The mismatches are counted
+    by :func:`_count_vpopcntq` (generic LLVM vector IR) for ``counter="avx512"`` and by
+    :func:`_count_bytes` for ``counter="avx2"``. On a CPU without AVX2 (where the ``"avx2"``
+    back end is not available, so the tile never runs) the latter emits the former too,
+    since LLVM cannot compile its AVX2 intrinsic there.
     """
     builder = ac.builder
     a, rowbase, koff, rowclass, bias, panels = (ac.data(i) for i in (0, 1, 2, 3, 4, 7))
@@ -189,10 +224,11 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str) -> None:
         for r in range(rows):
             cls = builder.sext(builder.load(builder.gep(rowclass, [row_idx[r]])), _I64)
             bias_row = builder.gep(bias, [builder.add(builder.mul(cls, bias_stride), col0)])
-            for p in range(_VECS):
-                bvec = builder.load(_vec_ptr(builder, bias_row, _LANES * p, _V8I32), align=4)
-                counts = builder.trunc(mismatches[r][p], _V8I32)
-                epilogue(builder, row_idx[r], p, builder.sub(bvec, builder.add(counts, counts)))
+            vtype = ir.VectorType(_I32, width)
+            for g in range(PANEL // width):
+                bvec = builder.load(_vec_ptr(builder, bias_row, width * g, vtype), align=4)
+                counts = _counts(builder, mismatches[r], g, width)
+                epilogue(builder, row_idx[r], g, builder.sub(bvec, builder.add(counts, counts)))
         builder.branch(done)
     builder.position_at_end(done)
 
@@ -333,7 +369,8 @@ def _make_tile_dot(counter: str):
                 ptr = _vec_ptr(b, out_data, b.add(b.mul(row, ldo), b.add(col0, ir.Constant(_I64, _LANES * p))), _V8I32)
                 b.call(mstore, [dot, ptr, ir.Constant(_I32, 4), mask])
 
-            _emit_tile(ac, store, counter)
+            # 256-bit stores: 512-bit ones are slower when the output does not fit the caches
+            _emit_tile(ac, store, counter, _LANES)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -355,14 +392,15 @@ def _make_tile_threshold(counter: str):
             thr, flips, out_data, ldo = ac.data(9), ac.data(10), ac.data(11), ac.shape(11, 1)
             byte0 = builder.mul(ac.int64(8), ir.Constant(_I64, PANEL // 8))
 
-            def store(b: ir.IRBuilder, row: ir.Value, p: int, dot: ir.Value) -> None:
-                byte = b.add(byte0, ir.Constant(_I64, p))
-                tvec = b.load(_vec_ptr(b, thr, b.mul(byte, ir.Constant(_I64, 8)), _V8I32), align=4)
-                bits = b.bitcast(b.icmp_signed(">=", dot, tvec), _I8)
-                bits = b.xor(bits, b.load(b.gep(flips, [byte])))
-                b.store(bits, b.gep(out_data, [b.add(b.mul(row, ldo), byte)]))
+            def store(b: ir.IRBuilder, row: ir.Value, g: int, dot: ir.Value) -> None:
+                byte = b.add(byte0, ir.Constant(_I64, 2 * g))
+                tvec = b.load(_vec_ptr(b, thr, b.mul(byte, ir.Constant(_I64, 8)), _V16I32), align=4)
+                bits = b.bitcast(b.icmp_signed(">=", dot, tvec), _I16)
+                bits = b.xor(bits, b.load(b.bitcast(b.gep(flips, [byte]), _I16.as_pointer()), align=1))
+                b.store(bits, b.bitcast(b.gep(out_data, [b.add(b.mul(row, ldo), byte)]), _I16.as_pointer()), align=1)
 
-            _emit_tile(ac, store, counter)
+            # 16 columns per compare: one vpcmpd and a 2-byte store per row and half panel
+            _emit_tile(ac, store, counter, 2 * _LANES)
             return context.get_dummy_value()
 
         return sig, codegen
@@ -494,8 +532,11 @@ def gemm(
     ``dot = bias[rowclass[m], col] - 2 * mismatches``: ``bias = k`` for a plain GEMM.
     """
     block_rows = max(TILE_ROWS, _BLOCK_BYTES // (8 * max(koff.shape[0], 1)) // TILE_ROWS * TILE_ROWS)
-    n_row_blocks = -(-rowbase.shape[0] // block_rows)
-    nitems = n_row_blocks * panels.shape[0]
+    nitems = -(-rowbase.shape[0] // block_rows) * panels.shape[0]
+    if nthreads <= 1 or nitems <= 1:  # the common small call: straight to the kernel
+        _gemm_worker(np.zeros(1, np.int64), nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias, panels,
+                     out, thresholds, flipbits, out_bits)  # fmt: skip
+        return
     run_workers(min(nthreads, nitems), _gemm_worker, nitems, mode, block_rows, n, a, rowbase, koff, rowclass, bias,
                 panels, out, thresholds, flipbits, out_bits)  # fmt: skip
 

@@ -80,7 +80,10 @@ def run_workers(nthreads: int, worker: Callable[..., None], *args) -> None:
     import numpy as np
 
     counter = np.zeros(1, np.int64)
-    futures = _submit([(worker, (counter, *args))] * (nthreads - 1)) if nthreads > 1 else []
+    if nthreads <= 1:  # no pool, no futures: the per-call cost of a small GEMM is the kernel's
+        worker(counter, *args)
+        return
+    futures = _submit([(worker, (counter, *args))] * (nthreads - 1))
     try:
         worker(counter, *args)
     finally:

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal, NamedTuple
 
@@ -110,6 +110,8 @@ _NO_I32_2D = np.empty((0, 0), np.int32)
 _NO_I32 = np.empty(0, np.int32)
 _NO_U8 = np.empty(0, np.uint8)
 _NO_U8_2D = np.empty((0, 0), np.uint8)
+_INT32_MAX = int(np.iinfo(np.int32).max)
+_CONV_BIASES_KEPT = 16  # input geometries whose border biases a PreparedConvWeights keeps
 
 
 def _backend(backend: Backend | None) -> Backend:
@@ -239,13 +241,20 @@ class PreparedWeights:
         return self.panels.transpose(0, 2, 1).reshape(self.panels.shape[0] * PANEL, self.kw)[: self.n]
 
 
+def _ctypes_address(a: np.ndarray) -> int:
+    return a.ctypes.data
+
+
+_address = _nb.address if _nb is not None else _ctypes_address  # the numba call costs a fifth of ctypes'
+
+
 def _aligned_empty(shape: tuple[int, ...], dtype: npt.DTypeLike, align: int = 64) -> np.ndarray:
     """Uninitialised C array whose data starts on an ``align``-byte boundary."""
     dtype = np.dtype(dtype)
-    nbytes = int(np.prod(shape)) * dtype.itemsize
-    raw = np.empty(nbytes + align, np.uint8)
-    start = -raw.ctypes.data % align
-    return raw[start : start + nbytes].view(dtype).reshape(shape)
+    count = math.prod(shape)
+    raw = np.empty(count + align // dtype.itemsize, dtype)  # numpy's allocations are itemsize-aligned
+    start = (-_address(raw) % align) // dtype.itemsize
+    return raw[start : start + count].reshape(shape)
 
 
 def prepare_weights(b_packed: np.ndarray) -> PreparedWeights:
@@ -335,6 +344,8 @@ def _int_thresholds(thresholds: npt.ArrayLike, n: int) -> np.ndarray:
     """int32 thresholds; a real ``t`` becomes ``ceil(t)`` (``dot >= t`` iff ``dot >= ceil(t)``
     for integer ``dot``), clipped to the int32 range (|dot| never reaches its ends)."""
     t = np.asarray(thresholds).reshape(n)
+    if t.dtype == np.int32:
+        return t
     if not np.issubdtype(t.dtype, np.integer):
         t = np.ceil(t)
     info = np.iinfo(np.int32)
@@ -350,7 +361,7 @@ def _bits(
     if backend not in _SIMD_BACKENDS:
         return threshold_bits(_dots(op, w, backend), thresholds, flip)
     padded_n = op.bias.shape[1]
-    thr = np.full(padded_n, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
+    thr = np.full(padded_n, _INT32_MAX, np.int32)  # padded columns: never >=
     thr[: w.n] = thresholds
     flips = np.zeros(padded_n, bool)
     flips[: w.n] = flip
@@ -481,7 +492,7 @@ def _pixel_gemm(codes: np.ndarray, prepared: PreparedPixelWeights, backend: Back
         out = _aligned_empty((rows, n_panels * PANEL), np.int32)
         _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, out, _NO_I32, _NO_U8, _NO_U8_2D)
         return out[:m, :n]
-    thr = np.full(n_panels * PANEL, np.iinfo(np.int32).max, np.int32)  # padded columns: never >=
+    thr = np.full(n_panels * PANEL, _INT32_MAX, np.int32)  # padded columns: never >=
     thr[:n] = threshold[0]
     flips = np.zeros(n_panels * PANEL, bool)
     flips[:n] = threshold[1]
@@ -592,12 +603,14 @@ class PreparedConvWeights:
     ``kh * kw * Cw`` words (tap-major, channel words fastest) and prepared as panels.
     ``tap_dots[dy, dx, co] = c_in - 2 * popcount(w[co, dy, dx])`` is the dot product of
     one tap with an all-zero-bits (all -1) pixel, used to cancel the padding taps.
+    The per-border-pattern biases derived from them are cached per input geometry.
     """
 
     weights: PreparedWeights
     kernel_size: tuple[int, int]
     c_in: int
     tap_dots: np.ndarray
+    _biases: dict[tuple[int, ...], np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
 
 def prepare_conv_weights(w_packed: np.ndarray, c_in: int) -> PreparedConvWeights:
@@ -673,10 +686,16 @@ def _conv_operand(x: np.ndarray, w: PreparedConvWeights, padding: int, stride: i
     geo = _conv_geometry(n, h, wd, cw, kh, kw, padding, stride)
     padded = np.zeros((n, *geo.padded_hw, cw), np.uint64)
     padded[:, padding : padding + h, padding : padding + wd] = x
-    ypat, xpat = geo.patterns
-    inside = np.einsum("ya,xb,abc->yxc", ypat, xpat, w.tap_dots)  # (Py, Px, C_out)
-    bias = np.zeros((ypat.shape[0] * xpat.shape[0], w.weights.panels.shape[0] * PANEL), np.int32)
-    bias[:, : w.weights.n] = (kh * kw * w.c_in - w.tap_dots.sum(axis=(0, 1)) + inside).reshape(bias.shape[0], -1)
+    key = (h, wd, padding, stride)
+    bias = w._biases.get(key)
+    if bias is None:  # depends on the weights and the tap patterns only: computed once per geometry
+        ypat, xpat = geo.patterns
+        inside = np.einsum("ya,xb,abc->yxc", ypat, xpat, w.tap_dots)  # (Py, Px, C_out)
+        bias = np.zeros((ypat.shape[0] * xpat.shape[0], w.weights.panels.shape[0] * PANEL), np.int32)
+        bias[:, : w.weights.n] = (kh * kw * w.c_in - w.tap_dots.sum(axis=(0, 1)) + inside).reshape(bias.shape[0], -1)
+        if len(w._biases) >= _CONV_BIASES_KEPT:
+            w._biases.clear()
+        w._biases[key] = bias
     op = _Operand(padded.reshape(-1), geo.rowbase, geo.koff, geo.rowclass, bias)
     return op, (n, *geo.out_hw, w.weights.n)
 
