@@ -158,6 +158,34 @@ def _vec_ptr(builder: ir.IRBuilder, base: ir.Value, offset: ir.Value | int, vtyp
     return builder.bitcast(builder.gep(base, [offset]), vtype.as_pointer())
 
 
+def accumulate(builder: ir.IRBuilder, count: ir.Value, start: list[ir.Value], name: str,
+               step: Callable[[ir.Value, list[ir.Value]], list[ir.Value]]) -> list[ir.Value]:
+    """Emit ``for i in range(count): values = step(i, values)`` from the current block, the
+    ``values`` (accumulators) starting at ``start`` and kept in registers (phi nodes); returns
+    their final values, with the builder after the loop. ``step`` emits the loop body."""
+    fn, entry = builder.function, builder.block
+    head, body, tail = (fn.append_basic_block(f"{name}.{part}") for part in ("head", "body", "tail"))
+    builder.branch(head)
+
+    builder.position_at_end(head)
+    i = builder.phi(_I64)
+    i.add_incoming(ir.Constant(_I64, 0), entry)
+    values = [builder.phi(v.type) for v in start]
+    for phi, v in zip(values, start):
+        phi.add_incoming(v, entry)
+    builder.cbranch(builder.icmp_signed("<", i, count), body, tail)
+
+    builder.position_at_end(body)
+    updated = step(i, values)
+    for phi, v in zip(values, updated):
+        phi.add_incoming(v, builder.block)
+    i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), builder.block)
+    builder.branch(head)
+
+    builder.position_at_end(tail)
+    return values
+
+
 class _Args:
     """Typed access to an intrinsic's arguments: array data pointers, shapes, int64 scalars."""
 
@@ -241,32 +269,21 @@ def _emit_tile(ac: _Args, epilogue: _Epilogue, counter: str, width: int) -> None
 def _count_vpopcntq(builder, a, koff, row_base, panel, kw, name) -> list[list[ir.Value]]:
     """All rows and 32 columns in one loop: 16 ``<8 x i64>`` accumulators, ``acc +=
     popcount(a ^ w)`` (``vpxorq``, ``vpopcntq``, ``vpaddq``) per reduction word."""
-    fn, entry = builder.function, builder.block
-    head, body, tail = (fn.append_basic_block(f"{name}.{part}") for part in ("head", "body", "tail"))
     ctpop = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_V8I64, [_V8I64]), "llvm.ctpop.v8i64")
-    builder.branch(head)
+    zero = ir.Constant(_V8I64, [0] * _LANES)
 
-    builder.position_at_end(head)
-    i = builder.phi(_I64)
-    i.add_incoming(ir.Constant(_I64, 0), entry)
-    acc = [[builder.phi(_V8I64) for _ in range(_VECS)] for _ in row_base]
-    for phi in (p for row in acc for p in row):
-        phi.add_incoming(ir.Constant(_V8I64, [0] * _LANES), entry)
-    builder.cbranch(builder.icmp_signed("<", i, kw), body, tail)
+    def step(i: ir.Value, acc: list[ir.Value]) -> list[ir.Value]:  # acc[r * _VECS + p]
+        off = builder.load(builder.gep(koff, [i]))
+        wrow = builder.gep(panel, [builder.mul(i, ir.Constant(_I64, PANEL))])
+        w = [builder.load(_vec_ptr(builder, wrow, _LANES * p, _V8I64), align=8) for p in range(_VECS)]
+        out = []
+        for r, base in enumerate(row_base):
+            av = _splat(builder, builder.load(builder.gep(a, [builder.add(base, off)])), _V8I64)
+            out += [builder.add(acc[r * _VECS + p], builder.call(ctpop, [builder.xor(av, w[p])])) for p in range(_VECS)]
+        return out
 
-    builder.position_at_end(body)
-    off = builder.load(builder.gep(koff, [i]))
-    wrow = builder.gep(panel, [builder.mul(i, ir.Constant(_I64, PANEL))])
-    w = [builder.load(_vec_ptr(builder, wrow, _LANES * p, _V8I64), align=8) for p in range(_VECS)]
-    for r, base in enumerate(row_base):
-        av = _splat(builder, builder.load(builder.gep(a, [builder.add(base, off)])), _V8I64)
-        for p in range(_VECS):
-            acc[r][p].add_incoming(builder.add(acc[r][p], builder.call(ctpop, [builder.xor(av, w[p])])), body)
-    i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
-    builder.branch(head)
-
-    builder.position_at_end(tail)
-    return acc
+    acc = accumulate(builder, kw, [zero] * (_VECS * len(row_base)), name, step)
+    return [acc[r * _VECS : (r + 1) * _VECS] for r in range(len(row_base))]
 
 
 _V4I64 = ir.VectorType(_I64, 4)
@@ -569,29 +586,19 @@ def _tile_u8s8(typingctx, a, row0, panels, jb, out, thresholds, flipbits, out_bi
         panel = builder.gep(ac.data(2), [builder.mul(builder.mul(jb, groups), ir.Constant(_I64, PANEL))])
         rows = [builder.gep(ac.data(0), [builder.mul(builder.add(row0, ir.Constant(_I64, r)), groups)])
                 for r in range(TILE_ROWS)]
-        fn, entry = builder.function, builder.block
-        head, body, tail = (fn.append_basic_block(f"u8s8.{name}") for name in ("head", "body", "tail"))
-        builder.branch(head)
 
-        builder.position_at_end(head)
-        g = builder.phi(_I64)
-        g.add_incoming(ir.Constant(_I64, 0), entry)
-        acc = [[builder.phi(_V16I32) for _ in range(2)] for _ in range(TILE_ROWS)]
-        for phi in (p for row in acc for p in row):
-            phi.add_incoming(ir.Constant(_V16I32, [0] * 16), entry)
-        builder.cbranch(builder.icmp_signed("<", g, groups), body, tail)
+        def step(g: ir.Value, flat: list[ir.Value]) -> list[ir.Value]:  # flat[2 * r + v]
+            wrow = builder.gep(panel, [builder.mul(g, ir.Constant(_I64, PANEL))])
+            w = [builder.load(_vec_ptr(builder, wrow, 16 * v, _V16I32), align=4) for v in range(2)]
+            out = []
+            for r in range(TILE_ROWS):
+                codes = _splat(builder, builder.load(builder.gep(rows[r], [g])), _V16I32)
+                out += [builder.call(vpdpbusd, [flat[2 * r + v], codes, w[v]]) for v in range(2)]
+            return out
 
-        builder.position_at_end(body)
-        wrow = builder.gep(panel, [builder.mul(g, ir.Constant(_I64, PANEL))])
-        w = [builder.load(_vec_ptr(builder, wrow, 16 * v, _V16I32), align=4) for v in range(2)]
-        for r in range(TILE_ROWS):
-            codes = _splat(builder, builder.load(builder.gep(rows[r], [g])), _V16I32)
-            for v in range(2):
-                acc[r][v].add_incoming(builder.call(vpdpbusd, [acc[r][v], codes, w[v]]), body)
-        g.add_incoming(builder.add(g, ir.Constant(_I64, 1)), body)
-        builder.branch(head)
-
-        builder.position_at_end(tail)
+        flat = accumulate(builder, groups, [ir.Constant(_V16I32, [0] * 16)] * (2 * TILE_ROWS), "u8s8", step)
+        acc = [flat[2 * r : 2 * r + 2] for r in range(TILE_ROWS)]
+        fn = builder.function
         col0 = builder.mul(jb, ir.Constant(_I64, PANEL))
         products, bits, done = (fn.append_basic_block(f"u8s8.{name}") for name in ("products", "bits", "done"))
         builder.cbranch(builder.icmp_signed("==", ac.shape(5, 0), ir.Constant(_I64, 0)), products, bits)

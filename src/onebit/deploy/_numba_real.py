@@ -23,7 +23,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._numba_kernels import _JIT, PANEL, TILE_ROWS, _Args, _fetch_add, _splat, _vec_ptr
+from ._numba_kernels import _JIT, PANEL, TILE_ROWS, _Args, _fetch_add, _splat, _vec_ptr, accumulate
 from ._threads import run_workers
 
 _I1, _I16, _I32, _I64 = ir.IntType(1), ir.IntType(16), ir.IntType(32), ir.IntType(64)
@@ -62,29 +62,20 @@ def _tile_real(typingctx, x, totals, row0, mr, masks, jb, out, ncols):
             builder.position_at_end(entry)
             row_idx = [builder.add(row0, ir.Constant(_I64, r)) for r in range(rows)]
             row_ptr = [builder.gep(xs, [builder.mul(i, k)]) for i in row_idx]
-            head, body, tail = (fn.append_basic_block(f"real.mr{rows}.{p}") for p in ("head", "body", "tail"))
-            builder.branch(head)
 
-            builder.position_at_end(head)
-            i = builder.phi(_I64)
-            i.add_incoming(ir.Constant(_I64, 0), entry)
-            acc = [[builder.phi(_V16F) for _ in range(2)] for _ in range(rows)]
-            for phi in (p for row in acc for p in row):
-                phi.add_incoming(ir.Constant(_V16F, [0.0] * 16), entry)
-            builder.cbranch(builder.icmp_signed("<", i, k), body, tail)
+            def step(i: ir.Value, flat: list[ir.Value], row_ptr=row_ptr) -> list[ir.Value]:  # flat[2 * r + v]
+                word = builder.load(builder.gep(mask_row, [i]))
+                halves = [builder.bitcast(builder.trunc(word, _I16), _V16I1),
+                          builder.bitcast(builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16), _V16I1)]
+                out = []
+                for r, ptr in enumerate(row_ptr):
+                    value = _splat(builder, builder.load(builder.gep(ptr, [i])), _V16F)
+                    out += [builder.select(halves[v], builder.fadd(flat[2 * r + v], value), flat[2 * r + v])
+                            for v in range(2)]
+                return out
 
-            builder.position_at_end(body)
-            word = builder.load(builder.gep(mask_row, [i]))
-            halves = [builder.bitcast(builder.trunc(word, _I16), _V16I1),
-                      builder.bitcast(builder.trunc(builder.lshr(word, ir.Constant(_I32, 16)), _I16), _V16I1)]
-            for r in range(rows):
-                value = _splat(builder, builder.load(builder.gep(row_ptr[r], [i])), _V16F)
-                for v in range(2):
-                    acc[r][v].add_incoming(builder.select(halves[v], builder.fadd(acc[r][v], value), acc[r][v]), body)
-            i.add_incoming(builder.add(i, ir.Constant(_I64, 1)), body)
-            builder.branch(head)
-
-            builder.position_at_end(tail)
+            flat = accumulate(builder, k, [ir.Constant(_V16F, [0.0] * 16)] * (2 * rows), f"real.mr{rows}", step)
+            acc = [flat[2 * r : 2 * r + 2] for r in range(rows)]
             for r in range(rows):
                 total = _splat(builder, builder.load(builder.gep(totals, [row_idx[r]])), _V16F)
                 for v in range(2):
