@@ -537,3 +537,30 @@ def test_mnist_cnn_table_names_each_rows_estimator():
     table = markdown(experiment, ["onebit run mnist-cnn"], [row], [], False)
     assert "| row | estimator | test acc (%) |" in table
     assert "| stochastic-reinforce-last | REINFORCE, moving-average baseline | 90.00 +- 0.00 |" in table
+
+
+def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monkeypatch, capsys):
+    """A row's ``distill`` names a teacher run: its config records it, and the runner trains the
+    student against that run's best model (a missing teacher run fails before any training)."""
+    from onebit.experiments import Experiment, Row, register, registry
+    from onebit.experiments.runner import run_configs
+
+    teacher_dir = tmp_path / "runs" / "tiny-distill" / "teacher"
+    distill = {"teacher": str(teacher_dir), "weight": 0.5, "temperature": 2.0}
+    experiment = register(Experiment("tiny-distill", "distillation", (
+        Row("teacher", {"name": "mlp", "recipe": "float", "hidden": [32]}),
+        Row("student", {"name": "mlp", "recipe": "bnn", "hidden": [32]}, distill=distill)), {}, "mnist"))
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "tiny-distill", "--quick", "--out", "runs", "--data-root", str(shared_datasets_dir), "--no-progress"]
+    try:
+        teacher, student = run_configs(experiment, seeds=1, quick=True)
+        assert "distill" not in teacher and student["distill"] == distill
+        assert main(args + ["--rows", "student"]) == 2  # no teacher run yet
+        assert "Train the teacher's row first" in capsys.readouterr().err
+        assert main(args) == 0
+        stored = json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "config.json").read_text())
+        assert stored["distill"] == distill
+        assert json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "final.json").read_text())[
+            "test_acc"] > 0.5
+    finally:
+        registry._EXPERIMENTS.pop("tiny-distill")

@@ -249,3 +249,45 @@ def test_evaluation_builds_no_autograd_graph(tmp_path):
     task.step = lambda model, batch: (grad_enabled.append(torch.is_grad_enabled()), step(model, batch))[1]
     Trainer(tiny_model(), task, TrainConfig(device="cpu", progress=False), tmp_path / "run").evaluate("val")
     assert grad_enabled and not any(grad_enabled)
+
+
+def test_distillation_loss_is_the_weighted_kl_to_the_teacher_and_evaluation_stays_plain():
+    from onebit.training import DistillationTask
+
+    task = synthetic_task()
+    torch.manual_seed(0)
+    student, teacher = nn.Sequential(nn.Flatten(), nn.Linear(36, 4)), nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    x, y = next(task.eval_batches("val"))
+    z, t = student(x), teacher(x).detach()
+    for weight, temperature in ((1.0, 1.0), (0.3, 4.0), (0.0, 2.0)):
+        distilled = DistillationTask(task, teacher, weight, temperature)
+        student.train()
+        loss = distilled.step(student, (x, y)).per_sample_loss
+        p_t = torch.softmax(t / temperature, 1)
+        kl = (p_t * (p_t.log() - torch.log_softmax(z / temperature, 1))).sum(1) * temperature**2
+        ce = nn.functional.cross_entropy(z, y, reduction="none")
+        torch.testing.assert_close(loss, (1 - weight) * ce + weight * kl)
+        student.eval()  # validation and test report the labels' cross-entropy
+        torch.testing.assert_close(distilled.step(student, (x, y)).per_sample_loss, ce)
+    assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    student.train()
+    DistillationTask(task, teacher).step(student, (x, y)).per_sample_loss.mean().backward()
+    assert student[1].weight.grad is not None and teacher[1].weight.grad is None
+    for bad in ({"weight": 1.5}, {"temperature": 0.0}):
+        with pytest.raises(ValueError, match="weight|temperature"):
+            DistillationTask(task, teacher, **bad)
+
+
+def test_a_student_trained_on_a_teachers_predictions_alone_learns_the_task(tmp_path):
+    """Weight 1: no label reaches the loss, yet the student learns what the teacher knows."""
+    from onebit.training import DistillationTask
+
+    _, teacher_final = fit(tmp_path, "teacher", epochs=4)
+    teacher = tiny_model()
+    teacher.load_state_dict(torch.load(tmp_path / "teacher" / "checkpoint.pt", weights_only=False)["best_model"])
+    torch.manual_seed(1)
+    config = TrainConfig(epochs=4, lr=0.01, seed=1, device="cpu", progress=False, lr_schedule="cosine")
+    labels_gone = synthetic_task()
+    labels_gone.splits["train"].labels.random_(0, 4)  # the labels carry nothing: only the teacher teaches
+    final = Trainer(tiny_model(), DistillationTask(labels_gone, teacher.eval()), config, tmp_path / "student").fit()
+    assert teacher_final["test_acc"] > 0.5 and final["test_acc"] > 0.5  # chance is 0.25

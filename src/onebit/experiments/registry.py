@@ -30,6 +30,11 @@ class Row:
         train: overrides of the experiment's :class:`~onebit.training.TrainConfig` defaults.
         task: task options of this row's runs (e.g. the training episodes' shot), over the
             experiment's ``task``; part of the run's ``config.json`` when not empty.
+        distill: knowledge distillation of this row's runs (part of ``config.json`` when not
+            empty): ``{"teacher": <a trained run directory, runs/<experiment>/<row>[/seed<k>]>,
+            "weight": w, "temperature": T}`` (weight and temperature default to 1); training
+            then minimizes :class:`~onebit.training.DistillationTask`'s loss against that run's
+            best-validation model.
         description: what sets the row apart, for the table's column the experiment names
             (:attr:`Experiment.row_column`, e.g. the estimator); not part of the run's config.
     """
@@ -38,6 +43,7 @@ class Row:
     model: dict[str, Any]
     train: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
+    distill: dict[str, Any] = field(default_factory=dict)
     description: str = ""
 
 

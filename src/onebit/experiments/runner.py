@@ -16,11 +16,29 @@ from typing import Any
 import torch
 
 from ..data import Dataset
-from ..training import ClassificationTask, TrainConfig, Trainer, final_accuracy, run_dir_lock, write_json
+from ..training import (
+    ClassificationTask,
+    DistillationTask,
+    TrainConfig,
+    Trainer,
+    final_accuracy,
+    resolve_device,
+    run_dir_lock,
+    write_json,
+)
 from ..training.runlock import LOCK_NAME
 from . import registry
 from .report import write_report
-from .runs import DATA_FILE, build_model, checkpoint_path, run_dir_of, same_run, train_options
+from .runs import (
+    DATA_FILE,
+    build_model,
+    checkpoint_path,
+    find_run_dir,
+    load_trained,
+    run_dir_of,
+    same_run,
+    train_options,
+)
 
 __all__ = ["run_configs", "run_experiment", "train_run", "parse_overrides"]
 
@@ -64,7 +82,8 @@ def run_configs(
             model = {**row.model, **(experiment.quick_model if quick else {}), **model_overrides}
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
                       **({"data": data_spec} if data_spec else {}), "model": model, "train": train_options(train)}
-            configs.append({**config, "task": dict(row.task)} if row.task else config)
+            configs.append({**config, **({"task": dict(row.task)} if row.task else {}),
+                            **({"distill": dict(row.distill)} if row.distill else {})})
         if model_overrides:
             _check_model(configs[-1], model_overrides)
     return configs
@@ -133,9 +152,27 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | No
     task = experiment.task_of(config, root)
     if isinstance(task, ClassificationTask):
         write_json(experiment.dataset_of(config, root).load().record(), run_dir / DATA_FILE)
+    if "distill" in config:
+        task = distillation(task, config["distill"], resolve_device(train.device))
     torch.manual_seed(train.seed)
     model = build_model(config)
     return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
+
+
+_DISTILL_KEYS = {"teacher", "weight", "temperature"}
+
+
+def distillation(task, options: dict[str, Any], device: torch.device) -> DistillationTask:
+    """``task`` distilling the teacher run ``options["teacher"]`` names (see :attr:`registry.Row.distill`)."""
+    unknown = set(options) - _DISTILL_KEYS
+    if unknown or "teacher" not in options:
+        raise ValueError(f"distillation options are {sorted(_DISTILL_KEYS)} (teacher required), got {sorted(options)}")
+    try:
+        teacher, _ = load_trained(find_run_dir(options["teacher"]))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"distillation teacher {options['teacher']}: {error}. Train the teacher's row "
+                                "first (earlier in the same `onebit run` without --jobs, or its own run)") from None
+    return DistillationTask(task, teacher.to(device), options.get("weight", 1.0), options.get("temperature", 1.0))
 
 
 def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BatchResult", "Task", "ClassificationTask"]
+__all__ = ["BatchResult", "Task", "ClassificationTask", "DistillationTask"]
 
 
 @dataclass
@@ -118,3 +118,66 @@ class ClassificationTask:
         x, y = batch
         logits = model(x)
         return BatchResult(F.cross_entropy(logits, y, reduction="none"), int((logits.argmax(1) == y).sum()))
+
+
+class DistillationTask:
+    r"""A classification task whose training loss also matches a teacher's predictions
+    (knowledge distillation, Hinton et al. 2015; the distributional loss of ReActNet, Liu et
+    al. 2020, is ``weight=1, temperature=1``).
+
+    In training (``model.training``), per sample with student logits :math:`z`, teacher logits
+    :math:`t` (no gradient), label :math:`y`, weight :math:`w` and temperature :math:`T`:
+
+    .. math::
+        \ell = (1 - w)\,\mathrm{CE}(z, y) + w\,T^2\,\mathrm{KL}\big(\mathrm{softmax}(t / T)
+        \,\|\, \mathrm{softmax}(z / T)\big)
+
+    (:math:`T^2` keeps the gradient's scale independent of :math:`T`). Evaluation steps report
+    the plain cross-entropy of ``task``, so validation and test losses compare across rows.
+    Batches, splits and everything else come from ``task``, whose batches are ``(x, y)``.
+
+    Args:
+        task: a classification task (:class:`ClassificationTask`).
+        teacher: the teacher network; kept in eval mode, run under ``torch.no_grad``.
+        weight: :math:`w` in [0, 1].
+        temperature: :math:`T > 0`.
+    """
+
+    def __init__(self, task: ClassificationTask, teacher: nn.Module, weight: float = 1.0,
+                 temperature: float = 1.0) -> None:
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"distillation weight must be in [0, 1], got {weight}")
+        if not temperature > 0:
+            raise ValueError(f"distillation temperature must be positive, got {temperature}")
+        self.task = task
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.weight = weight
+        self.temperature = temperature
+
+    @property
+    def final_split(self) -> str:
+        return self.task.final_split
+
+    def num_train_batches(self, world_size: int = 1) -> int:
+        return self.task.num_train_batches(world_size)
+
+    def train_batches(self, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator:
+        return self.task.train_batches(generator, rank, world_size)
+
+    def eval_batches(self, split: str) -> Iterator:
+        return self.task.eval_batches(split)
+
+    def repeat(self, batch, times: int):
+        return self.task.repeat(batch, times)
+
+    def step(self, model: nn.Module, batch) -> BatchResult:
+        if not model.training:
+            return self.task.step(model, batch)
+        x, y = batch
+        logits = model(x)
+        with torch.no_grad():
+            target = F.log_softmax(self.teacher(x).float() / self.temperature, dim=1)
+        log_p = F.log_softmax(logits.float() / self.temperature, dim=1)
+        kl = (target.exp() * (target - log_p)).sum(dim=1) * self.temperature**2
+        loss = (1 - self.weight) * F.cross_entropy(logits.float(), y, reduction="none") + self.weight * kl
+        return BatchResult(loss, int((logits.argmax(1) == y).sum()))
