@@ -11,7 +11,7 @@ from torch import nn
 from onebit import models, quantizers
 from onebit.deploy import UnsupportedModelError, convert, load
 from onebit.models.matching_net import ConvEncoder
-from onebit.nn import BinaryConv2d, BinaryLinear
+from onebit.nn import BinaryConv2d, BinaryLinear, LearnableBias, RPReLU
 from onebit.quantizers import BinaryNeuron, SignSTE
 
 
@@ -34,6 +34,10 @@ def randomize_batchnorm(model: nn.Module, images: torch.Tensor, seed: int = 0) -
             m.weight[: max(1, c // 8)] = 0.0  # constant channels
             m.bias.copy_(torch.randn(c, generator=g) * 0.5)
             m.bias[: max(1, c // 16)] = 0.0  # zero gamma and beta: BN output 0, sign +1
+        for m in model.modules():  # learned thresholds and RPReLU shifts and slopes, not their initial values
+            if isinstance(m, (LearnableBias, RPReLU)):
+                for p in m.parameters():
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     return model.eval()
 
 
@@ -187,14 +191,16 @@ def test_trained_conv_models_match_pytorch(build, mnist_small, train_briefly, tm
     assert_close_logits(roundtrip(convert(model, images[:2]), tmp_path)(images.numpy()), expected)
 
 
-@pytest.mark.parametrize("recipe", ["xnor", "bnn", "float"])
-def test_bireal_resnet_matches_pytorch(recipe, tmp_path):
+@pytest.mark.parametrize("recipe,react", [("xnor", False), ("bnn", False), ("float", False), ("xnor", True)])
+def test_bireal_resnet_matches_pytorch(recipe, react, tmp_path):
     """Residual blocks ``bn(conv(sign(x))) + shortcut(x)`` become ``residual_begin -> main
     branch -> residual_branch -> shortcut branch -> residual_add``; the real-valued residual
-    stream is packed again before every binary convolution."""
+    stream is packed again before every binary convolution. With ReActNet's activations the
+    learned thresholds are affine ops before the packing and every block ends in an RPReLU op."""
     torch.manual_seed(0)
     images = torch.randn(300, 3, 32, 32, generator=torch.Generator().manual_seed(5))
-    model = randomize_batchnorm(models.build("bireal_resnet", recipe=recipe, width=0.125, blocks=(1, 2, 1, 1)), images)
+    model = randomize_batchnorm(models.build("bireal_resnet", recipe=recipe, width=0.125, blocks=(1, 2, 1, 1),
+                                             react=react), images)
     features = {}
     handle = model.pool.register_forward_hook(lambda module, inputs, output: features.setdefault("f", output))
     with torch.no_grad():
@@ -209,6 +215,9 @@ def test_bireal_resnet_matches_pytorch(recipe, tmp_path):
     assert kinds.count("residual_begin") == kinds.count("residual_branch") == kinds.count("residual_add") == 5
     if recipe != "float":
         assert kinds.count("pack_signs") == kinds.count("binary_conv2d") == 5
+    assert kinds.count("rprelu") == (5 if react else 0)
+    thresholded = sum(kinds[i - 1] == "affine" for i, kind in enumerate(kinds) if kind == "pack_signs")
+    assert thresholded == (5 if react else 0)
     assert_close_logits(packed(images.numpy()), expected)
 
 

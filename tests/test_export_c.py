@@ -132,10 +132,11 @@ def test_cifar10_networks_equal_the_runtime_on_1000_test_images(shared_datasets_
     norm = ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261))
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in norm)
     images = (torch.from_numpy(codes).float() / 255 - mean) / std
-    # VGG-small: the first conv's double sums of pixels are exact, the rest integers; Bi-Real's
-    # float shortcut convolutions round differently in C and numpy
+    # VGG-small: the first conv's float sums in a fixed order, the rest integers; Bi-Real's float
+    # shortcut convolutions round differently in C and numpy (and so its ReActNet variant)
     for name, model, exact in [("vgg", models.build("vgg_small", recipe="bnn", width=0.25), True),
-                               ("bireal", models.build("bireal_resnet", width=0.25), False)]:
+                               ("bireal", models.build("bireal_resnet", width=0.25), False),
+                               ("bireal-react", models.build("bireal_resnet", width=0.25, react=True), False)]:
         torch.manual_seed(0)
         randomize_batchnorm(model, images[:200])
         packed = convert(model, images[:2], input_normalization=norm)

@@ -96,3 +96,21 @@ def test_recipes():
     assert not recipes.get("float").binary_weights
     with pytest.raises(ValueError, match="valid recipes"):
         recipes.get("ternary")
+
+
+def test_rprelu_and_learnable_bias_follow_their_formulas():
+    from onebit.nn import LearnableBias, RPReLU
+
+    x = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    act, shift = RPReLU(3), LearnableBias(3)
+    assert torch.equal(act(x), torch.nn.functional.prelu(x, torch.full((3,), 0.25))) and torch.equal(shift(x), x)
+    with torch.no_grad():
+        for p, values in zip((act.shift_in, act.slope, act.shift_out, shift.bias),
+                             ([0.5, -1.0, 0.0], [0.1, -0.3, 1.0], [1.0, 2.0, -3.0], [0.2, 0.0, -0.7])):
+            p.copy_(torch.tensor(values))
+    g, b, z = (v.view(1, 3, 1, 1) for v in (act.shift_in, act.slope, act.shift_out))
+    torch.testing.assert_close(act(x), torch.where(x - g >= 0, x - g, b * (x - g)) + z)
+    torch.testing.assert_close(shift(x), x + shift.bias.view(1, 3, 1, 1))
+    torch.testing.assert_close(act(x[:, :, 0, 0]), act(x)[:, :, 0, 0])  # (N, C) inputs too
+    with pytest.raises(ValueError, match="binary activations"):
+        onebit.models.build("bireal_resnet", recipe="float", react=True)

@@ -405,6 +405,20 @@ static void ob_affine(const float *x, int channels, int inner, const float *scal
 }
 """)
 
+_kernel("rprelu", """
+/* RPReLU per channel (channels of inner values each): t = x - g[c], y = (t >= 0 ? t : s[c] * t) + z[c]. */
+static void ob_rprelu(const float *x, int channels, int inner, const float *g, const float *s, const float *z,
+                      float *y)
+{
+    int c, i;
+    for (c = 0; c < channels; c++)
+        for (i = 0; i < inner; i++) {
+            float t = x[c * inner + i] - g[c];
+            y[c * inner + i] = (t >= 0.0f ? t : t * s[c]) + z[c];
+        }
+}
+""")
+
 _kernel("relu", """
 static void ob_relu(const float *x, int n, float *y)
 {

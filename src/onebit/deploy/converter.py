@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..nn import BinaryConv2d, BinaryLinear, HardSigmoid, QuantizedLayer
+from ..nn import BinaryConv2d, BinaryLinear, HardSigmoid, LearnableBias, QuantizedLayer, RPReLU
 from ..quantizers import SIGN_LEVELS, STEP_LEVELS, Quantizer
 from . import kernels, runtime
 
@@ -216,7 +216,8 @@ def convert(
       batch norm);
     - float ``nn.Linear``, ``nn.Conv2d``, ``BatchNorm1d/2d``, ``MaxPool2d``, ``ReLU``,
       ``nn.Flatten`` (and the flattening a model's ``forward`` does between modules or at its
-      end), :class:`~onebit.nn.HardSigmoid`, and every :class:`~onebit.quantizers.Quantizer`
+      end), :class:`~onebit.nn.HardSigmoid`, :class:`~onebit.nn.LearnableBias` (a float affine op)
+      and :class:`~onebit.nn.RPReLU`, and every :class:`~onebit.quantizers.Quantizer`
       that packs (its ``packs`` attribute: at eval, a threshold at zero onto its ``levels``):
       a sign (``SignSTE``, ``StochasticSign``, ``ApproxSign``, or a quantizer of one's own)
       or a step (a :class:`~onebit.quantizers.BinaryNeuron` that does not sample at eval);
@@ -353,6 +354,10 @@ def _convert_one(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
         op = runtime.AvgPool2d(h, h)
     elif isinstance(module, nn.ReLU):
         op = runtime.ReLU()
+    elif isinstance(module, LearnableBias):
+        op = runtime.Affine(np.ones(module.bias.numel(), np.float32), _np(module.bias).astype(np.float32))
+    elif isinstance(module, RPReLU):
+        op = runtime.RPReLU(*(_np(v).astype(np.float32) for v in (module.shift_in, module.slope, module.shift_out)))
     elif isinstance(module, nn.Flatten):
         if module.start_dim != 1 or module.end_dim != -1:
             raise UnsupportedModelError(f"{name}: only Flatten(start_dim=1, end_dim=-1) converts")

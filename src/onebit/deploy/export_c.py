@@ -350,6 +350,11 @@ def _emit(p: _Program, op: runtime.Op, x: _Value, stack: list[_Value], label: st
         out = p.new_value("float", x.shape)
         return p.step("affine", f"ob_affine({{0}}, {channels}, {x.numel // channels}, {scale}, {shift}, {{1}})",
                       [x], out, in_place=True)
+    if kind == "rprelu":
+        channels = x.shape[0]
+        g, s_, z = (p.array(f"{label}_{name}", getattr(op, name), "float") for name in op.array_names)
+        return p.step("rprelu", f"ob_rprelu({{0}}, {channels}, {x.numel // channels}, {g}, {s_}, {z}, {{1}})",
+                      [x], p.new_value("float", x.shape), in_place=True)
     if kind in ("relu", "step", "sign"):
         return _elementwise(p, kind, x)
     if kind == "hard_sigmoid":

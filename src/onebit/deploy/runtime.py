@@ -193,6 +193,24 @@ class Affine(Op):
 
 
 @dataclass
+class RPReLU(Op):
+    """ReActNet's RPReLU per channel (axis 1), in float32 in this order:
+    ``t = x - shift_in; y = (t if t >= 0 else slope * t) + shift_out``."""
+
+    shift_in: np.ndarray
+    slope: np.ndarray
+    shift_out: np.ndarray
+    kind = "rprelu"
+    array_names = ("shift_in", "slope", "shift_out")
+
+    def __call__(self, x):
+        x = _float(x, self.kind)
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        t = x - self.shift_in.reshape(shape)
+        return np.where(t >= 0, t, t * self.slope.reshape(shape)) + self.shift_out.reshape(shape)
+
+
+@dataclass
 class ReLU(Op):
     kind = "relu"
 
@@ -670,8 +688,8 @@ class BinaryConv2d(_BinaryLayer):
 
 OPS: dict[str, type[Op]] = {
     cls.kind: cls
-    for cls in (Flatten, Affine, ReLU, HardSigmoid, Step, Sign, MaxPool2d, AvgPool2d, ResidualBegin, ResidualBranch,
-                ResidualAdd, Linear, Conv2d, PackSigns, UnpackSigns, BinaryDense, BinaryConv2d)
+    for cls in (Flatten, Affine, RPReLU, ReLU, HardSigmoid, Step, Sign, MaxPool2d, AvgPool2d, ResidualBegin,
+                ResidualBranch, ResidualAdd, Linear, Conv2d, PackSigns, UnpackSigns, BinaryDense, BinaryConv2d)
 }
 
 

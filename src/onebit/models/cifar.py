@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from .. import recipes
 from .._shape import image_shape
-from ..nn import BinaryConv2d, BinaryLinear
+from ..nn import BinaryConv2d, BinaryLinear, LearnableBias, RPReLU
 
 __all__ = ["VGGSmall", "BiRealBlock", "BiRealResNet", "scaled_width"]
 
@@ -150,6 +150,8 @@ class BiRealBlock(nn.Module):
         stride: 1 or 2 (2 halves height and width).
         recipe: a recipe name or :class:`~onebit.recipes.Recipe`; its weight quantizer,
             activation quantizer and scaling apply to the 3x3 convolution only.
+        learnable_threshold: with binary activations, shift ``x`` by a learnable per-channel
+            bias before the sign (:class:`~onebit.nn.LearnableBias`: ReActNet's RSign).
 
     Shape:
         - Input: ``(N, in_channels, H, W)``
@@ -157,12 +159,15 @@ class BiRealBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, *,
-                 recipe: str | recipes.Recipe = "xnor") -> None:
+                 recipe: str | recipes.Recipe = "xnor", learnable_threshold: bool = False) -> None:
         super().__init__()
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         recipe = recipes.get(recipe)
-        self.act = nn.Identity() if recipe.binary_activations else nn.ReLU()
+        if not recipe.binary_activations:
+            self.act = nn.ReLU()
+        else:
+            self.act = LearnableBias(in_channels) if learnable_threshold else nn.Identity()
         self.conv = _conv(recipe, in_channels, out_channels, 3, stride=stride, padding=1, binary_input=True)
         self.bn = nn.BatchNorm2d(out_channels)
         shortcut: list[nn.Module] = []
@@ -208,6 +213,10 @@ class BiRealResNet(nn.Module):
         blocks: binary blocks (3x3 convolutions) per stage.
         activation_quantizer: quantizer name (see :func:`onebit.quantizers.names`) for binary
             activations; ``None`` keeps the recipe's.
+        react: ReActNet's generalized activations (Liu et al. 2020) with binary activations: a
+            learnable threshold before every sign (:class:`~onebit.nn.LearnableBias`, RSign) and
+            :class:`~onebit.nn.RPReLU` after every block; both add a few parameters per channel
+            and deploy as float ops.
         num_classes: output size.
         in_channels: input channels.
         image_size: input height and width (an int for square images or ``(height, width)``),
@@ -227,6 +236,7 @@ class BiRealResNet(nn.Module):
         channels: Sequence[int] = (64, 128, 256, 512),
         blocks: Sequence[int] = (4, 4, 4, 4),
         activation_quantizer: str | None = "approx-sign",
+        react: bool = False,
         num_classes: int = 10,
         in_channels: int = 3,
         image_size: int | Sequence[int] = 32,
@@ -243,6 +253,9 @@ class BiRealResNet(nn.Module):
         if self.recipe.binary_activations and activation_quantizer is not None:
             self.recipe = dataclasses.replace(self.recipe, activation_quantizer=activation_quantizer)
         self.width = width
+        if react and not self.recipe.binary_activations:
+            raise ValueError(f"react=True needs binary activations (bnn or xnor); recipe {recipe!r} keeps them real")
+        self.react = react
         widths = [scaled_width(c, width) for c in channels]
         self.stem = nn.Sequential(nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
                                   nn.BatchNorm2d(widths[0]))
@@ -251,7 +264,9 @@ class BiRealResNet(nn.Module):
         for stage, (fan_out, n) in enumerate(zip(widths, blocks)):
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                layers.append(BiRealBlock(fan_in, fan_out, stride, recipe=self.recipe))
+                layers.append(BiRealBlock(fan_in, fan_out, stride, recipe=self.recipe, learnable_threshold=self.react))
+                if self.react:
+                    layers.append(RPReLU(fan_out))
                 fan_in = fan_out
         self.blocks = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -262,4 +277,4 @@ class BiRealResNet(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"recipe={self.recipe.name!r}, width={self.width:g}, "
-                f"activation_quantizer={self.recipe.activation_quantizer!r}")
+                f"activation_quantizer={self.recipe.activation_quantizer!r}" + (", react=True" if self.react else ""))
