@@ -337,11 +337,23 @@ def test_checkpoints_kept_outside_the_run_directories(shared_datasets, tmp_path,
     assert not (run / "checkpoint.pt").exists()
     assert (out / "mnist-cnn" / "heatmaps" / f"{row}__features.3.png").exists()  # read the external checkpoint
 
-    # another configuration of the same run gets another checkpoint
+    # another configuration of the same run gets another checkpoint; a training option that a later
+    # onebit adds, at its default, keeps it
     config = json.loads((run / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "train": {**config["train"], "lr": 0.5}}))
     assert checkpoint_path(run) != checkpoint
     (run / "config.json").write_text(json.dumps(config))
+    from dataclasses import dataclass
+
+    from onebit.experiments import runs
+
+    @dataclass
+    class Later(runs.TrainConfig):
+        new_option: float = 0.5
+
+    with monkeypatch.context() as later:
+        later.setattr(runs, "TrainConfig", Later)
+        assert checkpoint_path(run) == checkpoint
 
     # a run killed after its last checkpoint (no final.json) resumes from the external file, also
     # in a recreated run directory (a fresh checkout keeps only config.json): the epochs come back

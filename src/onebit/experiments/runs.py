@@ -64,16 +64,19 @@ def same_run(stored: dict[str, Any], config: dict[str, Any]) -> bool:
 def checkpoint_path(run_dir: str | os.PathLike) -> Path:
     """The checkpoint file of the run in ``run_dir``: ``run_dir/checkpoint.pt``, or, when
     ``$ONEBIT_CHECKPOINTS`` names a directory, ``<it>/<experiment>/<row>/seed<k>-<hash>/checkpoint.pt``
-    with the hash of the run's ``config.json`` (defaults filled in). Keeping checkpoints
-    there lets runs recorded in a work tree that gets recreated (``--out results``) resume
-    on a machine that is kept, and a changed configuration never resumes a stale one."""
+    with the hash of the run's ``config.json``, its training options reduced to those that differ
+    from :class:`TrainConfig`'s defaults (so an option added to onebit later, at its default,
+    changes no run's checkpoint). Keeping checkpoints there lets runs recorded in a work tree
+    that gets recreated (``--out results``) resume on a machine that is kept, and a changed
+    configuration never resumes a stale one."""
     run_dir = Path(run_dir)
     root = os.environ.get(CHECKPOINTS_ENV)
     if not root:
         return run_dir / "checkpoint.pt"
     config = run_config(run_dir)
-    config = {**config, "train": train_options(TrainConfig.from_dict(config["train"]))}
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    defaults = train_options(TrainConfig())
+    train = {k: v for k, v in train_options(TrainConfig.from_dict(config["train"])).items() if v != defaults[k]}
+    digest = hashlib.sha256(json.dumps({**config, "train": train}, sort_keys=True).encode()).hexdigest()[:12]
     return Path(root) / config["experiment"] / config["row"] / f"seed{config['seed']}-{digest}" / "checkpoint.pt"
 
 
