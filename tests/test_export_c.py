@@ -134,11 +134,11 @@ def test_cifar10_networks_equal_the_runtime_on_1000_test_images(shared_datasets_
     images = (torch.from_numpy(codes).float() / 255 - mean) / std
     # VGG-small: the first conv's float sums in a fixed order, the rest integers; Bi-Real's float
     # shortcut convolutions round differently in C and numpy (and so its ReActNet variant)
-    for name, model, exact in [("vgg", models.build("vgg_small", recipe="bnn", width=0.25), True),
-                               ("bireal", models.build("bireal_resnet", width=0.25), False),
-                               ("bireal-react", models.build("bireal_resnet", width=0.25, react=True), False)]:
+    for name, build, exact in [("vgg", lambda: models.build("vgg_small", recipe="bnn", width=0.25), True),
+                               ("bireal", lambda: models.build("bireal_resnet", width=0.25), False),
+                               ("bireal-react", lambda: models.build("bireal_resnet", width=0.25, react=True), False)]:
         torch.manual_seed(0)
-        randomize_batchnorm(model, images[:200])
+        model = randomize_batchnorm(build(), images[:200])
         packed = convert(model, images[:2], input_normalization=norm)
         got = targets.run_harness(_host(packed, tmp_path / name), codes)
         assert_agrees(got, packed(codes), exact=exact)
