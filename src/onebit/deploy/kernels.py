@@ -360,14 +360,20 @@ def _bits(
     flip = np.asarray(flip, dtype=bool).reshape(w.n)
     if backend not in _SIMD_BACKENDS:
         return threshold_bits(_dots(op, w, backend), thresholds, flip)
-    padded_n = op.bias.shape[1]
-    thr = np.full(padded_n, _INT32_MAX, np.int32)  # padded columns: never >=
-    thr[: w.n] = thresholds
-    flips = np.zeros(padded_n, bool)
-    flips[: w.n] = flip
     out = np.zeros((op.rowbase.shape[0], _words(w.n)), np.uint64)
-    _run_gemm(op, w, backend, _NO_I32_2D, thr, np.packbits(flips, bitorder="little"), out.view(np.uint8))
+    _run_gemm(op, w, backend, _NO_I32_2D, *_panel_epilogue(thresholds, flip, op.bias.shape[1]), out.view(np.uint8))
     return out
+
+
+def _panel_epilogue(thresholds: np.ndarray, flip: np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 thresholds and packed flip bits padded to the panels' ``width`` columns, as the
+    threshold tiles read them: padded columns never reach their threshold and do not flip."""
+    n = len(flip)
+    thr = np.full(width, _INT32_MAX, np.int32)
+    thr[:n] = thresholds
+    flips = np.zeros(width, bool)
+    flips[:n] = flip
+    return thr, np.packbits(flips, bitorder="little")
 
 
 @lru_cache(maxsize=64)
@@ -492,13 +498,9 @@ def _pixel_gemm(codes: np.ndarray, prepared: PreparedPixelWeights, backend: Back
         out = _aligned_empty((rows, n_panels * PANEL), np.int32)
         _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, out, _NO_I32, _NO_U8, _NO_U8_2D)
         return out[:m, :n]
-    thr = np.full(n_panels * PANEL, _INT32_MAX, np.int32)  # padded columns: never >=
-    thr[:n] = threshold[0]
-    flips = np.zeros(n_panels * PANEL, bool)
-    flips[:n] = threshold[1]
     bits = np.zeros((rows, _words(n)), np.uint64)
-    _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, _NO_I32_2D, thr,
-                  np.packbits(flips, bitorder="little"), bits.view(np.uint8))
+    _nb.u8s8_gemm(_threads_for(work), padded.view(np.int32), prepared.panels, _NO_I32_2D,
+                  *_panel_epilogue(*threshold, n_panels * PANEL), bits.view(np.uint8))
     return bits[:m]
 
 

@@ -724,12 +724,18 @@ class PackedModel:
         x = np.asarray(x)
         if expected is not None and tuple(x.shape[1:]) != tuple(expected):
             raise ValueError(f"input must have shape (N, {', '.join(map(str, expected))}), got {x.shape}")
+        return np.concatenate(self._split_forward(x))
+
+    def _split_forward(self, x: np.ndarray, seconds: list[list[float]] | None = None) -> list[np.ndarray]:
+        """The outputs of the batch's slices (:meth:`_slices`), one per engine thread; with
+        ``seconds`` (one list per slice), each op's wall time in each slice is added there."""
         slices = self._slices(len(x))
+        times = seconds or [None] * len(slices)
         if len(slices) == 1:
             with _threads.blas_threads(kernels.get_num_threads()):
-                return self._forward(x)
+                return [self._forward(x, times[0])]
         with _threads.blas_threads(1):  # every engine thread has a slice: BLAS calls stay on it
-            return np.concatenate(_threads.run_tasks([partial(self._forward, x[part]) for part in slices]))
+            return _threads.run_tasks([partial(self._forward, x[part], t) for part, t in zip(slices, times)])
 
     @staticmethod
     def _slices(batch: int) -> list[slice]:
@@ -744,15 +750,9 @@ class PackedModel:
         :meth:`__call__` splits it (per op, the mean over the slices, which run at the same time;
         an op that dequantizes pixels includes that)."""
         x = np.asarray(x)
-        slices = self._slices(len(x))
-        per_slice = [[0.0] * len(self.ops) for _ in slices]
-        if len(slices) == 1:
-            with _threads.blas_threads(kernels.get_num_threads()):
-                self._forward(x, per_slice[0])
-        else:
-            with _threads.blas_threads(1):
-                _threads.run_tasks([partial(self._forward, x[part], times) for part, times in zip(slices, per_slice)])
-        return [sum(times) / len(slices) for times in zip(*per_slice)]
+        per_slice = [[0.0] * len(self.ops) for _ in self._slices(len(x))]
+        self._split_forward(x, per_slice)
+        return [sum(times) / len(per_slice) for times in zip(*per_slice)]
 
     def _forward(self, x: np.ndarray, seconds: list[float] | None = None) -> np.ndarray:
         """The op chain on one batch; with ``seconds``, each op's wall time is added there."""
