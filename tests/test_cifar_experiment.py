@@ -48,7 +48,8 @@ def test_quick_task_on_the_real_archive(shared_datasets):
     assert x1.shape == (50, 3, 32, 32) and x1.dtype == torch.float32 and torch.equal(x1, x2) and torch.equal(y1, y2)
     x_eval, _ = next(task.eval_batches("val"))
     assert abs(float(x_eval.mean())) < 0.5  # normalized with the CIFAR-10 mean and std
-    assert task.augment.keywords == {"padding": 4, "flip": True}  # random crop + flip on training batches only
+    # random crop + flip on training batches only
+    assert task.augment.keywords == {"padding": 4, "flip": True, "cutout": 0}
 
 
 @pytest.mark.slow

@@ -154,3 +154,25 @@ def test_bad_arguments_have_clear_errors():
 def test_registered_names():
     assert {"vgg_small", "bireal_resnet"} <= set(models.names())
     assert isinstance(models.build("vgg_small", recipe="bnn", width=0.125).classifier[1], BinaryLinear)
+
+
+@pytest.mark.parametrize("build", [lambda recipe: VGGSmall(recipe, width=0.125),
+                                   lambda recipe: BiRealResNet(recipe, width=0.125, react=True)])
+def test_binary_activations_recipe_is_the_binary_network_with_real_weights(build):
+    """Two-step training's first step: hidden layers binarize their input but keep real weights,
+    the first layer stays real, and the network shares every tensor with its xnor twin, which
+    loads its state strictly."""
+    torch.manual_seed(0)
+    step1, step2 = build("binary-activations"), build("xnor")
+    hidden = [m for m in step1.modules() if isinstance(m, QuantizedLayer)]
+    assert hidden and all(not m.has_binary_weight and m.has_binary_input for m in hidden)
+    convs = [m for m in step1.modules() if isinstance(m, nn.Conv2d)]
+    assert not isinstance(convs[0], QuantizedLayer)  # real pixels into real weights
+    step2.load_state_dict(step1.state_dict())
+    # the hidden layers see signs: their output is the real weights applied to +-1 inputs
+    layer = hidden[0]
+    x = torch.randn(2, layer.in_channels, 8, 8)
+    expected = F.conv2d(sign(x), layer.weight, layer.bias, layer.stride, layer.padding)
+    torch.testing.assert_close(layer(x), expected)
+    with pytest.raises(onebit.deploy.UnsupportedModelError, match="two-step training"):
+        onebit.deploy.convert(step1.eval(), torch.randn(2, 3, 32, 32))

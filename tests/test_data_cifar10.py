@@ -263,6 +263,26 @@ def test_augment_without_padding_only_flips():
     assert 10 < int(mirrored.sum()) < 54
 
 
+def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
+    images = torch.randint(1, 256, (200, 3, 10, 12), dtype=torch.uint8)  # no zeros: the square is visible
+    generator = torch.Generator().manual_seed(0)
+    out = augment(images, generator, padding=0, flip=False, cutout=4)
+    zero = out == 0
+    assert bool((zero.all(1) | ~zero.any(1)).all())  # every channel of a pixel, or none
+    assert torch.equal(out[~zero], images[~zero])  # the rest untouched
+    whole = clipped = 0
+    for k in range(len(images)):
+        rows, cols = zero[k, 0].any(1).nonzero().flatten(), zero[k, 0].any(0).nonzero().flatten()
+        assert len(rows) and len(cols), f"image {k} has no square"
+        assert 1 <= len(rows) <= 4 and 1 <= len(cols) <= 4
+        assert int(zero[k, 0].sum()) == len(rows) * len(cols)  # one rectangle: the square inside the image
+        assert rows[-1] - rows[0] == len(rows) - 1 and cols[-1] - cols[0] == len(cols) - 1
+        whole += len(rows) == len(cols) == 4
+        clipped += len(rows) < 4 or len(cols) < 4
+    assert whole > 50 and clipped > 50  # centres anywhere in the image: both cases are common
+    assert torch.equal(augment(images, torch.Generator().manual_seed(0), padding=0, flip=False, cutout=0), images)
+
+
 def test_augment_without_flip_only_shifts():
     images = torch.randint(1, 256, (32, 1, 8, 8), dtype=torch.uint8)
     out = augment(images, torch.Generator().manual_seed(0), padding=2, flip=False)

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 from onebit.cli import main
 from onebit.experiments import get
@@ -568,7 +569,7 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
         teacher, student = run_configs(experiment, seeds=1, quick=True)
         assert "distill" not in teacher and student["distill"] == distill
         assert main(args + ["--rows", "student"]) == 2  # no teacher run yet
-        assert "Train the teacher's row first" in capsys.readouterr().err
+        assert "Train its row first" in capsys.readouterr().err
         assert main(args) == 0
         stored = json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "config.json").read_text())
         assert stored["distill"] == distill
@@ -576,3 +577,41 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
             "test_acc"] > 0.5
     finally:
         registry._EXPERIMENTS.pop("tiny-distill")
+
+
+def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_path, monkeypatch, capsys):
+    """Two-step training: a row's ``init_from`` names another row of the experiment; each of its
+    runs starts from the same seed's best model of that row (every tensor of the same name and
+    shape), and the config records it."""
+    from onebit.experiments import Experiment, Row, register, registry
+    from onebit.experiments.runner import initialize, run_configs
+    from onebit.experiments.runs import build_model, load_trained
+
+    mlp = {"name": "mlp", "hidden": [32]}
+    experiment = register(Experiment("tiny-two-step", "two-step training", (
+        Row("step1", {**mlp, "recipe": "binary-activations"}),
+        Row("step2", {**mlp, "recipe": "xnor"}, init_from="step1")), {}, "mnist"))
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "tiny-two-step", "--quick", "--out", "runs", "--data-root", str(shared_datasets_dir),
+            "--no-progress"]
+    runs = tmp_path / "runs" / "tiny-two-step"
+    try:
+        step1, step2 = run_configs(experiment, seeds=1, quick=True)
+        assert "init_from" not in step1 and step2["init_from"] == "step1"
+        assert main(args + ["--rows", "step2"]) == 2  # step 1 not trained yet
+        assert "Train its row first" in capsys.readouterr().err
+        assert main(args) == 0
+        assert json.loads((runs / "step2" / "seed0" / "config.json").read_text())["init_from"] == "step1"
+        assert json.loads((runs / "step2" / "seed0" / "final.json").read_text())["test_acc"] > 0.5
+
+        trained, _ = load_trained(runs / "step1" / "seed0")
+        fresh = build_model(step2)
+        initialize(fresh, "step1", runs / "step2" / "seed0")
+        source, target = trained.state_dict(), fresh.state_dict()
+        assert set(source) == set(target)  # the same MLP: binary-activations and xnor share every tensor
+        for name, tensor in source.items():
+            torch.testing.assert_close(target[name], tensor, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="shares no parameter"):
+            initialize(build_model({"model": {"name": "small_cnn"}}), "step1", runs / "step2" / "seed0")
+    finally:
+        registry._EXPERIMENTS.pop("tiny-two-step")

@@ -251,6 +251,23 @@ def test_evaluation_builds_no_autograd_graph(tmp_path):
     assert grad_enabled and not any(grad_enabled)
 
 
+def test_label_smoothing_trains_on_smoothed_targets_and_evaluates_plain_cross_entropy():
+    task = synthetic_task()
+    eps = 0.2
+    smoothed = ClassificationTask(task.splits, 32, (0.3,), (0.3,), label_smoothing=eps)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 4))
+    x, y = next(task.eval_batches("val"))
+    log_p = torch.log_softmax(model(x), 1)
+    target = torch.full_like(log_p, eps / 4).scatter(1, y[:, None], 1 - eps + eps / 4)
+    model.train()
+    torch.testing.assert_close(smoothed.step(model, (x, y)).per_sample_loss, -(target * log_p).sum(1))
+    model.eval()
+    torch.testing.assert_close(smoothed.step(model, (x, y)).per_sample_loss, -log_p.gather(1, y[:, None])[:, 0])
+    with pytest.raises(ValueError, match="label_smoothing"):
+        ClassificationTask(task.splits, 32, (0.3,), (0.3,), label_smoothing=1.0)
+
+
 def test_distillation_loss_is_the_weighted_kl_to_the_teacher_and_evaluation_stays_plain():
     from onebit.training import DistillationTask
 

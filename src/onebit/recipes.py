@@ -12,7 +12,14 @@ name                         weights              hidden activations   scaling
 ``binaryconnect-stochastic`` stochastic sign      fp32                 --
 ``bnn``                      sign                 sign                 --
 ``xnor``                     sign                 sign                 alpha = mean abs W
+``binary-activations``       fp32                 sign                 --
 ============================ ==================== ==================== ==================
+
+``binary-activations`` is the first step of two-step training (Martinez et al. 2020, "Training
+binary neural networks with real-to-binary convolutions"; Liu et al. 2020, ReActNet): a network
+with binary activations and real weights trains first, then initializes the same network under
+``bnn`` or ``xnor`` (a row's ``init_from``, see :class:`onebit.experiments.registry.Row`). Its
+models have no packed form: their hidden layers multiply real weights by signs.
 """
 
 from __future__ import annotations
@@ -64,6 +71,8 @@ _RECIPES = {
         ),
         Recipe("bnn", "sign", "sign", None, "BNN (Hubara et al. 2016): binary weights and activations"),
         Recipe("xnor", "sign", "sign", "xnor", "XNOR-Net: BNN with per-channel weight scaling"),
+        Recipe("binary-activations", None, "sign", None,
+               "binary activations, real weights: the first step of two-step training"),
     )
 }
 

@@ -8,12 +8,15 @@ import torch.nn.functional as F
 __all__ = ["augment"]
 
 
-def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True) -> torch.Tensor:
-    """Random crop with zero padding and random horizontal flip, vectorized over the batch.
+def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4, flip: bool = True,
+            cutout: int = 0) -> torch.Tensor:
+    """Random crop with zero padding, random horizontal flip and cutout, vectorized over the batch.
 
     Each image is padded with ``padding`` zeros on every side, cropped back to its
-    size at a uniformly random offset, and (with ``flip``) flipped left-right with
-    probability 1/2, independently per image.
+    size at a uniformly random offset, (with ``flip``) flipped left-right with
+    probability 1/2, and (with ``cutout``) has a ``cutout`` x ``cutout`` square set to zero
+    whose centre is uniform over the image, so that near a border only part of the square
+    lies inside it (DeVries and Taylor 2017), independently per image.
 
     Args:
         images: Tensor of shape ``(N, C, H, W)``, any dtype (e.g. ``uint8`` or ``float32``).
@@ -21,6 +24,7 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4, 
         padding: Zero padding in pixels on each side; the maximal shift.
         flip: Also flip (CIFAR-10's objects); off for digits and characters, whose mirror
             images are other symbols.
+        cutout: Side in pixels of the zeroed square; 0 for none.
 
     Returns:
         Tensor of the same shape, dtype and device as ``images``.
@@ -39,4 +43,13 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4, 
     padded = F.pad(images, (padding, padding, padding, padding))
     batch = torch.arange(n, device=device)[:, None, None, None]
     channel = torch.arange(c, device=device)[None, :, None, None]
-    return padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    out = padded[batch, channel, rows[:, None, :, None], cols[:, None, None, :]]
+    if cutout:
+        def inside(size: int) -> torch.Tensor:  # (N, size): which rows (columns) the square covers
+            start = draw(size) - cutout // 2  # the square's first row, possibly outside the image
+            index = torch.arange(size, device=device)
+            return (index >= start) & (index < start + cutout)
+
+        square_rows, square_cols = inside(h), inside(w)
+        out = out.masked_fill(square_rows[:, None, :, None] & square_cols[:, None, None, :], 0)
+    return out

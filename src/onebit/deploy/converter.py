@@ -406,6 +406,10 @@ def _binary_layer(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
     name, layer = calls[i].name, calls[i].module
     conv = isinstance(layer, BinaryConv2d)
     if not layer.has_binary_weight:
+        if layer.has_binary_input:
+            raise UnsupportedModelError(f"{name}: binary inputs times float weights have no packed form (the "
+                                        "binary-activations recipe is the first step of two-step training); convert "
+                                        "the second step's network (bnn or xnor, trained with init_from)")
         raise UnsupportedModelError(f"{name}: {type(layer).__name__} without a weight quantizer has float weights; "
                                     "use nn.Linear / nn.Conv2d")
     if not _packs_signs(layer.weight_quantizer):

@@ -33,10 +33,10 @@ from .runs import (
     DATA_FILE,
     build_model,
     checkpoint_path,
-    find_run_dir,
     load_trained,
     run_dir_of,
     same_run,
+    source_run,
     train_options,
 )
 
@@ -83,7 +83,8 @@ def run_configs(
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
                       **({"data": data_spec} if data_spec else {}), "model": model, "train": train_options(train)}
             configs.append({**config, **({"task": dict(row.task)} if row.task else {}),
-                            **({"distill": dict(row.distill)} if row.distill else {})})
+                            **({"distill": dict(row.distill)} if row.distill else {}),
+                            **({"init_from": row.init_from} if row.init_from else {})})
         if model_overrides:
             _check_model(configs[-1], model_overrides)
     return configs
@@ -153,26 +154,54 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | No
     if isinstance(task, ClassificationTask):
         write_json(experiment.dataset_of(config, root).load().record(), run_dir / DATA_FILE)
     if "distill" in config:
-        task = distillation(task, config["distill"], resolve_device(train.device))
+        task = distillation(task, config["distill"], run_dir, resolve_device(train.device))
     torch.manual_seed(train.seed)
     model = build_model(config)
+    if "init_from" in config:
+        initialize(model, config["init_from"], run_dir)
     return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
 
 
 _DISTILL_KEYS = {"teacher", "weight", "temperature"}
 
 
-def distillation(task, options: dict[str, Any], device: torch.device) -> DistillationTask:
+def _trained_source(reference: str, run_dir: Path, role: str) -> torch.nn.Module:
+    """The best model of the trained run ``reference`` names (see :func:`runs.source_run`)."""
+    try:
+        model, _ = load_trained(source_run(reference, run_dir))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{role} {reference}: {error}. Train its row first (earlier in the same "
+                                "`onebit run` without --jobs, or its own run)") from None
+    return model
+
+
+def distillation(task, options: dict[str, Any], run_dir: Path, device: torch.device) -> DistillationTask:
     """``task`` distilling the teacher run ``options["teacher"]`` names (see :attr:`registry.Row.distill`)."""
     unknown = set(options) - _DISTILL_KEYS
     if unknown or "teacher" not in options:
         raise ValueError(f"distillation options are {sorted(_DISTILL_KEYS)} (teacher required), got {sorted(options)}")
-    try:
-        teacher, _ = load_trained(find_run_dir(options["teacher"]))
-    except FileNotFoundError as error:
-        raise FileNotFoundError(f"distillation teacher {options['teacher']}: {error}. Train the teacher's row "
-                                "first (earlier in the same `onebit run` without --jobs, or its own run)") from None
+    teacher = _trained_source(options["teacher"], run_dir, "distillation teacher")
     return DistillationTask(task, teacher.to(device), options.get("weight", 1.0), options.get("temperature", 1.0))
+
+
+def initialize(model: torch.nn.Module, reference: str, run_dir: Path) -> None:
+    """Copy into ``model`` every parameter and buffer of the best model of the run ``reference``
+    names (see :attr:`registry.Row.init_from`) that has the same name and shape; print what
+    stays at its fresh initialization.
+
+    Raises:
+        ValueError: nothing matches (a run of another architecture).
+    """
+    source = _trained_source(reference, run_dir, "init_from").state_dict()
+    target = model.state_dict()
+    shared = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    if not shared:
+        raise ValueError(f"init_from {reference}: its model shares no parameter (same name and shape) with this "
+                         f"row's {type(model).__name__}")
+    model.load_state_dict(shared, strict=False)
+    fresh = sorted(set(target) - set(shared))
+    if fresh:
+        print(f"init_from {reference}: {len(shared)} of {len(target)} tensors copied; fresh: {', '.join(fresh)}")
 
 
 def _prepare(run_dir: Path, config: dict[str, Any], resume: bool) -> bool:

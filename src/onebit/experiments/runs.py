@@ -23,7 +23,7 @@ from ..training import TrainConfig, load_checkpoint
 from . import registry
 
 __all__ = ["build_model", "checkpoint_path", "find_run_dir", "run_dir_of", "data_info", "load_trained",
-           "run_config", "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE"]
+           "run_config", "source_run", "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE"]
 
 #: Environment variable naming a directory for checkpoints outside the run directories.
 CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
@@ -88,6 +88,23 @@ def find_run_dir(path: str | os.PathLike) -> Path:
     if not candidates:
         raise FileNotFoundError(f"no run (config.json) found under {path}")
     return candidates[0].parent
+
+
+def source_run(reference: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
+    """The trained run a row's distillation teacher or ``init_from`` names, for the run in
+    ``run_dir``: a path to a run directory (a row directory gives its first seed), or the name of
+    another row of the same experiment under the same run root, whose run of the same seed is
+    taken when it exists, else its first.
+
+    Raises:
+        FileNotFoundError: no such run.
+    """
+    run_dir = Path(run_dir)
+    sibling = run_dir.parent.parent / str(reference)
+    if not Path(reference).exists() and sibling.is_dir():
+        same_seed = sibling / run_dir.name
+        return same_seed if (same_seed / "config.json").exists() else find_run_dir(sibling)
+    return find_run_dir(reference)
 
 
 def run_dir_of(out: Path, config: dict[str, Any]) -> Path:

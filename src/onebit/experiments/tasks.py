@@ -23,7 +23,8 @@ def _quick_subset(data: ImageSet, size: int, seed: int) -> ImageSet:
 
 
 def classification_task(dataset: Dataset, quick: bool, batch_size: int, *, shift: int = 0, flip: bool = False,
-                        eval_batch_size: int = 1000, quick_sizes: dict[str, int] | None = None) -> ClassificationTask:
+                        cutout: int = 0, label_smoothing: float = 0.0, eval_batch_size: int = 1000,
+                        quick_sizes: dict[str, int] | None = None) -> ClassificationTask:
     """Train / validation / test (when the data has it) of ``dataset``, normalized with its mean and std.
 
     Args:
@@ -33,6 +34,10 @@ def classification_task(dataset: Dataset, quick: bool, batch_size: int, *, shift
         batch_size: training batch size.
         shift: move each training image by up to this many pixels (zero padding).
         flip: flip each training image left-right with probability 1/2.
+        cutout: zero a random square of this side in each training image (see
+            :func:`~onebit.data.augment.augment`).
+        label_smoothing: the training loss's label smoothing (see
+            :class:`~onebit.training.ClassificationTask`).
         eval_batch_size: images per evaluation batch (speed only).
     """
     data = dataset.load()
@@ -40,6 +45,6 @@ def classification_task(dataset: Dataset, quick: bool, batch_size: int, *, shift
     if quick:
         sizes = quick_sizes or QUICK_SIZES
         splits = {k: _quick_subset(v, sizes[k], seed=i) for i, (k, v) in enumerate(splits.items())}
-    augmentation = partial(augment, padding=shift, flip=flip) if shift or flip else None
+    augmentation = partial(augment, padding=shift, flip=flip, cutout=cutout) if shift or flip or cutout else None
     return ClassificationTask(splits, batch_size, data.info.mean, data.info.std, augment=augmentation,
-                              eval_batch_size=eval_batch_size)
+                              label_smoothing=label_smoothing, eval_batch_size=eval_batch_size)

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 
 from .. import recipes
 from .._shape import image_shape
-from ..nn import BinaryConv2d, BinaryLinear, LearnableBias, RPReLU
+from ..nn import LearnableBias, RPReLU
+from ._layers import conv2d, linear
 
 __all__ = ["VGGSmall", "BiRealBlock", "BiRealResNet", "scaled_width"]
 
@@ -23,22 +24,6 @@ def scaled_width(channels: int, width: float) -> int:
     if not width > 0:
         raise ValueError(f"width multiplier must be positive, got {width}")
     return max(1, round(channels * width))
-
-
-def _conv(recipe: recipes.Recipe, in_channels: int, out_channels: int, kernel_size: int, *, stride: int = 1,
-          padding: int = 0, binary_input: bool) -> nn.Module:
-    """Bias-free convolution (a batch norm follows) in the recipe's precision."""
-    if not recipe.binary_weights:
-        return nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False)
-    return BinaryConv2d(in_channels, out_channels, kernel_size, stride, padding, bias=False,
-                        **recipe.layer_kwargs(binary_input))
-
-
-def _linear(recipe: recipes.Recipe, in_features: int, out_features: int, *, binary_input: bool,
-            bias: bool = False) -> nn.Module:
-    if not recipe.binary_weights:
-        return nn.Linear(in_features, out_features, bias)
-    return BinaryLinear(in_features, out_features, bias, **recipe.layer_kwargs(binary_input))
 
 
 def _float_activation(recipe: recipes.Recipe) -> list[nn.Module]:
@@ -74,9 +59,11 @@ class VGGSmall(nn.Module):
     - ``bnn`` / ``xnor``: binary weights in every layer, and every layer but the first
       binarizes its input (the sign of the previous batch norm's output), so ``act`` is that
       sign, applied by the next layer. The first convolution sees real (normalized) pixels.
+    - ``binary-activations``: the ``bnn`` network with real weights (the first step of two-step
+      training), with the same parameter names, so its trained weights initialize it.
 
-    With binary weights the logits get a final ``BatchNorm1d`` (as in BinaryNet), since a sum
-    of +-1 weights has no learnable scale of its own. Logits are real in every recipe.
+    With binary weights or activations the logits get a final ``BatchNorm1d`` (as in BinaryNet),
+    since a sum of +-1 weights has no learnable scale of its own. Logits are real in every recipe.
 
     Args:
         recipe: a name from :func:`onebit.recipes.names`.
@@ -104,22 +91,22 @@ class VGGSmall(nn.Module):
                 (c256, c512, False), (c512, c512, True)]
         features: list[nn.Module] = []
         for i, (fan_in, fan_out, pool) in enumerate(plan):
-            features.append(_conv(self.recipe, fan_in, fan_out, 3, padding=1, binary_input=i > 0))
+            features.append(conv2d(self.recipe, fan_in, fan_out, 3, padding=1, binary_input=i > 0))
             if pool:
                 features.append(nn.MaxPool2d(2))
             features += [nn.BatchNorm2d(fan_out), *_float_activation(self.recipe)]
         self.features = nn.Sequential(*features)
         flat = c512 * (height // 8) * (width_px // 8)
-        final_norm = self.recipe.binary_weights
+        final_norm = self.recipe.binary_weights or self.recipe.binary_activations
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            _linear(self.recipe, flat, c1024, binary_input=True),
+            linear(self.recipe, flat, c1024, False, binary_input=True),
             nn.BatchNorm1d(c1024),
             *_float_activation(self.recipe),
-            _linear(self.recipe, c1024, c1024, binary_input=True),
+            linear(self.recipe, c1024, c1024, False, binary_input=True),
             nn.BatchNorm1d(c1024),
             *_float_activation(self.recipe),
-            _linear(self.recipe, c1024, num_classes, binary_input=True, bias=not final_norm),
+            linear(self.recipe, c1024, num_classes, not final_norm, binary_input=True),
             *([nn.BatchNorm1d(num_classes)] if final_norm else []),
         )
 
@@ -168,7 +155,7 @@ class BiRealBlock(nn.Module):
             self.act = nn.ReLU()
         else:
             self.act = LearnableBias(in_channels) if learnable_threshold else nn.Identity()
-        self.conv = _conv(recipe, in_channels, out_channels, 3, stride=stride, padding=1, binary_input=True)
+        self.conv = conv2d(recipe, in_channels, out_channels, 3, stride=stride, padding=1, binary_input=True)
         self.bn = nn.BatchNorm2d(out_channels)
         shortcut: list[nn.Module] = []
         if stride == 2:

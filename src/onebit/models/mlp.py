@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from .. import recipes
 from .._shape import image_shape
-from ..nn import BinaryLinear
+from ._layers import linear
 
 
 class MLP(nn.Module):
@@ -23,6 +23,8 @@ class MLP(nn.Module):
       binarizes its input (the sign of the previous block's batch-norm output), so hidden
       activations are one bit. The first layer sees real pixels; the output (a final
       ``BatchNorm1d`` over the logits, as in Courbariaux et al. 2016) is real.
+    - ``binary-activations``: the ``bnn`` network with real weights (the first step of two-step
+      training): the same layers and parameter names, so its trained weights initialize it.
 
     Args:
         in_features: input size; by default ``in_channels`` x the pixels of ``image_size``
@@ -30,9 +32,9 @@ class MLP(nn.Module):
         num_classes: output size.
         hidden: widths of the hidden layers.
         recipe: a name from :func:`onebit.recipes.names`.
-        dropout: dropout probability after each hidden block (float recipe only by default:
-            in the binary recipes a hidden block ends in batch norm, whose zeroed outputs the
-            next layer's sign would turn into +1).
+        dropout: dropout probability after each hidden block (by default 0.2 in the float
+            recipe, 0 in the others: with binary activations a hidden block ends in batch norm,
+            whose zeroed outputs the next layer's sign would turn into +1).
         input_dropout: dropout probability on the (real) input pixels.
         batch_norm: use batch norm after every linear layer.
         in_channels, image_size: the input images (``image_size``: an int for square images or
@@ -66,7 +68,7 @@ class MLP(nn.Module):
                              f"image_size={image_size} ({pixels} inputs); give one or the other")
         self.recipe = recipes.get(recipe)
         if dropout is None:
-            dropout = 0.2 if not self.recipe.binary_weights else 0.0
+            dropout = 0.0 if self.recipe.binary_weights or self.recipe.binary_activations else 0.2
         widths = [in_features, *hidden, num_classes]
         layers: list[nn.Module] = [nn.Flatten()]
         if input_dropout:
@@ -74,7 +76,7 @@ class MLP(nn.Module):
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             last = i == len(widths) - 2
             norm = batch_norm and (not last or self.recipe.binary_activations)
-            layers.append(self._linear(fan_in, fan_out, binary_input=i > 0, bias=not norm))
+            layers.append(linear(self.recipe, fan_in, fan_out, not norm, binary_input=i > 0))
             if norm:
                 layers.append(nn.BatchNorm1d(fan_out))
             if not last:
@@ -83,11 +85,6 @@ class MLP(nn.Module):
                 if dropout:
                     layers.append(nn.Dropout(dropout))
         self.layers = nn.Sequential(*layers)
-
-    def _linear(self, fan_in: int, fan_out: int, binary_input: bool, bias: bool) -> nn.Module:
-        if not self.recipe.binary_weights:
-            return nn.Linear(fan_in, fan_out, bias)
-        return BinaryLinear(fan_in, fan_out, bias, **self.recipe.layer_kwargs(binary_input))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)

@@ -8,8 +8,9 @@ from torch import Tensor, nn
 
 from .. import recipes
 from .._shape import image_shape
-from ..nn import BinaryConv2d, BinaryLinear, HardSigmoid
+from ..nn import HardSigmoid
 from ..quantizers import BinaryNeuron
+from ._layers import conv2d, linear
 
 POSITIONS = ("none", "first", "last", "both")
 
@@ -73,9 +74,8 @@ class SmallCNN(nn.Module):
             return [HardSigmoid(slope)]
 
         def conv(fan_in: int, fan_out: int, binary_input: bool) -> nn.Module:
-            if not recipe_.binary_weights:
-                return nn.Conv2d(fan_in, fan_out, 5, padding=2)
-            return BinaryConv2d(fan_in, fan_out, 5, padding=2, bias=False, **recipe_.layer_kwargs(binary_input))
+            return conv2d(recipe_, fan_in, fan_out, 5, padding=2, bias=not recipe_.binary_weights,
+                          binary_input=binary_input)
 
         self.recipe = recipe_.name
         self.features = nn.Sequential(
@@ -89,13 +89,10 @@ class SmallCNN(nn.Module):
             *act("last"),
         )
         features = 32 * (height // 4) * (width // 4)
-        if not recipe_.binary_weights:
-            self.classifier = nn.Linear(features, num_classes)
-        else:
-            self.classifier = nn.Sequential(
-                BinaryLinear(features, num_classes, bias=False, **recipe_.layer_kwargs(binary_input=True)),
-                nn.BatchNorm1d(num_classes),
-            )
+        classifier = linear(recipe_, features, num_classes, not recipe_.binary_weights, binary_input=True)
+        if recipe_.binary_weights:  # a sum of +-1 weights has no scale of its own
+            classifier = nn.Sequential(classifier, nn.BatchNorm1d(num_classes))
+        self.classifier = classifier
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))

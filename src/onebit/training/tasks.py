@@ -43,7 +43,7 @@ class Task(Protocol):
 
 
 class ClassificationTask:
-    """Supervised classification over in-memory image tensors.
+    r"""Supervised classification over in-memory image tensors.
 
     Batches are made by indexing whole tensors (no per-sample Python): each epoch draws one
     permutation from the trainer's generator.
@@ -55,6 +55,10 @@ class ClassificationTask:
         batch_size: training batch size.
         mean, std: per-channel normalization in [0, 1] pixel units.
         augment: optional ``fn(uint8 images (B, C, H, W), generator) -> images`` for training.
+        label_smoothing: :math:`\varepsilon` in [0, 1): training steps minimize the
+            cross-entropy to the label smoothed over the :math:`K` classes (Szegedy et al. 2016),
+            :math:`q_k = (1 - \varepsilon)\,[k = y] + \varepsilon / K`; evaluation reports the
+            plain cross-entropy.
         eval_batch_size: batch size for evaluation.
     """
 
@@ -66,8 +70,11 @@ class ClassificationTask:
         std: Sequence[float],
         *,
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+        label_smoothing: float = 0.0,
         eval_batch_size: int = 1000,
     ) -> None:
+        if not 0.0 <= label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         missing = {"train", "val"} - set(splits)
         if missing:
             raise ValueError(f"ClassificationTask needs train and val splits (and optionally test); "
@@ -79,6 +86,7 @@ class ClassificationTask:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, channels, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, channels, 1, 1) * 255
         self.augment = augment
+        self.label_smoothing = label_smoothing
 
     def _normalize(self, images: Tensor) -> Tensor:
         return (images.float() - self.mean) / self.std
@@ -117,7 +125,9 @@ class ClassificationTask:
     def step(self, model: nn.Module, batch) -> BatchResult:
         x, y = batch
         logits = model(x)
-        return BatchResult(F.cross_entropy(logits, y, reduction="none"), int((logits.argmax(1) == y).sum()))
+        smoothing = self.label_smoothing if model.training else 0.0
+        loss = F.cross_entropy(logits, y, reduction="none", label_smoothing=smoothing)
+        return BatchResult(loss, int((logits.argmax(1) == y).sum()))
 
 
 class DistillationTask:
