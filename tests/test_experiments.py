@@ -615,3 +615,24 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
             initialize(build_model({"model": {"name": "small_cnn"}}), "step1", runs / "step2" / "seed0")
     finally:
         registry._EXPERIMENTS.pop("tiny-two-step")
+
+
+def test_packed_comparison_on_part_of_the_test_set_draws_from_every_class():
+    """Image folders list the test set class by class: a limited packed comparison (quick runs)
+    takes a seeded random subset, not a prefix holding one class."""
+    from types import SimpleNamespace
+
+    from onebit.experiments.packed import _compare_classifiers
+
+    labels = np.repeat(np.arange(4), 50)
+    images = np.zeros((200, 4), np.float32)
+    data = SimpleNamespace(test_arrays=lambda raw=False: (images, labels), eval_split="test")
+
+    def always_three(x):  # logits that pick class 3 for every image
+        return x + torch.tensor([0.0, 0.0, 0.0, 1.0]) if isinstance(x, torch.Tensor) else x + [0, 0, 0, 1]
+
+    packed = type("Packed", (), {"meta": {}, "__call__": lambda self, x: always_three(x)})()
+    comparison = _compare_classifiers(always_three, packed, SimpleNamespace(load=lambda: data), 16, 60)
+    assert len(comparison.reference) == 60 and comparison.agreement == 1.0
+    accuracy = comparison.accuracy["test"]
+    assert accuracy["torch"] == accuracy["packed"] and 0.1 < accuracy["torch"] < 0.45  # about a quarter

@@ -80,12 +80,15 @@ class _PackedEncoder(nn.Module):
 
 
 def _compare_classifiers(model, packed, dataset: Dataset, batch_size: int, max_images: int | None) -> _Comparison:
-    """Accuracy of both models on the data's test split (validation without one); outputs are logits."""
+    """Accuracy of both models on the data's test split (validation without one), or on a seeded
+    random subset of ``max_images`` of it (image folders list their images class by class, so a
+    prefix would hold one class); outputs are logits."""
     data = dataset.load()
     images, labels = data.test_arrays()
     codes = data.test_arrays(raw=True)[0] if "input_quantization" in packed.meta else images
-    if max_images is not None:
-        images, codes, labels = images[:max_images], codes[:max_images], labels[:max_images]
+    if max_images is not None and max_images < len(labels):
+        keep = np.sort(np.random.default_rng(0).choice(len(labels), max_images, replace=False))
+        images, codes, labels = images[keep], codes[keep], labels[keep]
     with torch.no_grad():
         reference, torch_seconds = _timed(lambda x: model(torch.from_numpy(x)).numpy(), images, batch_size)
     outputs, packed_seconds = _timed(packed, codes, batch_size)
