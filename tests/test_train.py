@@ -121,6 +121,7 @@ def test_train_without_a_test_split_reports_validation(tmp_path, draw_shapes, ca
     (["--recipe", "ternary"], "unknown recipe"),
     (["--set", "learning_rate=1"], "unknown training options"),
     (["--model-arg", "width"], "--model-arg expects KEY=VALUE"),
+    (["--task-option", "mixup=0.2"], "unknown task option(s) mixup; valid: shift, flip, cutout, label_smoothing"),
     (["--image-size", "30"], "multiple of 8"),
 ])
 def test_train_refuses_bad_arguments_before_writing_anything(shapes, tmp_path, capsys, args, message):
@@ -156,6 +157,21 @@ def test_mixed_sizes_ask_for_an_image_size(tmp_path, draw_shapes, capsys, one_th
     assert _train(root, out, "--quick", "--image-size", "16") == 0
     config = json.loads((out / "small_cnn-bnn" / "seed0" / "config.json").read_text())
     assert config["data"]["image_size"] == [16, 16] and config["model"]["image_size"] == 16
+
+
+@pytest.mark.slow
+def test_task_options_augment_the_training_images_and_are_recorded(shapes, tmp_path, one_thread):
+    from onebit.experiments import registry
+    from onebit.experiments.runs import run_config
+
+    out = tmp_path / "runs"
+    options = ["--task-option", "shift=2", "--task-option", "flip=true", "--task-option", "cutout=6",
+               "--task-option", "label_smoothing=0.1"]
+    assert _train(shapes, out, "--quick", *options) == 0
+    config = run_config(out / "small_cnn-bnn" / "seed0")
+    assert config["task"] == {"shift": 2, "flip": True, "cutout": 6, "label_smoothing": 0.1}
+    task = registry.of_run(config).task_of(config)
+    assert task.augment.keywords == {"padding": 2, "flip": True, "cutout": 6} and task.label_smoothing == 0.1
 
 
 @pytest.mark.slow

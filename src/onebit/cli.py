@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from . import recipes
+
 
 def _int_at_least(minimum: int):
     """argparse type: an integer >= ``minimum``."""
@@ -92,7 +94,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     config = train_config(data, args.model, args.recipe, name=args.name, seed=args.seed, quick=args.quick,
                           epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                           overrides=parse_overrides(args.set, "--set"),
-                          model_args=parse_overrides(args.model_arg, "--model-arg"), device=args.device)
+                          model_args=parse_overrides(args.model_arg, "--model-arg"),
+                          task=parse_overrides(args.task_option, "--task-option"), device=args.device)
     run_dir, final = train(config, args.out, root=args.data_root, resume=args.resume, progress=not args.no_progress,
                            command=_command())
     split, accuracy = final_accuracy(final)
@@ -379,7 +382,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "(.jpg, .jpeg, .bmp), optionally DIR/val/<class>/ and DIR/test/<class>/")
     train.add_argument("--model", required=True, help=f"an image classifier: {', '.join(_CLASSIFIERS)}")
     train.add_argument("--recipe", required=True,
-                       help="float, binaryconnect, binaryconnect-stochastic, bnn or xnor (see onebit.recipes)")
+                       help=f"{', '.join(recipes.names())} (see onebit.recipes)")
     train.add_argument("--out", required=True, metavar="RUN_DIR",
                        help="the run directory: the run goes to RUN_DIR/<name>/seed<S>/ and the report to RUN_DIR")
     train.add_argument("--name", help="the run's name in RUN_DIR and its report (default: MODEL-RECIPE)")
@@ -392,6 +395,10 @@ def build_parser() -> argparse.ArgumentParser:
                             "--set compile=true")
     train.add_argument("--model-arg", action="append", metavar="KEY=VALUE",
                        help="a model constructor argument, e.g. --model-arg width=0.5 or --model-arg hidden=[512,512]")
+    train.add_argument("--task-option", action="append", metavar="KEY=VALUE",
+                       help="augmentation and loss of the training images: shift=N (random shifts of up to N "
+                            "pixels), flip=true (random left-right flips), cutout=N (a zeroed NxN square), "
+                            "label_smoothing=E (e.g. 0.1); none by default")
     _data_options(train, folder_options=True)
     train.add_argument("--quick", action="store_true", help="smoke version: one epoch on a small subset")
     train.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
