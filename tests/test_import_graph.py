@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "onebit"
 #: The package's parts from the bottom up: a part imports only parts of lower layers (and its own
 #: modules). deploy sits right above nn, so a packed model needs nothing of training.
 LAYERS = (
-    {"_cpu", "_shape", "quantizers", "recipes"},
+    {"_cpu", "_shape", "quantizers", "recipes", "optim"},
     {"nn", "reinforce", "schedules"},
     {"deploy", "_summary", "inspect", "models", "data"},
     {"training", "predict"},

@@ -74,7 +74,7 @@ class Interrupted(Exception):
     pass
 
 
-@pytest.mark.parametrize("options", [{}, {"bn_recalibration_batches": 2}])
+@pytest.mark.parametrize("options", [{}, {"bn_recalibration_batches": 2}, {"optimizer": "bop", "bop_gamma": 1e-3}])
 def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, options):
     _, uninterrupted = fit(tmp_path, "full", epochs=4, reinforce=True, **options)
 

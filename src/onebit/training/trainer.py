@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from .. import reinforce, schedules
 from .._cpu import cpu_label
 from ..nn import QuantizedLayer, clip_latent_weights
+from ..optim import Bop
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .runlock import run_dir_lock
 from .tasks import BatchResult, Task
@@ -42,7 +43,10 @@ class TrainConfig:
     Attributes:
         epochs: number of passes over the training data.
         batch_size: training batch size (read by the experiment's task).
-        optimizer: ``"adam"`` or ``"sgd"`` (with ``momentum``).
+        optimizer: ``"adam"``, ``"sgd"`` (with ``momentum``), or ``"bop"``: binary weights flip
+            by :class:`onebit.optim.Bop` (adaptivity rate ``bop_gamma``, threshold
+            ``bop_threshold``, both scaled by ``lr_schedule`` like the learning rate) while the
+            other parameters train with Adam at ``lr``.
         lr: base learning rate; ``lr_schedule`` scales it per epoch (see
             :func:`onebit.schedules.lr_factor`), decaying to ``lr * lr_final_ratio``.
         weight_decay: L2 penalty (applied by the optimizer).
@@ -53,6 +57,8 @@ class TrainConfig:
             2015/2016), so latent weights initialized at PyTorch's small scale reach the clip
             range within a few hundred steps. Stochastic binarization needs it: it samples +1
             with probability ``(w + 1) / 2``, pure noise while ``|w|`` stays near 0.
+        bop_gamma: Bop's adaptivity rate :math:`\gamma` (``optimizer="bop"``).
+        bop_threshold: Bop's threshold :math:`\tau` (``optimizer="bop"``).
         grad_clip: maximum gradient norm (``None``: no clipping).
         bn_recalibration_batches: before every validation, re-estimate the batch norms'
             running statistics over this many training batches of the eval-mode network
@@ -98,6 +104,8 @@ class TrainConfig:
     lr_final_ratio: float = 0.01
     clip_latent: float | None = 1.0
     latent_lr_scale: str | None = None
+    bop_gamma: float = 1e-4
+    bop_threshold: float = 1e-8
     grad_clip: float | None = None
     bn_recalibration_batches: int = 0
     slope_schedule: str = "constant"
@@ -171,14 +179,33 @@ def _param_groups(model: nn.Module, latent_lr_scale: str | None) -> list[dict[st
     return groups
 
 
+def _bop_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """The latent binary weights as one Bop group (its lr, Bop's gamma, scaled by schedules like
+    the learning rate), every other parameter in an Adam group."""
+    if config.latent_lr_scale is not None:
+        raise ValueError("optimizer='bop' flips binary weights and has no latent learning rate: "
+                         "drop latent_lr_scale")
+    binary = [m.weight for m in model.modules() if isinstance(m, QuantizedLayer) and m.has_binary_weight]
+    if not binary:
+        raise ValueError("optimizer='bop' needs binary weights; this model has none (use adam)")
+    ids = {id(w) for w in binary}
+    return [{"params": binary, "bop": True, "lr_scale": config.bop_gamma / config.lr},
+            {"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": 1.0}]
+
+
 def _make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    if config.optimizer == "bop":
+        groups = _bop_groups(model, config)
+        for group in groups:
+            group["lr"] = config.lr * group["lr_scale"]
+        return Bop(groups, lr=config.lr, threshold=config.bop_threshold, weight_decay=config.weight_decay)
     params = _param_groups(model, config.latent_lr_scale)
     if config.optimizer == "adam":
         # fused: one kernel per step for all parameters instead of a dozen passes over them
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
-    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam or sgd")
+    raise ValueError(f"unknown optimizer {config.optimizer!r}; choose adam, sgd or bop")
 
 
 def _to(batch, device: torch.device):
