@@ -71,3 +71,13 @@ def test_binary_small_cnn_deploys(recipe):
     with torch.no_grad():
         expected = model(x).argmax(1).numpy()
     assert (packed(x.numpy()).argmax(1) == expected).mean() >= 0.96
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_cnn", "vgg_small", "bireal_resnet"])
+def test_binary_activations_network_has_the_tensors_of_its_binary_twin(name):
+    """Two-step training copies the first step (real weights, binary activations) into the
+    second (bnn / xnor) by name and shape: every classifier builds the same tensors under both."""
+    kwargs = {"width": 0.125} if name in ("vgg_small", "bireal_resnet") else {}
+    shapes = {recipe: {k: v.shape for k, v in models.build(name, recipe=recipe, **kwargs).state_dict().items()}
+              for recipe in ("binary-activations", "bnn", "xnor")}
+    assert shapes["binary-activations"] == shapes["bnn"] == shapes["xnor"]

@@ -281,6 +281,8 @@ def test_cutout_zeroes_one_square_per_image_clipped_at_the_border():
         clipped += len(rows) < 4 or len(cols) < 4
     assert whole > 50 and clipped > 50  # centres anywhere in the image: both cases are common
     assert torch.equal(augment(images, torch.Generator().manual_seed(0), padding=0, flip=False, cutout=0), images)
+    with pytest.raises(ValueError, match="cutout"):
+        augment(images, generator, cutout=-3)
 
 
 def test_augment_without_flip_only_shifts():

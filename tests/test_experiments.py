@@ -613,6 +613,12 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
             torch.testing.assert_close(target[name], tensor, rtol=0, atol=0)
         with pytest.raises(ValueError, match="shares no parameter"):
             initialize(build_model({"model": {"name": "small_cnn"}}), "step1", runs / "step2" / "seed0")
+        with pytest.raises(FileNotFoundError, match="step1/seed1: no finished run"):  # no silent other seed
+            initialize(fresh, "step1", runs / "step2" / "seed1")
+        initialize(fresh, "step1/seed0", runs / "step2" / "seed1")  # one seed named for all
+        (runs / "step1" / "seed0" / "final.json").unlink()  # an interrupted first step is no start
+        with pytest.raises(FileNotFoundError, match="no finished run"):
+            initialize(fresh, "step1", runs / "step2" / "seed0")
     finally:
         registry._EXPERIMENTS.pop("tiny-two-step")
 

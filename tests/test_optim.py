@@ -65,10 +65,15 @@ def test_training_with_bop_flips_binary_weights_and_keeps_their_magnitude(tmp_pa
     assert (convert(model, x)(x.numpy()).argmax(1) == expected).all()
 
 
-def test_bop_needs_binary_weights_and_no_latent_learning_rate(tmp_path):
+def test_bop_needs_deterministic_binary_weights_and_no_latent_learning_rate(tmp_path):
     task = _synthetic_task()
     with pytest.raises(ValueError, match="needs binary weights"):
         Trainer(nn.Sequential(nn.Flatten(), nn.Linear(36, 4)), task, TrainConfig(optimizer="bop"), tmp_path / "a")
     binary = nn.Sequential(nn.Flatten(), BinaryLinear(36, 4))
     with pytest.raises(ValueError, match="latent_lr_scale"):
         Trainer(binary, task, TrainConfig(optimizer="bop", latent_lr_scale="glorot"), tmp_path / "b")
+    stochastic = nn.Sequential(nn.Flatten(), BinaryLinear(36, 4, weight_quantizer="stochastic-sign"))
+    with pytest.raises(ValueError, match="not stochastic ones"):
+        Trainer(stochastic, task, TrainConfig(optimizer="bop"), tmp_path / "c")
+    with pytest.raises(ValueError, match="bop_gamma in"):
+        Trainer(binary, task, TrainConfig(optimizer="bop", lr=0.0), tmp_path / "d")

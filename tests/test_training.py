@@ -287,6 +287,14 @@ def test_distillation_loss_is_the_weighted_kl_to_the_teacher_and_evaluation_stay
         student.eval()  # validation and test report the labels' cross-entropy
         torch.testing.assert_close(distilled.step(student, (x, y)).per_sample_loss, ce)
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
+    # the labels' part follows the task's label smoothing
+    smoothed = ClassificationTask(task.splits, 32, (0.3,), (0.3,), label_smoothing=0.2)
+    student.train()
+    loss = DistillationTask(smoothed, teacher, 0.25, 1.0).step(student, (x, y)).per_sample_loss
+    p_t = torch.softmax(t, 1)
+    kl = (p_t * (p_t.log() - torch.log_softmax(z, 1))).sum(1)
+    ce = nn.functional.cross_entropy(z, y, reduction="none", label_smoothing=0.2)
+    torch.testing.assert_close(loss, 0.75 * ce + 0.25 * kl)
     student.train()
     DistillationTask(task, teacher).step(student, (x, y)).per_sample_loss.mean().backward()
     assert student[1].weight.grad is not None and teacher[1].weight.grad is None

@@ -71,7 +71,7 @@ class Bop(torch.optim.Adam):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            if not group["bop"]:
+            if not group.get("bop", False):  # a group added later by add_param_group is an Adam one
                 continue
             gamma, threshold = group["lr"], group["threshold"]
             for w in group["params"]:

@@ -24,11 +24,15 @@ def augment(images: torch.Tensor, generator: torch.Generator, padding: int = 4, 
         padding: Zero padding in pixels on each side; the maximal shift.
         flip: Also flip (CIFAR-10's objects); off for digits and characters, whose mirror
             images are other symbols.
-        cutout: Side in pixels of the zeroed square; 0 for none.
+        cutout: Side in pixels of the zeroed square; 0 for none. The square is zeroed in the
+            pixels given (black in uint8 images, before normalization), where DeVries and
+            Taylor zero normalized images (the dataset mean).
 
     Returns:
         Tensor of the same shape, dtype and device as ``images``.
     """
+    if padding < 0 or cutout < 0:
+        raise ValueError(f"padding and cutout must be >= 0 pixels, got padding={padding}, cutout={cutout}")
     n, c, h, w = images.shape
     device = images.device
 

@@ -31,18 +31,18 @@ class Row:
         task: task options of this row's runs (e.g. the training episodes' shot), over the
             experiment's ``task``; part of the run's ``config.json`` when not empty.
         distill: knowledge distillation of this row's runs (part of ``config.json`` when not
-            empty): ``{"teacher": <a trained run: a run directory, runs/<experiment>/<row>[/seed<k>], or
-            the name of another row of the experiment>,
+            empty): ``{"teacher": <a trained run: another row of the experiment, by name (its
+            run of the same seed) or as <row>/seed<k>, or a run directory's path>,
             "weight": w, "temperature": T}`` (weight and temperature default to 1); training
             then minimizes :class:`~onebit.training.DistillationTask`'s loss against that run's
             best-validation model.
+        description: what sets the row apart, for the table's column the experiment names
+            (:attr:`Experiment.row_column`, e.g. the estimator); not part of the run's config.
         init_from: two-step training: a trained run (a run directory, or the name of another
             row of the same experiment, trained first; see :func:`~onebit.experiments.runs.source_run`)
             whose best-validation model initializes every parameter and buffer of this row's model
             that has the same name and shape (for example a ``binary-activations`` network
             initializing the same network under ``xnor``). Part of ``config.json`` when set.
-        description: what sets the row apart, for the table's column the experiment names
-            (:attr:`Experiment.row_column`, e.g. the estimator); not part of the run's config.
     """
 
     name: str
@@ -50,8 +50,8 @@ class Row:
     train: dict[str, Any] = field(default_factory=dict)
     task: dict[str, Any] = field(default_factory=dict)
     distill: dict[str, Any] = field(default_factory=dict)
-    init_from: str | None = None
     description: str = ""
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

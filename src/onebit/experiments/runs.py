@@ -91,20 +91,24 @@ def find_run_dir(path: str | os.PathLike) -> Path:
 
 
 def source_run(reference: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
-    """The trained run a row's distillation teacher or ``init_from`` names, for the run in
-    ``run_dir``: a path to a run directory (a row directory gives its first seed), or the name of
-    another row of the same experiment under the same run root, whose run of the same seed is
-    taken when it exists, else its first.
+    """The finished run a row's distillation teacher or ``init_from`` names, for the run in
+    ``run_dir``: another row of the same experiment under the same run root, by name (its run of
+    the same seed) or as ``<row>/seed<k>`` (that seed); else a path to a run directory (a row
+    directory gives its first seed).
 
     Raises:
-        FileNotFoundError: no such run.
+        FileNotFoundError: no such run, or it has not finished (no ``final.json``): a first
+            step or teacher that is still training is no source.
     """
     run_dir = Path(run_dir)
     sibling = run_dir.parent.parent / str(reference)
-    if not Path(reference).exists() and sibling.is_dir():
-        same_seed = sibling / run_dir.name
-        return same_seed if (same_seed / "config.json").exists() else find_run_dir(sibling)
-    return find_run_dir(reference)
+    if (sibling / "config.json").exists():
+        source = sibling
+    else:
+        source = sibling / run_dir.name if sibling.is_dir() else find_run_dir(reference)
+    if not (source / "final.json").exists():
+        raise FileNotFoundError(f"{source}: no finished run there (no final.json)")
+    return source
 
 
 def run_dir_of(out: Path, config: dict[str, Any]) -> Path:

@@ -189,5 +189,7 @@ class DistillationTask:
             target = F.log_softmax(self.teacher(x).float() / self.temperature, dim=1)
         log_p = F.log_softmax(logits.float() / self.temperature, dim=1)
         kl = (target.exp() * (target - log_p)).sum(dim=1) * self.temperature**2
-        loss = (1 - self.weight) * F.cross_entropy(logits.float(), y, reduction="none") + self.weight * kl
+        smoothing = getattr(self.task, "label_smoothing", 0.0)
+        ce = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=smoothing)
+        loss = (1 - self.weight) * ce + self.weight * kl
         return BatchResult(loss, int((logits.argmax(1) == y).sum()))

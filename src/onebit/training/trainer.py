@@ -22,6 +22,7 @@ from .. import reinforce, schedules
 from .._cpu import cpu_label
 from ..nn import QuantizedLayer, clip_latent_weights
 from ..optim import Bop
+from ..quantizers import StochasticSign
 from .checkpoint import load_checkpoint, save_checkpoint, write_json
 from .runlock import run_dir_lock
 from .tasks import BatchResult, Task
@@ -44,9 +45,9 @@ class TrainConfig:
         epochs: number of passes over the training data.
         batch_size: training batch size (read by the experiment's task).
         optimizer: ``"adam"``, ``"sgd"`` (with ``momentum``), or ``"bop"``: binary weights flip
-            by :class:`onebit.optim.Bop` (adaptivity rate ``bop_gamma``, threshold
-            ``bop_threshold``, both scaled by ``lr_schedule`` like the learning rate) while the
-            other parameters train with Adam at ``lr``.
+            by :class:`onebit.optim.Bop` (adaptivity rate ``bop_gamma``, scaled by ``lr_schedule``
+            like the learning rate; threshold ``bop_threshold``, constant) while the other
+            parameters train with Adam at ``lr``.
         lr: base learning rate; ``lr_schedule`` scales it per epoch (see
             :func:`onebit.schedules.lr_factor`), decaying to ``lr * lr_final_ratio``.
         weight_decay: L2 penalty (applied by the optimizer).
@@ -185,9 +186,16 @@ def _bop_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
     if config.latent_lr_scale is not None:
         raise ValueError("optimizer='bop' flips binary weights and has no latent learning rate: "
                          "drop latent_lr_scale")
-    binary = [m.weight for m in model.modules() if isinstance(m, QuantizedLayer) and m.has_binary_weight]
-    if not binary:
+    if not (config.lr > 0 and 0 < config.bop_gamma <= 1):
+        raise ValueError(f"optimizer='bop' needs lr > 0 and bop_gamma in (0, 1], got lr={config.lr}, "
+                         f"bop_gamma={config.bop_gamma}")
+    layers = [m for m in model.modules() if isinstance(m, QuantizedLayer) and m.has_binary_weight]
+    if not layers:
         raise ValueError("optimizer='bop' needs binary weights; this model has none (use adam)")
+    if any(not m.weight_quantizer.packs or isinstance(m.weight_quantizer, StochasticSign) for m in layers):
+        raise ValueError("optimizer='bop' flips the signs of binary weights; it needs deterministic sign weights "
+                         "(bnn, xnor, binaryconnect), not stochastic ones")
+    binary = [m.weight for m in layers]
     ids = {id(w) for w in binary}
     return [{"params": binary, "bop": True, "lr_scale": config.bop_gamma / config.lr},
             {"params": [p for p in model.parameters() if id(p) not in ids], "lr_scale": 1.0}]
