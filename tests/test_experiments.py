@@ -184,6 +184,21 @@ def test_set_model_overrides_replace_constructor_arguments():
             parse_overrides([bad])
 
 
+def test_set_task_overrides_replace_task_options(shared_datasets):
+    from onebit.experiments import registry
+    from onebit.experiments.runner import parse_overrides, run_configs
+
+    cifar, mnist = registry.get("cifar10"), registry.get("mnist-mlp")
+    config, = run_configs(cifar, seeds=1, rows=["float"], overrides=parse_overrides(["task.cutout=16"]))
+    assert config["task"] == {"cutout": 16} and "task.cutout" not in config["train"]
+    config, = run_configs(mnist, quick=True, seeds=1, rows=["bnn"],
+                          overrides=parse_overrides(["task.shift=2", "task.label_smoothing=0.1"]))
+    task = mnist.task_of(config)
+    assert task.augment.keywords == {"padding": 2, "flip": False, "cutout": 0} and task.label_smoothing == 0.1
+    with pytest.raises(ValueError, match="no task option mixup; its task takes shift, flip, cutout"):
+        run_configs(cifar, seeds=1, rows=["float"], overrides={"task.mixup": 0.2})
+
+
 @pytest.mark.slow
 def test_runs_stored_before_a_new_training_option_stay_resumable(shared_datasets, tmp_path, capsys):
     out = tmp_path / "runs"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import shutil
@@ -58,14 +59,17 @@ def run_configs(
     """The JSON config of every run of ``experiment`` (what ``config.json`` holds), seeds
     ``first_seed`` .. ``first_seed + seeds - 1`` of each row.
     ``overrides`` replace training options of every row (``onebit run --set KEY=VALUE``);
-    keys ``model.NAME`` replace the model's constructor argument ``NAME`` instead.
+    keys ``model.NAME`` replace the model's constructor argument ``NAME`` instead, and keys
+    ``task.NAME`` the task option ``NAME`` (e.g. ``task.cutout=16``).
     ``data`` trains the grid on another dataset of the experiment's input size (recorded as the
     config's ``data``; models get its number of classes)."""
     selected = [experiment.row(r) for r in rows] if rows else list(experiment.rows)
-    train_overrides, model_overrides = {}, {}
+    train_overrides, model_overrides, task_overrides = {}, {}, {}
     for key, value in (overrides or {}).items():
         if key.startswith(MODEL_PREFIX):
             model_overrides[key.removeprefix(MODEL_PREFIX)] = value
+        elif key.startswith(TASK_PREFIX):
+            task_overrides[key.removeprefix(TASK_PREFIX)] = value
         else:
             train_overrides[key] = value
     data_spec = _other_data(experiment, data, model_overrides)
@@ -82,11 +86,14 @@ def run_configs(
             model = {**row.model, **(experiment.quick_model if quick else {}), **model_overrides}
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
                       **({"data": data_spec} if data_spec else {}), "model": model, "train": train_options(train)}
-            configs.append({**config, **({"task": dict(row.task)} if row.task else {}),
+            task = {**row.task, **task_overrides}
+            configs.append({**config, **({"task": task} if task else {}),
                             **({"distill": dict(row.distill)} if row.distill else {}),
                             **({"init_from": row.init_from} if row.init_from else {})})
         if model_overrides:
             _check_model(configs[-1], model_overrides)
+    if task_overrides:
+        _check_task(experiment, task_overrides)
     return configs
 
 
@@ -119,8 +126,21 @@ def _check_model(config: dict[str, Any], model_overrides: dict[str, Any]) -> Non
         raise ValueError(f"row {config['row']!r} ({config['model']['name']}) rejects {given}: {err}") from err
 
 
+def _check_task(experiment: registry.Experiment, task_overrides: dict[str, Any]) -> None:
+    """Fail before any training when the experiment's task takes no such option."""
+    allowed = inspect.signature(experiment.make_task).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in allowed.values())
+    options = [name for name, p in allowed.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(k for k in task_overrides if k not in options and not takes_any)
+    if unknown:
+        raise ValueError(f"experiment {experiment.name!r} has no task option {', '.join(unknown)}; its task takes "
+                         f"{', '.join(options)}")
+
+
 #: Prefix of ``--set`` keys that replace a model constructor argument (``model.width=0.75``).
 MODEL_PREFIX = "model."
+#: Prefix of ``--set`` keys that replace a task option (``task.cutout=16``).
+TASK_PREFIX = "task."
 
 
 def parse_overrides(pairs: list[str] | None, option: str | None = None) -> dict[str, Any]:
