@@ -339,3 +339,21 @@ def test_conv_runtime_never_imports_torch(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_a_learned_threshold_after_a_binary_layer_folds_into_its_integer_thresholds(tmp_path):
+    """ReActNet's RSign after a binary layer's batch norm, sign(BN(d) + b), is a threshold on the
+    integer product ``d``: no float op is left for it, and the packed model matches PyTorch."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        BinaryConv2d(1, 32, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32), LearnableBias(32),
+        BinaryConv2d(32, 32, 3, padding=1, bias=False, input_quantizer="sign"), nn.BatchNorm2d(32), LearnableBias(32),
+        nn.Flatten(), BinaryLinear(32 * 14 * 14, 10, bias=False, input_quantizer="sign"), nn.BatchNorm1d(10),
+    )
+    images = omniglot_like(500)
+    model = randomize_batchnorm(model, images)
+    packed = roundtrip(convert(model, images), tmp_path)
+    assert [op.kind for op in packed.ops] == ["binary_conv2d", "binary_conv2d", "flatten", "binary_dense"]
+    with torch.no_grad():
+        expected = model(images).numpy()
+    assert_close_logits(packed(images.numpy()), expected)

@@ -216,8 +216,9 @@ def convert(
       batch norm);
     - float ``nn.Linear``, ``nn.Conv2d``, ``BatchNorm1d/2d``, ``MaxPool2d``, ``ReLU``,
       ``nn.Flatten`` (and the flattening a model's ``forward`` does between modules or at its
-      end), :class:`~onebit.nn.HardSigmoid`, :class:`~onebit.nn.LearnableBias` (a float affine op)
-      and :class:`~onebit.nn.RPReLU`, and every :class:`~onebit.quantizers.Quantizer`
+      end), :class:`~onebit.nn.HardSigmoid`, :class:`~onebit.nn.LearnableBias` (into a binary
+      layer's thresholds where it follows one, else a float affine op) and
+      :class:`~onebit.nn.RPReLU`, and every :class:`~onebit.quantizers.Quantizer`
       that packs (its ``packs`` attribute: at eval, a threshold at zero onto its ``levels``):
       a sign (``SignSTE``, ``StochasticSign``, ``ApproxSign``, or a quantizer of one's own)
       or a step (a :class:`~onebit.quantizers.BinaryNeuron` that does not sample at eval);
@@ -394,14 +395,16 @@ def _bias(module: nn.Module) -> np.ndarray:
 
 def _binary_layer(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
     r"""A binary linear / conv layer and what folds into it: ``layer -> [MaxPool2d] ->
-    [BatchNorm] -> [sign]``.
+    [BatchNorm] -> [LearnableBias] -> [sign]``.
 
     The layer computes :math:`y = \alpha\, d + b` from the ±1 product ``d`` (``alpha`` the
     XNOR scale or 1, ``b`` its bias); a batch norm :math:`z = s_{bn} y + t_{bn}` makes it
     :math:`z = \text{scale}\cdot d + \text{shift}` with :math:`\text{scale} = s_{bn}\alpha`,
     :math:`\text{shift} = s_{bn} b + t_{bn}`. A max pool between layer and batch norm acts on
-    ``d`` (``alpha >= 0``). When a sign follows (:func:`_sign_follows`), ``sign(z)`` becomes
-    ``(d >= t) XOR flip`` (:func:`fold_sign_threshold`) and the op emits packed bits.
+    ``d`` (``alpha >= 0``). A learnable bias after it (:class:`~onebit.nn.LearnableBias`,
+    ReActNet's learned threshold) adds to ``shift``. When a sign follows (:func:`_sign_follows`),
+    ``sign(z)`` becomes ``(d >= t) XOR flip`` (:func:`fold_sign_threshold`) and the op emits
+    packed bits.
     """
     name, layer = calls[i].name, calls[i].module
     conv = isinstance(layer, BinaryConv2d)
@@ -430,6 +433,9 @@ def _binary_layer(ops: list[runtime.Op], calls: list[_Call], i: int) -> int:
     if j < len(calls) and isinstance(calls[j].module, norm):
         bn_scale, bn_shift = _bn_affine(calls[j].module)
         scale, shift = scale * bn_scale, shift * bn_scale + bn_shift
+        j += 1
+    while j < len(calls) and isinstance(calls[j].module, LearnableBias):  # learned thresholds: into the shift
+        shift = shift + _np(calls[j].module.bias).astype(np.float64)
         j += 1
     if _sign_follows(calls, j):
         thresholds, flip = fold_sign_threshold(scale, shift)

@@ -43,7 +43,9 @@ class LearnableBias(nn.Module):
     r"""A learnable per-channel shift :math:`y_c = x_c + b_c`. Before a sign it is ReActNet's
     RSign, :math:`\mathrm{sign}(x_c + b_c)`: a learned threshold per channel (Liu et al. 2020,
     "ReActNet: Towards Precise Binary Neural Network with Generalized Activation Functions").
-    A packed model computes it as a float affine op before packing the signs.
+    In a packed model it folds into the integer thresholds where it follows a binary layer
+    (and its batch norm); elsewhere (after a real-valued sum, as in Bi-Real blocks) it is a
+    float shift before the signs are packed.
 
     Args:
         num_features: channels :math:`C`.
