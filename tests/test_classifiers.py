@@ -81,3 +81,16 @@ def test_binary_activations_network_has_the_tensors_of_its_binary_twin(name):
     shapes = {recipe: {k: v.shape for k, v in models.build(name, recipe=recipe, **kwargs).state_dict().items()}
               for recipe in ("binary-activations", "bnn", "xnor")}
     assert shapes["binary-activations"] == shapes["bnn"] == shapes["xnor"]
+
+
+@pytest.mark.parametrize("binary, neurons", [("none", []), ("first", [3]), ("last", [7]), ("both", [3, 7])])
+def test_small_cnn_puts_binary_neurons_where_asked(binary, neurons):
+    """Study B's grid: ``binary`` places BinaryNeurons after the first, the last or both conv
+    blocks, hard sigmoids elsewhere."""
+    from onebit.nn import HardSigmoid
+    from onebit.quantizers import BinaryNeuron
+
+    model = models.build("small_cnn", binary=binary, mode="stochastic", estimator="reinforce")
+    acts = {i: type(m) for i, m in enumerate(model.features) if isinstance(m, (BinaryNeuron, HardSigmoid))}
+    assert sorted(acts) == [3, 7]
+    assert [i for i, kind in acts.items() if kind is BinaryNeuron] == neurons

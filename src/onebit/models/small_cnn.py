@@ -75,10 +75,10 @@ class SmallCNN(nn.Module):
 
         # study B's float network has biases and bare logits; a binary one (binary weights or
         # activations, the layers of bnn and xnor) has no biases and a batch norm over the logits
-        binary = recipe_.binary_weights or recipe_.binary_activations
+        binary_layers = recipe_.binary_weights or recipe_.binary_activations
 
         def conv(fan_in: int, fan_out: int, binary_input: bool) -> nn.Module:
-            return conv2d(recipe_, fan_in, fan_out, 5, padding=2, bias=not binary, binary_input=binary_input)
+            return conv2d(recipe_, fan_in, fan_out, 5, padding=2, bias=not binary_layers, binary_input=binary_input)
 
         self.recipe = recipe_.name
         self.features = nn.Sequential(
@@ -92,8 +92,8 @@ class SmallCNN(nn.Module):
             *act("last"),
         )
         features = 32 * (height // 4) * (width // 4)
-        classifier = linear(recipe_, features, num_classes, not binary, binary_input=True)
-        if binary:  # a sum of +-1 weights (or of weights times +-1 inputs) has no scale of its own
+        classifier = linear(recipe_, features, num_classes, not binary_layers, binary_input=True)
+        if binary_layers:  # a sum of +-1 weights (or of weights times +-1 inputs) has no scale of its own
             classifier = nn.Sequential(classifier, nn.BatchNorm1d(num_classes))
         self.classifier = classifier
 
