@@ -2,7 +2,9 @@
 
 Rows: BinaryNet's VGG-small under the ``float``, ``binaryconnect``, ``bnn`` and ``xnor``
 recipes, a Bi-Real ResNet-18 (``bireal``) and its real-valued twin (``float-bireal``), each
-sized to train within about 3 CPU-hours (one thread) on a 2-core machine.
+sized to train within about 3 CPU-hours (one thread) on a 2-core machine; and ReActNet's
+Bi-Real trained in two steps (``react-step1``: binary activations, real weights; ``react``: the
+fully binary network started from it).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ ROWS = (
         {**_BINARY_TRAIN, "epochs": EPOCHS}),
     Row("float-bireal", {"name": _BIREAL, "recipe": "float", "width": BIREAL_WIDTH},
         {**_FLOAT_TRAIN, "epochs": EPOCHS}),
+    # ReActNet's Bi-Real (learned sign thresholds, RPReLU) in two steps: binary activations with
+    # real weights, then the same network with binary weights started from them
+    Row("react-step1", {"name": _BIREAL, "recipe": "binary-activations", "width": BIREAL_WIDTH, "react": True},
+        {**_BINARY_TRAIN, "epochs": EPOCHS}),
+    Row("react", {"name": _BIREAL, "recipe": "xnor", "width": BIREAL_WIDTH, "react": True},
+        {**_BINARY_TRAIN, "epochs": EPOCHS}, init_from="react-step1"),
 )
 
 CIFAR10 = Experiment(
@@ -83,5 +91,10 @@ CIFAR10 = Experiment(
         "classifier keep float weights, and every block adds its real-valued shortcut in float.",
         "Bi-Real Net's paper reports ImageNet only, so there is no published CIFAR-10 figure for either "
         "Bi-Real row.",
+        "react-step1 and react: ReActNet's Bi-Real (Liu et al. 2020; `react=True`: a learned threshold "
+        "before every sign, RPReLU after every block) trained in two steps (Martinez et al. 2020): "
+        "react-step1 with binary activations and real weights (no packed form), then react, the same "
+        "network with binary weights (xnor), every tensor started from react-step1's best model of the "
+        "same seed. The CPU budget of react is that of both steps.",
     ),
 )
