@@ -657,3 +657,15 @@ def test_packed_comparison_on_part_of_the_test_set_draws_from_every_class():
     assert len(comparison.reference) == 60 and comparison.agreement == 1.0
     accuracy = comparison.accuracy["test"]
     assert accuracy["torch"] == accuracy["packed"] and 0.1 < accuracy["torch"] < 0.45  # about a quarter
+
+
+def test_mnist_cnn_targets_are_study_b_for_reinforce_rows_and_97_for_leave_one_out():
+    from onebit.experiments import get
+    from onebit.experiments.render import _target
+
+    targets = get("mnist-cnn").targets
+    assert targets["stochastic-reinforce-last"] == 0.8895 and targets["deterministic-reinforce-both"] == 0.934
+    assert targets["stochastic-reinforce-both-loo-annealed"] == 0.97 and targets["stochastic-st-both"] == 0.985
+    row = {"target": 0.8895, "test_acc_mean": 0.9, "test_acc": [0.9], "quick": False}
+    assert _target(row) == ">= 88.95: met"  # a target between tenths keeps its digits
+    assert _target({**row, "target": 0.985}) == ">= 98.5: **not met**"

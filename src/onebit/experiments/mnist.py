@@ -107,6 +107,20 @@ _STUDY_B = {
     "deterministic-reinforce-both": 93.40,
 }
 
+def _cnn_targets() -> dict[str, float]:
+    """98.5% for the straight-through rows; a leave-one-out REINFORCE row 97%; the other REINFORCE
+    rows study B's figure for the same row, which they must beat."""
+    targets = {}
+    for row in CNN_ROWS:
+        if row.name == "none":
+            continue
+        if row.model["estimator"] == "st":
+            targets[row.name] = 0.985
+        else:
+            targets[row.name] = 0.97 if row.name.endswith("-loo-annealed") else round(_STUDY_B[row.name] / 100, 4)
+    return targets
+
+
 MNIST_CNN = Experiment(
     name="mnist-cnn",
     description="Study B: 2-conv CNN with binary activations (first/last/both) x estimators",
@@ -116,7 +130,7 @@ MNIST_CNN = Experiment(
            "clip_latent": None},
     dataset="mnist",
     published={k: f"{v:.2f} (study B)" for k, v in _STUDY_B.items()},
-    targets={r.name: 0.97 if "reinforce" in r.name else 0.985 for r in CNN_ROWS if r.name != "none"},
+    targets=_cnn_targets(),
     notes=(
         "Study B's REINFORCE rows computed no log-probability, so every layer upstream of a "
         "binary unit stayed at its random initialization: its deterministic 'REINFORCE' figures measure "

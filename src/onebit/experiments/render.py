@@ -183,7 +183,9 @@ def _target(row: dict) -> str:
     if row["target"] is None:
         return ""
     met = row[f"{accuracy_key(row)}_mean"] >= row["target"]
-    return f">= {100 * row['target']:.1f}: {'met' if met else '**not met**'}"
+    percent = 100 * row["target"]
+    shown = f"{percent:.1f}" if round(percent, 1) == round(percent, 4) else f"{percent:.2f}"  # 98.5, 88.95
+    return f">= {shown}: {'met' if met else '**not met**'}"
 
 
 def _threads(rows: list[dict]) -> str:
