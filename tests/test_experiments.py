@@ -669,3 +669,21 @@ def test_mnist_cnn_targets_are_study_b_for_reinforce_rows_and_97_for_leave_one_o
     row = {"target": 0.8895, "test_acc_mean": 0.9, "test_acc": [0.9], "quick": False}
     assert _target(row) == ">= 88.95: met"  # a target between tenths keeps its digits
     assert _target({**row, "target": 0.985}) == ">= 98.5: **not met**"
+
+
+def test_set_distill_overrides_make_every_row_distill(tmp_path):
+    from onebit.experiments import registry
+    from onebit.experiments.runner import parse_overrides, run_configs
+
+    cifar = registry.get("cifar10")
+    teacher = str(tmp_path / "float" / "seed0")
+    configs = run_configs(cifar, seeds=1, rows=["bnn", "xnor"],
+                          overrides=parse_overrides([f"distill.teacher={teacher}", "distill.temperature=2"]))
+    assert [c["distill"] for c in configs] == [{"teacher": teacher, "temperature": 2}] * 2
+    assert all("distill.teacher" not in c["train"] for c in configs)
+    config, = run_configs(cifar, seeds=1, rows=["bnn"])
+    assert "distill" not in config
+    with pytest.raises(ValueError, match="teacher required, e.g. --set distill.teacher="):
+        run_configs(cifar, seeds=1, rows=["bnn"], overrides={"distill.weight": 0.5})
+    with pytest.raises(ValueError, match="distillation options are teacher, temperature, weight .*got alpha"):
+        run_configs(cifar, seeds=1, rows=["bnn"], overrides={"distill.teacher": teacher, "distill.alpha": 1})

@@ -322,8 +322,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--set", action="append", metavar="KEY=VALUE",
                      help="override a training option for every row, e.g. --set lr=0.01 "
                           "--set reinforce_baseline=self-critical, a model argument with model.NAME, "
-                          "e.g. --set model.width=0.75, or a task option with task.NAME, e.g. "
-                          "--set task.cutout=16 (use another --out)")
+                          "e.g. --set model.width=0.75, a task option with task.NAME, e.g. "
+                          "--set task.cutout=16, or a distillation option with distill.NAME, e.g. "
+                          "--set distill.teacher=runs/cifar10/float/seed0 (use another --out)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     run.set_defaults(func=_cmd_run)
 

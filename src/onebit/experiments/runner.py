@@ -60,16 +60,20 @@ def run_configs(
     ``first_seed`` .. ``first_seed + seeds - 1`` of each row.
     ``overrides`` replace training options of every row (``onebit run --set KEY=VALUE``);
     keys ``model.NAME`` replace the model's constructor argument ``NAME`` instead, and keys
-    ``task.NAME`` the task option ``NAME`` (e.g. ``task.cutout=16``).
+    ``task.NAME`` the task option ``NAME`` (e.g. ``task.cutout=16``), and keys ``distill.NAME``
+    the distillation option ``NAME`` (:attr:`registry.Row.distill`, e.g.
+    ``distill.teacher=runs/cifar10/float/seed0``: every selected row then distills that run).
     ``data`` trains the grid on another dataset of the experiment's input size (recorded as the
     config's ``data``; models get its number of classes)."""
     selected = [experiment.row(r) for r in rows] if rows else list(experiment.rows)
-    train_overrides, model_overrides, task_overrides = {}, {}, {}
+    train_overrides, model_overrides, task_overrides, distill_overrides = {}, {}, {}, {}
     for key, value in (overrides or {}).items():
         if key.startswith(MODEL_PREFIX):
             model_overrides[key.removeprefix(MODEL_PREFIX)] = value
         elif key.startswith(TASK_PREFIX):
             task_overrides[key.removeprefix(TASK_PREFIX)] = value
+        elif key.startswith(DISTILL_PREFIX):
+            distill_overrides[key.removeprefix(DISTILL_PREFIX)] = value
         else:
             train_overrides[key] = value
     data_spec = _other_data(experiment, data, model_overrides)
@@ -87,8 +91,10 @@ def run_configs(
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
                       **({"data": data_spec} if data_spec else {}), "model": model, "train": train_options(train)}
             task = {**row.task, **task_overrides}
+            distill = {**row.distill, **distill_overrides}
+            _check_distill(distill)
             configs.append({**config, **({"task": task} if task else {}),
-                            **({"distill": dict(row.distill)} if row.distill else {}),
+                            **({"distill": distill} if distill else {}),
                             **({"init_from": row.init_from} if row.init_from else {})})
         if model_overrides:
             _check_model(configs[-1], model_overrides)
@@ -141,6 +147,8 @@ def _check_task(experiment: registry.Experiment, task_overrides: dict[str, Any])
 MODEL_PREFIX = "model."
 #: Prefix of ``--set`` keys that replace a task option (``task.cutout=16``).
 TASK_PREFIX = "task."
+#: Prefix of ``--set`` keys that replace a distillation option (``distill.teacher=PATH``).
+DISTILL_PREFIX = "distill."
 
 
 def parse_overrides(pairs: list[str] | None, option: str | None = None) -> dict[str, Any]:
@@ -195,11 +203,17 @@ def _trained_source(reference: str, run_dir: Path, role: str) -> torch.nn.Module
     return model
 
 
+def _check_distill(options: dict[str, Any]) -> None:
+    """Fail unless ``options`` are distillation options (:attr:`registry.Row.distill`) naming a teacher."""
+    unknown = set(options) - _DISTILL_KEYS
+    if unknown or (options and "teacher" not in options):
+        raise ValueError(f"distillation options are {', '.join(sorted(_DISTILL_KEYS))} (teacher required, e.g. "
+                         f"--set distill.teacher=runs/cifar10/float/seed0), got {', '.join(sorted(options))}")
+
+
 def distillation(task, options: dict[str, Any], run_dir: Path, device: torch.device) -> DistillationTask:
     """``task`` distilling the teacher run ``options["teacher"]`` names (see :attr:`registry.Row.distill`)."""
-    unknown = set(options) - _DISTILL_KEYS
-    if unknown or "teacher" not in options:
-        raise ValueError(f"distillation options are {sorted(_DISTILL_KEYS)} (teacher required), got {sorted(options)}")
+    _check_distill(options)
     teacher = _trained_source(options["teacher"], run_dir, "distillation teacher")
     return DistillationTask(task, teacher.to(device), options.get("weight", 1.0), options.get("temperature", 1.0))
 
