@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import shutil
@@ -30,6 +29,7 @@ from ..training import (
 from ..training.runlock import LOCK_NAME
 from . import registry
 from .report import write_report
+from .tasks import check_task_options
 from .runs import (
     DATA_FILE,
     build_model,
@@ -134,13 +134,10 @@ def _check_model(config: dict[str, Any], model_overrides: dict[str, Any]) -> Non
 
 def _check_task(experiment: registry.Experiment, task_overrides: dict[str, Any]) -> None:
     """Fail before any training when the experiment's task takes no such option."""
-    allowed = inspect.signature(experiment.make_task).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in allowed.values())
-    options = [name for name, p in allowed.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-    unknown = sorted(k for k in task_overrides if k not in options and not takes_any)
-    if unknown:
-        raise ValueError(f"experiment {experiment.name!r} has no task option {', '.join(unknown)}; its task takes "
-                         f"{', '.join(options)}")
+    try:
+        check_task_options(experiment.make_task, task_overrides)
+    except ValueError as err:
+        raise ValueError(f"experiment {experiment.name!r}: {err}") from None
 
 
 #: Prefix of ``--set`` keys that replace a model constructor argument (``model.width=0.75``).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import torch
@@ -10,10 +12,26 @@ from ..data import Dataset, ImageSet
 from ..data.augment import augment
 from ..training import ClassificationTask
 
-__all__ = ["QUICK_SIZES", "classification_task"]
+__all__ = ["QUICK_SIZES", "check_task_options", "classification_task"]
 
 #: Images per split that ``--quick`` runs keep (a seeded random subset of each).
 QUICK_SIZES = {"train": 2000, "val": 500, "test": 1000}
+
+
+def check_task_options(make_task: Callable[..., object], options: Iterable[str]) -> None:
+    """Fail unless ``make_task`` (an experiment's task builder) takes every one of ``options``
+    as a keyword option.
+
+    Raises:
+        ValueError: an option it does not take, naming those it does.
+    """
+    parameters = inspect.signature(make_task).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    valid = [name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown task option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
 
 
 def _quick_subset(data: ImageSet, size: int, seed: int) -> ImageSet:

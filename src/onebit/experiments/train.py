@@ -22,15 +22,14 @@ from . import registry
 from .report import write_report
 from .runner import _prepare, _record_command, check_directory, train_run
 from .runs import build_model, train_options
+from .tasks import check_task_options, classification_task
 
-__all__ = ["DEFAULTS", "TASK_OPTIONS", "train_config", "train"]
+__all__ = ["DEFAULTS", "train_config", "train"]
 
 #: Training options of ``onebit train`` over :class:`~onebit.training.TrainConfig`'s defaults:
 #: Adam with cosine learning-rate decay, bfloat16 where the CPU computes it natively.
 DEFAULTS = {"epochs": 10, "batch_size": 64, "optimizer": "adam", "lr": 1e-3, "lr_schedule": "cosine",
             "precision": "auto"}
-#: Options of the image-classification task a run of ``onebit train`` may set (``--task-option``).
-TASK_OPTIONS = ("shift", "flip", "cutout", "label_smoothing")
 #: Model arguments that come from the data and the command, not from ``--model-arg``.
 _FROM_DATA = ("name", "recipe", "in_channels", "num_classes", "image_size")
 
@@ -43,8 +42,8 @@ def train_config(dataset: Dataset, model: str, recipe: str, *, name: str | None 
     """The ``config.json`` of a run of ``model`` under ``recipe`` on ``dataset`` (loaded here: its
     input size and classes size the model). ``overrides`` are training options
     (:class:`~onebit.training.TrainConfig`) over :data:`DEFAULTS` and the explicit ones; ``task``
-    are options of the image-classification task (:data:`TASK_OPTIONS`: augmentation and label
-    smoothing); ``quick`` trains one epoch on a small subset.
+    are options of the image-classification task (the keyword options of
+    :func:`~onebit.experiments.tasks.classification_task`: augmentation, label smoothing); ``quick`` trains one epoch on a small subset.
 
     Raises:
         ValueError: the model is not an image classifier or rejects an argument, or an option is unknown.
@@ -53,9 +52,7 @@ def train_config(dataset: Dataset, model: str, recipe: str, *, name: str | None 
         kind = "a few-shot model" if model in models.names() else "not a model"
         raise ValueError(f"{model!r} is {kind}: onebit train trains the image classifiers "
                          f"{', '.join(models.CLASSIFIERS)}")
-    unknown = sorted(set(task or {}) - set(TASK_OPTIONS))
-    if unknown:
-        raise ValueError(f"unknown task option(s) {', '.join(unknown)}; valid: {', '.join(TASK_OPTIONS)}")
+    check_task_options(classification_task, task or {})
     model_args = dict(model_args or {})
     fixed = sorted(set(model_args) & set(_FROM_DATA))
     if fixed:
