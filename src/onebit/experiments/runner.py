@@ -29,7 +29,6 @@ from ..training import (
 from ..training.runlock import LOCK_NAME
 from . import registry
 from .report import write_report
-from .tasks import check_task_options
 from .runs import (
     DATA_FILE,
     build_model,
@@ -40,6 +39,7 @@ from .runs import (
     source_run,
     train_options,
 )
+from .tasks import check_task_options
 
 __all__ = ["run_configs", "run_experiment", "train_run", "parse_overrides"]
 

@@ -43,7 +43,8 @@ def train_config(dataset: Dataset, model: str, recipe: str, *, name: str | None 
     input size and classes size the model). ``overrides`` are training options
     (:class:`~onebit.training.TrainConfig`) over :data:`DEFAULTS` and the explicit ones; ``task``
     are options of the image-classification task (the keyword options of
-    :func:`~onebit.experiments.tasks.classification_task`: augmentation, label smoothing); ``quick`` trains one epoch on a small subset.
+    :func:`~onebit.experiments.tasks.classification_task`: augmentation, label smoothing);
+    ``quick`` trains one epoch on a small subset.
 
     Raises:
         ValueError: the model is not an image classifier or rejects an argument, or an option is unknown.
