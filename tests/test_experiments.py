@@ -571,7 +571,7 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
     """A row's ``distill`` names a teacher run: its config records it, and the runner trains the
     student against that run's best model (a missing teacher run fails before any training)."""
     from onebit.experiments import Experiment, Row, register, registry
-    from onebit.experiments.runner import run_configs
+    from onebit.experiments.runner import distillation, run_configs
 
     teacher_dir = tmp_path / "runs" / "tiny-distill" / "teacher"
     distill = {"teacher": str(teacher_dir), "weight": 0.5, "temperature": 2.0}
@@ -590,6 +590,14 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
         assert stored["distill"] == distill
         assert json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "final.json").read_text())[
             "test_acc"] > 0.5
+        # with compile (the student's TrainConfig.compile), the teacher runs compiled, to the same logits
+        student_dir = tmp_path / "runs" / "tiny-distill" / "student" / "seed0"
+        plain, compiled = (distillation(None, distill, student_dir, torch.device("cpu"), compile=c).teacher
+                           for c in (False, True))
+        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and not compiled.training
+        x = torch.randn(8, 1, 28, 28)
+        with torch.no_grad():
+            torch.testing.assert_close(compiled(x), plain(x))
     finally:
         registry._EXPERIMENTS.pop("tiny-distill")
 

@@ -179,7 +179,7 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | No
     if isinstance(task, ClassificationTask):
         write_json(experiment.dataset_of(config, root).load().record(), run_dir / DATA_FILE)
     if "distill" in config:
-        task = distillation(task, config["distill"], run_dir, resolve_device(train.device))
+        task = distillation(task, config["distill"], run_dir, resolve_device(train.device), compile=train.compile)
     torch.manual_seed(train.seed)
     model = build_model(config)
     if "init_from" in config:
@@ -208,11 +208,16 @@ def _check_distill(options: dict[str, Any]) -> None:
                          f"--set distill.teacher=runs/cifar10/float/seed0), got {', '.join(sorted(options))}")
 
 
-def distillation(task, options: dict[str, Any], run_dir: Path, device: torch.device) -> DistillationTask:
-    """``task`` distilling the teacher run ``options["teacher"]`` names (see :attr:`registry.Row.distill`)."""
+def distillation(task, options: dict[str, Any], run_dir: Path, device: torch.device,
+                 compile: bool = False) -> DistillationTask:
+    """``task`` distilling the teacher run ``options["teacher"]`` names (see :attr:`registry.Row.distill`).
+    With ``compile`` (the student's ``TrainConfig.compile``) the teacher's forward pass runs
+    through :func:`torch.compile` too: it runs on every training batch."""
     _check_distill(options)
-    teacher = _trained_source(options["teacher"], run_dir, "distillation teacher")
-    return DistillationTask(task, teacher.to(device), options.get("weight", 1.0), options.get("temperature", 1.0))
+    teacher = _trained_source(options["teacher"], run_dir, "distillation teacher").to(device)
+    if compile:
+        teacher = torch.compile(teacher)
+    return DistillationTask(task, teacher, options.get("weight", 1.0), options.get("temperature", 1.0))
 
 
 def initialize(model: torch.nn.Module, reference: str, run_dir: Path) -> None:
