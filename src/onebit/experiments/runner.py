@@ -79,6 +79,8 @@ def run_configs(
     data_spec = _other_data(experiment, data, model_overrides)
     configs = []
     for row in selected:
+        distill = {**row.distill, **distill_overrides}
+        _check_distill(distill)
         for seed in range(first_seed, first_seed + seeds):
             options = {**experiment.train, **row.train, **train_overrides, "seed": seed, "device": device}
             train = TrainConfig.from_dict(options)
@@ -91,10 +93,8 @@ def run_configs(
             config = {"experiment": experiment.name, "row": row.name, "seed": seed, "quick": quick,
                       **({"data": data_spec} if data_spec else {}), "model": model, "train": train_options(train)}
             task = {**row.task, **task_overrides}
-            distill = {**row.distill, **distill_overrides}
-            _check_distill(distill)
             configs.append({**config, **({"task": task} if task else {}),
-                            **({"distill": distill} if distill else {}),
+                            **({"distill": dict(distill)} if distill else {}),
                             **({"init_from": row.init_from} if row.init_from else {})})
         if model_overrides:
             _check_model(configs[-1], model_overrides)
