@@ -608,7 +608,7 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
     shape), and the config records it."""
     from onebit.experiments import Experiment, Row, register, registry
     from onebit.experiments.runner import initialize, run_configs
-    from onebit.experiments.runs import build_model, load_trained
+    from onebit.experiments.runs import WEIGHTS_FILE, build_model, load_trained
 
     mlp = {"name": "mlp", "hidden": [32]}
     experiment = register(Experiment("tiny-two-step", "two-step training", (
@@ -625,6 +625,9 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
         assert "Train its row first" in capsys.readouterr().err
         assert main(args) == 0
         assert json.loads((runs / "step2" / "seed0" / "config.json").read_text())["init_from"] == "step1"
+        # the first step's run ships its best weights for the rows that depend on it; the second's does not
+        assert (runs / "step1" / "seed0" / WEIGHTS_FILE).exists()
+        assert not (runs / "step2" / "seed0" / WEIGHTS_FILE).exists()
         assert json.loads((runs / "step2" / "seed0" / "final.json").read_text())["test_acc"] > 0.5
 
         trained, _ = load_trained(runs / "step1" / "seed0")
@@ -634,6 +637,11 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
         assert set(source) == set(target)  # the same MLP: binary-activations and xnor share every tensor
         for name, tensor in source.items():
             torch.testing.assert_close(target[name], tensor, rtol=0, atol=0)
+        (runs / "step1" / "seed0" / "checkpoint.pt").unlink()  # a copy of the runs without the checkpoint
+        elsewhere = build_model(step2)
+        initialize(elsewhere, "step1", runs / "step2" / "seed0")
+        for name, tensor in source.items():
+            torch.testing.assert_close(elsewhere.state_dict()[name], tensor, rtol=0, atol=0)
         with pytest.raises(ValueError, match="shares no parameter"):
             initialize(build_model({"model": {"name": "small_cnn"}}), "step1", runs / "step2" / "seed0")
         with pytest.raises(FileNotFoundError, match="step1/seed1: no finished run"):  # no silent other seed
@@ -644,6 +652,18 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
             initialize(fresh, "step1", runs / "step2" / "seed0")
     finally:
         registry._EXPERIMENTS.pop("tiny-two-step")
+
+
+def test_source_rows_are_the_rows_another_row_distills_or_starts_from():
+    from onebit.experiments import Experiment, Row
+    from onebit.experiments.runner import source_rows
+
+    mlp = {"name": "mlp"}
+    experiment = Experiment("sources", "", (
+        Row("float", mlp), Row("step1", mlp), Row("other", mlp),
+        Row("step2", mlp, init_from="step1/seed0", distill={"teacher": "float"}),
+        Row("elsewhere", mlp, init_from="runs/sources/other/seed0", distill={"teacher": "missing"})), {}, "mnist")
+    assert source_rows(experiment) == {"float", "step1"}
 
 
 def test_packed_comparison_on_part_of_the_test_set_draws_from_every_class():

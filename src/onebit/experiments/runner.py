@@ -31,11 +31,13 @@ from . import registry
 from .report import write_report
 from .runs import (
     DATA_FILE,
+    WEIGHTS_FILE,
     build_model,
     checkpoint_path,
     load_trained,
     run_dir_of,
     same_run,
+    save_weights,
     source_run,
     train_options,
 )
@@ -357,9 +359,34 @@ def run_experiment(
                 config, final = futures[future], future.result()
                 split, accuracy = final_accuracy(final)
                 print(f"{config['row']} seed {config['seed']}: {split} acc {accuracy:.4f}")
-    if main_process:  # new runs get their packed evaluation; stored ones are kept (`onebit report` re-times)
+    if main_process:
+        _ship_weights(experiment, configs, Path(out))
+        # new runs get their packed evaluation; stored ones are kept (`onebit report` re-times)
         write_report(exp_dir, root=root, packed="stored")
     return exp_dir
+
+
+def source_rows(experiment: registry.Experiment) -> set[str]:
+    """The rows of ``experiment`` that another of its rows distills or starts from (a
+    :attr:`~registry.Row.distill` teacher or :attr:`~registry.Row.init_from` that names a row,
+    as ``<row>`` or ``<row>/seed<k>``)."""
+    names = {row.name for row in experiment.rows}
+    references = [row.init_from for row in experiment.rows] + [row.distill.get("teacher") for row in experiment.rows]
+    parts = [str(reference).split("/") for reference in references if reference]
+    return {p[0] for p in parts if p[0] in names and len(p) <= 2}
+
+
+def _ship_weights(experiment: registry.Experiment, configs: list[dict[str, Any]], out: Path) -> None:
+    """Give every finished run of a source row (:func:`source_rows`) its :data:`~runs.WEIGHTS_FILE`,
+    so that a copy of the run directories (``--out results``, committed) trains the rows that
+    depend on it without the checkpoint."""
+    sources = source_rows(experiment)
+    for config in configs:
+        run_dir = run_dir_of(out, config)
+        if (config["row"] in sources and (run_dir / "final.json").exists()
+                and not (run_dir / WEIGHTS_FILE).exists() and checkpoint_path(run_dir).exists()):
+            print(f"{config['row']} seed {config['seed']}: weights for the rows that depend on it -> "
+                  f"{save_weights(run_dir)}")
 
 
 def _exit_with_parent(parent: int) -> None:

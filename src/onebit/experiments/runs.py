@@ -19,17 +19,23 @@ import torch
 
 from .. import models
 from ..data import DataInfo
-from ..training import TrainConfig, load_checkpoint
+from ..training import TrainConfig, load_checkpoint, save_checkpoint
 from . import registry
 
 __all__ = ["build_model", "checkpoint_path", "find_run_dir", "run_dir_of", "data_info", "load_trained",
-           "run_config", "source_run", "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE"]
+           "run_config", "save_weights", "source_run", "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE",
+           "WEIGHTS_FILE"]
 
 #: Environment variable naming a directory for checkpoints outside the run directories.
 CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
 #: The file of a run directory that describes the data the run trained on (classes, input size,
 #: normalization, source, splits), so that exports and reports need no dataset.
 DATA_FILE = "data.json"
+#: The file of a run directory that holds the run's best-validation weights alone (a state dict,
+#: written by :func:`save_weights`): what a run ships, in place of its checkpoint (which also
+#: holds the optimizer's state and may be kept outside the run directory), when other rows
+#: distill it or start from it, so that they train on a machine its checkpoint never reached.
+WEIGHTS_FILE = "weights.pt"
 
 
 def build_model(config: dict[str, Any]) -> torch.nn.Module:
@@ -128,13 +134,31 @@ def data_info(run_dir: str | os.PathLike, config: dict[str, Any] | None = None) 
 
 def load_trained(run_dir: str | os.PathLike) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The best-validation model of a run directory (``runs/<exp>/<row>/seed<k>``), in
-    eval mode, and the run's config."""
+    eval mode, and the run's config; the weights come from the run's checkpoint, else from its
+    :data:`WEIGHTS_FILE`."""
     config = run_config(run_dir)
-    checkpoint = checkpoint_path(run_dir)
-    if not checkpoint.exists():
-        raise FileNotFoundError(f"{run_dir} has no checkpoint ({checkpoint} is missing): train it with `onebit run`, "
-                                f"or set ${CHECKPOINTS_ENV} to where its checkpoints are kept")
-    state = load_checkpoint(checkpoint)
     model = build_model(config)
-    model.load_state_dict(state["best_model"] or state["model"])
+    model.load_state_dict(_best_weights(run_dir))
     return model.eval(), config
+
+
+def _best_weights(run_dir: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The best-validation state dict of a run: from its checkpoint, else from its :data:`WEIGHTS_FILE`."""
+    checkpoint = checkpoint_path(run_dir)
+    if checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        return state["best_model"] or state["model"]
+    weights = Path(run_dir) / WEIGHTS_FILE
+    if weights.exists():
+        return load_checkpoint(weights)
+    raise FileNotFoundError(f"{run_dir} has no checkpoint ({checkpoint} is missing) and no {WEIGHTS_FILE}: train it "
+                            f"with `onebit run`, or set ${CHECKPOINTS_ENV} to where its checkpoints are kept")
+
+
+def save_weights(run_dir: str | os.PathLike) -> Path:
+    """Write the best-validation weights of the run in ``run_dir``, from its checkpoint, to its
+    :data:`WEIGHTS_FILE`; return that path. :func:`load_trained` reads them when the checkpoint
+    is not at hand."""
+    path = Path(run_dir) / WEIGHTS_FILE
+    save_checkpoint(_best_weights(run_dir), path)
+    return path
