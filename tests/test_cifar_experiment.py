@@ -10,11 +10,11 @@ from onebit.cli import main
 from onebit.data import dataset
 from onebit.experiments import Experiment, Row, get
 from onebit.experiments import cifar10 as exp
-from onebit.experiments.runner import run_configs
+from onebit.experiments.runner import run_configs, source_rows
 from onebit.experiments.runs import build_model, load_trained
 from onebit.inspect import binary_activations
 
-ROWS = ("float", "binaryconnect", "bnn", "xnor", "bireal", "float-bireal", "react-step1", "react")
+ROWS = ("float", "binaryconnect", "bnn", "xnor", "bireal", "float-bireal", "react")
 
 
 def test_grid_and_quick_width():
@@ -27,8 +27,8 @@ def test_grid_and_quick_width():
         assert quick[row]["model"] == {**full[row]["model"], "width": exp.QUICK_WIDTH}
         assert quick[row]["train"]["epochs"] == 1
     assert full["bireal"]["model"]["activation_quantizer"] == "approx-sign"
-    assert full["react"]["init_from"] == "react-step1" and "init_from" not in full["react-step1"]
-    assert full["react-step1"]["model"] == {**full["react"]["model"], "recipe": "binary-activations"}
+    assert full["react"]["distill"] == {"teacher": "float"} and full["react"]["model"]["react"]
+    assert source_rows(experiment) == {"float"}  # the float row ships its weights for react
     assert full["bnn"]["train"]["optimizer"] == "adam" and full["float"]["train"]["optimizer"] == "sgd"
     assert build_model(quick["bnn"]).width == exp.QUICK_WIDTH
     # experiments without quick_model keep their models in quick runs
@@ -73,8 +73,10 @@ def test_quick_run_end_to_end(shared_datasets, tmp_path, capsys, one_thread):
     markdown = (exp_dir / "results.md").read_text()
     assert "Quick (smoke) runs" in markdown
     assert any("bireal__" in p.name for p in (exp_dir / "heatmaps").glob("*.png"))
+    # react distilled the float run, which ships its weights for it
+    assert json.loads((exp_dir / "react" / "seed0" / "config.json").read_text())["distill"] == {"teacher": "float"}
+    assert (exp_dir / "float" / "seed0" / "weights.pt").exists()
     # every binary row converts; its packed model predicts what the PyTorch one does
-    # (react-step1 has real weights: no packed form)
     assert {name for name, r in by_name.items() if "packed" in r} == {"binaryconnect", "bnn", "xnor", "bireal", "react"}
     for r in by_name.values():
         if "packed" in r:
