@@ -32,9 +32,9 @@ BNN_EPOCHS = 56
 #: longer schedule that the slower fitting needs.
 FLOAT_REGULARIZATION = {"cutout": 16, "label_smoothing": 0.1}
 FLOAT_EPOCHS = 60
-#: react, the fully binary row with an 85% target under a 6 CPU-hour budget: as many epochs as two
-#: threads train, with the teacher's forward pass, within about 2.5 hours of wall time on the
-#: slowest 2-core machine seen (a Zen 4 EPYC), since a run's checkpoint need not outlive the machine.
+#: react, the fully binary row with an 85% target under a 6 CPU-hour budget: about as many epochs as
+#: two threads train, with the teacher's forward pass, within 2.5 hours of wall time on a 2-core Zen 5
+#: EPYC (results/cifar10/NOTES.md), so that one sitting trains the row.
 REACT_EPOCHS = 50
 
 ROWS = (
