@@ -189,8 +189,9 @@ def test_set_task_overrides_replace_task_options(shared_datasets):
     from onebit.experiments.runner import parse_overrides, run_configs
 
     cifar, mnist = registry.get("cifar10"), registry.get("mnist-mlp")
-    config, = run_configs(cifar, seeds=1, rows=["float"], overrides=parse_overrides(["task.cutout=16"]))
-    assert config["task"] == {"cutout": 16} and "task.cutout" not in config["train"]
+    config, = run_configs(cifar, seeds=1, rows=["float"], overrides=parse_overrides(["task.cutout=8"]))
+    # the row's own task options stay unless replaced
+    assert config["task"] == {"cutout": 8, "label_smoothing": 0.1} and "task.cutout" not in config["train"]
     config, = run_configs(mnist, quick=True, seeds=1, rows=["bnn"],
                           overrides=parse_overrides(["task.shift=2", "task.label_smoothing=0.1"]))
     task = mnist.task_of(config)
