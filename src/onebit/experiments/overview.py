@@ -54,8 +54,8 @@ LINES: dict[str, Line] = {
                       {"mcu-4k": "", "mcu-16k": ""},
                       mcu={"mcu-4k": "4 KiB", "mcu-16k": "16 KiB"}),
     "cifar10": Line("`cifar10`, width 0.5", {"float": "VGG-small", "float-bireal": "ResNet-18"},
-                    {"binaryconnect": "binaryconnect", "bnn": "bnn", "bireal": "Bi-Real"}, {"bnn": "bnn"},
-                    {"bnn": "bnn"}),
+                    {"binaryconnect": "binaryconnect", "bnn": "bnn", "react": "ReActNet Bi-Real, distilled"},
+                    {"bnn": "bnn"}, {"bnn": "bnn"}),
 }
 
 BEGIN = ("<!-- results table: rendered from results/*/results.json by onebit.experiments.overview; "
