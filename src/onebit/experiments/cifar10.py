@@ -23,7 +23,7 @@ _VGG = "vgg_small"
 _BIREAL = "bireal_resnet"
 _BINARY_TRAIN = {"optimizer": "adam", "lr": 1e-3, "weight_decay": 0.0, "clip_latent": 1.0}
 _FLOAT_TRAIN = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "clip_latent": None}
-EPOCHS = 40  # every row but bnn and float
+EPOCHS = 40  # every row but bnn, float and react
 #: bnn, the row with an accuracy target under the 3 CPU-hour budget, converges slowest (binary weights
 #: and activations): it gets more epochs, as many as the budget holds with a margin.
 BNN_EPOCHS = 56
