@@ -34,7 +34,7 @@ FLOAT_REGULARIZATION = {"cutout": 16, "label_smoothing": 0.1}
 FLOAT_EPOCHS = 60
 #: react, the fully binary row with an 85% target under a 6 CPU-hour budget: about as many epochs as
 #: two threads train, with the teacher's forward pass, within 2.5 hours of wall time on a 2-core Zen 4
-#: EPYC (about 170 s an epoch, about 4.6 CPU-hours; results/cifar10/NOTES.md), so that one sitting of
+#: EPYC (about 175 s an epoch, about 4.8 CPU-hours; results/cifar10/NOTES.md), so that one sitting of
 #: under 3 hours trains the row.
 REACT_EPOCHS = 50
 
