@@ -1,5 +1,6 @@
 """End-to-end: the CLI on real MNIST (tiny subsets, one epoch)."""
 
+import copy
 import json
 import os
 import shutil
@@ -572,7 +573,8 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
     """A row's ``distill`` names a teacher run: its config records it, and the runner trains the
     student against that run's best model (a missing teacher run fails before any training)."""
     from onebit.experiments import Experiment, Row, register, registry
-    from onebit.experiments.runner import distillation, run_configs
+    from onebit.experiments.runner import distillation, record_sources, run_configs
+    from onebit.experiments.runs import SOURCES_FILE, WEIGHTS_FILE, checkpoint_path, load_trained, weights_digest
 
     teacher_dir = tmp_path / "runs" / "tiny-distill" / "teacher"
     distill = {"teacher": str(teacher_dir), "weight": 0.5, "temperature": 2.0}
@@ -591,14 +593,35 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
         assert stored["distill"] == distill
         assert json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "final.json").read_text())[
             "test_acc"] > 0.5
-        # with compile (the student's TrainConfig.compile), the teacher runs compiled, to the same logits
+        # the student's record names its teacher's weights, the same digest from checkpoint or weights.pt
         student_dir = tmp_path / "runs" / "tiny-distill" / "student" / "seed0"
+        teacher_model, _ = load_trained(teacher_dir / "seed0")
+        sources = json.loads((student_dir / SOURCES_FILE).read_text())
+        assert sources == {"distill.teacher": {"run": str(teacher_dir),
+                                               "weights_sha256": weights_digest(teacher_model)}}
+        assert not (teacher_dir / "seed0" / SOURCES_FILE).exists()  # a run that learns from none
+        # with compile (the student's TrainConfig.compile), the teacher runs compiled, to the same logits
         plain, compiled = (distillation(None, distill, student_dir, torch.device("cpu"), compile=c).teacher
                            for c in (False, True))
         assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and not compiled.training
         x = torch.randn(8, 1, 28, 28)
         with torch.no_grad():
             torch.testing.assert_close(compiled(x), plain(x))
+
+        # --resume continues a student's checkpoint only while its teacher keeps the weights it recorded
+        student = run_configs(experiment, seeds=1, quick=True)[1]
+        (student_dir / "final.json").unlink()  # the student interrupted, its checkpoint kept
+        record_sources(student, student_dir, resume=True)  # same teacher: resumes
+        assert json.loads((student_dir / SOURCES_FILE).read_text()) == sources
+        with torch.no_grad():
+            next(teacher_model.parameters()).add_(1.0)  # a retrained teacher
+        torch.save(teacher_model.state_dict(), teacher_dir / "seed0" / WEIGHTS_FILE)
+        checkpoint_path(teacher_dir / "seed0").unlink()
+        with pytest.raises(ValueError, match="distill.teacher .* changed since its checkpoint .* without --resume"):
+            record_sources(student, student_dir, resume=True)
+        record_sources(student, student_dir, resume=False)  # a fresh start records the new teacher
+        assert json.loads((student_dir / SOURCES_FILE).read_text())["distill.teacher"]["weights_sha256"] == (
+            weights_digest(teacher_model))
     finally:
         registry._EXPERIMENTS.pop("tiny-distill")
 
@@ -609,7 +632,7 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
     shape), and the config records it."""
     from onebit.experiments import Experiment, Row, register, registry
     from onebit.experiments.runner import initialize, run_configs
-    from onebit.experiments.runs import WEIGHTS_FILE, build_model, load_trained
+    from onebit.experiments.runs import SOURCES_FILE, WEIGHTS_FILE, build_model, load_trained, weights_digest
 
     mlp = {"name": "mlp", "hidden": [32]}
     experiment = register(Experiment("tiny-two-step", "two-step training", (
@@ -630,6 +653,8 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
         assert (runs / "step1" / "seed0" / WEIGHTS_FILE).exists()
         assert not (runs / "step2" / "seed0" / WEIGHTS_FILE).exists()
         assert json.loads((runs / "step2" / "seed0" / "final.json").read_text())["test_acc"] > 0.5
+        assert json.loads((runs / "step2" / "seed0" / SOURCES_FILE).read_text()) == {
+            "init_from": {"run": "step1", "weights_sha256": weights_digest(load_trained(runs / "step1" / "seed0")[0])}}
 
         trained, _ = load_trained(runs / "step1" / "seed0")
         fresh = build_model(step2)
@@ -653,6 +678,27 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
             initialize(fresh, "step1", runs / "step2" / "seed0")
     finally:
         registry._EXPERIMENTS.pop("tiny-two-step")
+
+
+def test_weights_digest_changes_with_any_tensor_its_name_or_its_dtype():
+    from onebit.experiments.runs import weights_digest
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    digest = weights_digest(model)
+    assert len(digest) == 64 and weights_digest(copy.deepcopy(model)) == digest
+    nudged = copy.deepcopy(model)
+    with torch.no_grad():
+        nudged[0].weight[1, 2] = torch.nextafter(nudged[0].weight[1, 2], torch.tensor(2.0))  # one ulp
+    assert weights_digest(nudged) != digest
+    counted = copy.deepcopy(model)
+    counted[1].num_batches_tracked += 1  # a buffer counts as much as a parameter
+    assert weights_digest(counted) != digest
+    assert weights_digest(copy.deepcopy(model).to(torch.bfloat16)) != digest  # bf16 tensors digest too
+    renamed = torch.nn.Sequential()
+    renamed.add_module("first", copy.deepcopy(model[0]))
+    renamed.add_module("1", copy.deepcopy(model[1]))
+    assert weights_digest(renamed) != digest
 
 
 def test_source_rows_are_the_rows_another_row_distills_or_starts_from():

@@ -31,6 +31,7 @@ from . import registry
 from .report import write_report
 from .runs import (
     DATA_FILE,
+    SOURCES_FILE,
     WEIGHTS_FILE,
     build_model,
     checkpoint_path,
@@ -40,6 +41,7 @@ from .runs import (
     save_weights,
     source_run,
     train_options,
+    weights_digest,
 )
 from .tasks import check_task_options
 
@@ -180,6 +182,7 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | No
     task = experiment.task_of(config, root)
     if isinstance(task, ClassificationTask):
         write_json(experiment.dataset_of(config, root).load().record(), run_dir / DATA_FILE)
+    record_sources(config, run_dir, resume)
     if "distill" in config:
         task = distillation(task, config["distill"], run_dir, resolve_device(train.device), compile=train.compile)
     torch.manual_seed(train.seed)
@@ -200,6 +203,37 @@ def _trained_source(reference: str, run_dir: Path, role: str) -> torch.nn.Module
         raise FileNotFoundError(f"{role} {reference}: {error}. Train its row first (earlier in the same "
                                 "`onebit run` without --jobs, or its own run)") from None
     return model
+
+
+#: The runs a config learns from, as (its key in :data:`~runs.SOURCES_FILE`, the role named in errors).
+_SOURCE_ROLES = (("distill.teacher", "distillation teacher"), ("init_from", "init_from"))
+
+
+def record_sources(config: dict[str, Any], run_dir: Path, resume: bool) -> None:
+    """Write the :data:`~runs.SOURCES_FILE` of the run in ``run_dir``: for its distillation teacher
+    and its ``init_from`` run, the reference its config gives and the :func:`~runs.weights_digest`
+    of that run's best model. A run that learns from none writes no such file.
+
+    Raises:
+        FileNotFoundError: a source run has not finished.
+        ValueError: ``resume`` would continue a checkpoint whose recorded source now has other
+            weights (the teacher was retrained since the checkpoint started).
+    """
+    references = {"distill.teacher": config.get("distill", {}).get("teacher"), "init_from": config.get("init_from")}
+    sources = {key: {"run": str(references[key]),
+                     "weights_sha256": weights_digest(_trained_source(references[key], run_dir, role))}
+               for key, role in _SOURCE_ROLES if references[key] is not None}
+    path = run_dir / SOURCES_FILE
+    if resume and path.exists() and checkpoint_path(run_dir).exists():
+        stored = json.loads(path.read_text())
+        changed = [key for key, source in sources.items()
+                   if key in stored and stored[key]["weights_sha256"] != source["weights_sha256"]]
+        if changed:
+            named = " and ".join(f"{key} ({sources[key]['run']})" for key in changed)
+            raise ValueError(f"{run_dir}: the weights of its {named} changed since its checkpoint started learning "
+                             f"from them ({SOURCES_FILE}); run without --resume to train it again from the start")
+    if sources:
+        write_json(sources, path)
 
 
 def _check_distill(options: dict[str, Any]) -> None:

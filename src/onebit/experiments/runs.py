@@ -23,8 +23,8 @@ from ..training import TrainConfig, load_checkpoint, save_checkpoint
 from . import registry
 
 __all__ = ["build_model", "checkpoint_path", "find_run_dir", "run_dir_of", "data_info", "load_trained",
-           "run_config", "save_weights", "source_run", "train_options", "same_run", "CHECKPOINTS_ENV", "DATA_FILE",
-           "WEIGHTS_FILE"]
+           "run_config", "save_weights", "source_run", "train_options", "same_run", "weights_digest", "CHECKPOINTS_ENV",
+           "DATA_FILE", "SOURCES_FILE", "WEIGHTS_FILE"]
 
 #: Environment variable naming a directory for checkpoints outside the run directories.
 CHECKPOINTS_ENV = "ONEBIT_CHECKPOINTS"
@@ -36,6 +36,11 @@ DATA_FILE = "data.json"
 #: holds the optimizer's state and may be kept outside the run directory), when other rows
 #: distill it or start from it, so that they train on a machine its checkpoint never reached.
 WEIGHTS_FILE = "weights.pt"
+#: The file of a run directory that names the trained runs it learns from (``distill.teacher``,
+#: ``init_from``) with the :func:`weights_digest` of the weights it loaded from each: a student's
+#: record says exactly which teacher it learned from, and ``--resume`` refuses a checkpoint whose
+#: teacher has changed since.
+SOURCES_FILE = "sources.json"
 
 
 def build_model(config: dict[str, Any]) -> torch.nn.Module:
@@ -115,6 +120,18 @@ def source_run(reference: str | os.PathLike, run_dir: str | os.PathLike) -> Path
     if not (source / "final.json").exists():
         raise FileNotFoundError(f"{source}: no finished run there (no final.json)")
     return source
+
+
+def weights_digest(model: torch.nn.Module) -> str:
+    """The SHA-256 of ``model``'s state dict: every tensor's name, dtype, shape and bytes, in name
+    order. The same weights give the same digest whether they come from a checkpoint or a
+    :data:`WEIGHTS_FILE`."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def run_dir_of(out: Path, config: dict[str, Any]) -> Path:
