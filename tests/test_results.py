@@ -1,5 +1,6 @@
 """Every committed results directory rebuilds from its run records alone."""
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -40,6 +41,31 @@ def test_committed_report_rebuilds_from_its_records(committed: Path, tmp_path: P
         assert rebuilt == kept, f"results/{committed.name}/{name} is not what its records give: " \
                                 f"rebuild it with `onebit report results/{committed.name} --stored-packed`"
         assert (copy / name).read_bytes() == (committed / name).read_bytes()
+
+
+def _dependent_runs():
+    for config in sorted(RESULTS.glob("*/*/seed*/config.json")):
+        if {"distill", "init_from"} & set(json.loads(config.read_text())):
+            yield pytest.param(config.parent, id=str(config.parent.relative_to(RESULTS)))
+
+
+@pytest.mark.parametrize("run_dir", _dependent_runs())
+def test_committed_student_learned_from_the_committed_teacher(run_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """A committed run that distills or starts from another run names, in ``sources.json``, the
+    weights of the run committed beside it: a retrained teacher committed without retraining its
+    students fails here."""
+    from onebit.experiments.runs import SOURCES_FILE, load_trained, source_run, weights_digest
+
+    monkeypatch.setenv("ONEBIT_CHECKPOINTS", str(tmp_path))  # the committed weights, not a local checkpoint
+    sources = json.loads((run_dir / SOURCES_FILE).read_text())
+    config = json.loads((run_dir / "config.json").read_text())
+    expected = {key for key in ("distill", "init_from") if key in config}
+    assert {key.split(".")[0] for key in sources} == expected
+    for key, source in sources.items():
+        model, _ = load_trained(source_run(source["run"], run_dir))
+        assert weights_digest(model) == source["weights_sha256"], (
+            f"{run_dir} learned from other weights of its {key} ({source['run']}) than those committed: "
+            "retrain it (`onebit run ... --rows ...`) or restore the teacher it learned from")
 
 
 def test_readme_results_table_is_rendered_from_the_committed_results() -> None:
