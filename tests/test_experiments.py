@@ -573,7 +573,7 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
     """A row's ``distill`` names a teacher run: its config records it, and the runner trains the
     student against that run's best model (a missing teacher run fails before any training)."""
     from onebit.experiments import Experiment, Row, register, registry
-    from onebit.experiments.runner import distillation, record_sources, run_configs
+    from onebit.experiments.runner import distillation, record_sources, run_configs, trained_sources
     from onebit.experiments.runs import SOURCES_FILE, WEIGHTS_FILE, checkpoint_path, load_trained, weights_digest
 
     teacher_dir = tmp_path / "runs" / "tiny-distill" / "teacher"
@@ -601,8 +601,11 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
                                                "weights_sha256": weights_digest(teacher_model)}}
         assert not (teacher_dir / "seed0" / SOURCES_FILE).exists()  # a run that learns from none
         # with compile (the student's TrainConfig.compile), the teacher runs compiled, to the same logits
-        plain, compiled = (distillation(None, distill, student_dir, torch.device("cpu"), compile=c).teacher
-                           for c in (False, True))
+        loaded = trained_sources(run_configs(experiment, seeds=1, quick=True)[1], student_dir)
+        assert set(loaded) == {"distill.teacher"} and loaded["distill.teacher"].run == str(teacher_dir)
+        assert weights_digest(loaded["distill.teacher"].model) == weights_digest(teacher_model)
+        plain, compiled = (distillation(None, distill, loaded["distill.teacher"].model, torch.device("cpu"),
+                                        compile=c).teacher for c in (False, True))
         assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and not compiled.training
         x = torch.randn(8, 1, 28, 28)
         with torch.no_grad():
@@ -611,15 +614,16 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
         # --resume continues a student's checkpoint only while its teacher keeps the weights it recorded
         student = run_configs(experiment, seeds=1, quick=True)[1]
         (student_dir / "final.json").unlink()  # the student interrupted, its checkpoint kept
-        record_sources(student, student_dir, resume=True)  # same teacher: resumes
+        record_sources(trained_sources(student, student_dir), student_dir, resume=True)  # same teacher: resumes
         assert json.loads((student_dir / SOURCES_FILE).read_text()) == sources
         with torch.no_grad():
             next(teacher_model.parameters()).add_(1.0)  # a retrained teacher
         torch.save(teacher_model.state_dict(), teacher_dir / "seed0" / WEIGHTS_FILE)
         checkpoint_path(teacher_dir / "seed0").unlink()
         with pytest.raises(ValueError, match="distill.teacher .* changed since its checkpoint .* without --resume"):
-            record_sources(student, student_dir, resume=True)
-        record_sources(student, student_dir, resume=False)  # a fresh start records the new teacher
+            record_sources(trained_sources(student, student_dir), student_dir, resume=True)
+        # a fresh start records the new teacher
+        record_sources(trained_sources(student, student_dir), student_dir, resume=False)
         assert json.loads((student_dir / SOURCES_FILE).read_text())["distill.teacher"]["weights_sha256"] == (
             weights_digest(teacher_model))
     finally:
@@ -631,7 +635,7 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
     runs starts from the same seed's best model of that row (every tensor of the same name and
     shape), and the config records it."""
     from onebit.experiments import Experiment, Row, register, registry
-    from onebit.experiments.runner import initialize, run_configs
+    from onebit.experiments.runner import initialize, run_configs, trained_sources
     from onebit.experiments.runs import SOURCES_FILE, WEIGHTS_FILE, build_model, load_trained, weights_digest
 
     mlp = {"name": "mlp", "hidden": [32]}
@@ -658,24 +662,24 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
 
         trained, _ = load_trained(runs / "step1" / "seed0")
         fresh = build_model(step2)
-        initialize(fresh, "step1", runs / "step2" / "seed0")
+        initialize(fresh, "step1", trained)
         source, target = trained.state_dict(), fresh.state_dict()
         assert set(source) == set(target)  # the same MLP: binary-activations and xnor share every tensor
         for name, tensor in source.items():
             torch.testing.assert_close(target[name], tensor, rtol=0, atol=0)
         (runs / "step1" / "seed0" / "checkpoint.pt").unlink()  # a copy of the runs without the checkpoint
-        elsewhere = build_model(step2)
-        initialize(elsewhere, "step1", runs / "step2" / "seed0")
+        reloaded = trained_sources(step2, runs / "step2" / "seed0")["init_from"]
+        assert reloaded.run == "step1"
         for name, tensor in source.items():
-            torch.testing.assert_close(elsewhere.state_dict()[name], tensor, rtol=0, atol=0)
+            torch.testing.assert_close(reloaded.model.state_dict()[name], tensor, rtol=0, atol=0)
         with pytest.raises(ValueError, match="shares no parameter"):
-            initialize(build_model({"model": {"name": "small_cnn"}}), "step1", runs / "step2" / "seed0")
+            initialize(build_model({"model": {"name": "small_cnn"}}), "step1", trained)
         with pytest.raises(FileNotFoundError, match="step1/seed1: no finished run"):  # no silent other seed
-            initialize(fresh, "step1", runs / "step2" / "seed1")
-        initialize(fresh, "step1/seed0", runs / "step2" / "seed1")  # one seed named for all
+            trained_sources(step2, runs / "step2" / "seed1")
+        assert trained_sources({**step2, "init_from": "step1/seed0"}, runs / "step2" / "seed1")  # one seed for all
         (runs / "step1" / "seed0" / "final.json").unlink()  # an interrupted first step is no start
         with pytest.raises(FileNotFoundError, match="no finished run"):
-            initialize(fresh, "step1", runs / "step2" / "seed0")
+            trained_sources(step2, runs / "step2" / "seed0")
     finally:
         registry._EXPERIMENTS.pop("tiny-two-step")
 

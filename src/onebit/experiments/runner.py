@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -182,13 +182,15 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | No
     task = experiment.task_of(config, root)
     if isinstance(task, ClassificationTask):
         write_json(experiment.dataset_of(config, root).load().record(), run_dir / DATA_FILE)
-    record_sources(config, run_dir, resume)
+    sources = trained_sources(config, run_dir)
+    record_sources(sources, run_dir, resume)
     if "distill" in config:
-        task = distillation(task, config["distill"], run_dir, resolve_device(train.device), compile=train.compile)
+        teacher = sources["distill.teacher"].model
+        task = distillation(task, config["distill"], teacher, resolve_device(train.device), compile=train.compile)
     torch.manual_seed(train.seed)
     model = build_model(config)
     if "init_from" in config:
-        initialize(model, config["init_from"], run_dir)
+        initialize(model, *sources["init_from"])
     return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
 
 
@@ -209,31 +211,48 @@ def _trained_source(reference: str, run_dir: Path, role: str) -> torch.nn.Module
 _SOURCE_ROLES = (("distill.teacher", "distillation teacher"), ("init_from", "init_from"))
 
 
-def record_sources(config: dict[str, Any], run_dir: Path, resume: bool) -> None:
-    """Write the :data:`~runs.SOURCES_FILE` of the run in ``run_dir``: for its distillation teacher
-    and its ``init_from`` run, the reference its config gives and the :func:`~runs.weights_digest`
-    of that run's best model. A run that learns from none writes no such file.
+class Source(NamedTuple):
+    """A trained run another run learns from: the reference its config gives, and its best model."""
+
+    run: str
+    model: torch.nn.Module
+
+
+def trained_sources(config: dict[str, Any], run_dir: Path) -> dict[str, Source]:
+    """The runs the config of the run in ``run_dir`` learns from (its distillation teacher, its
+    ``init_from`` run), each loaded once, by their key in :data:`~runs.SOURCES_FILE`; empty for a
+    run that learns from none.
 
     Raises:
         FileNotFoundError: a source run has not finished.
+    """
+    references = {"distill.teacher": config.get("distill", {}).get("teacher"), "init_from": config.get("init_from")}
+    return {key: Source(str(references[key]), _trained_source(references[key], run_dir, role))
+            for key, role in _SOURCE_ROLES if references[key] is not None}
+
+
+def record_sources(sources: dict[str, Source], run_dir: Path, resume: bool) -> None:
+    """Write the :data:`~runs.SOURCES_FILE` of the run in ``run_dir``: for each of its
+    :func:`trained_sources`, the reference its config gives and the :func:`~runs.weights_digest` of
+    that run's best model. A run that learns from none writes no such file.
+
+    Raises:
         ValueError: ``resume`` would continue a checkpoint whose recorded source now has other
             weights (the teacher was retrained since the checkpoint started).
     """
-    references = {"distill.teacher": config.get("distill", {}).get("teacher"), "init_from": config.get("init_from")}
-    sources = {key: {"run": str(references[key]),
-                     "weights_sha256": weights_digest(_trained_source(references[key], run_dir, role))}
-               for key, role in _SOURCE_ROLES if references[key] is not None}
+    digests = {key: {"run": source.run, "weights_sha256": weights_digest(source.model)}
+               for key, source in sources.items()}
     path = run_dir / SOURCES_FILE
     if resume and path.exists() and checkpoint_path(run_dir).exists():
         stored = json.loads(path.read_text())
-        changed = [key for key, source in sources.items()
-                   if key in stored and stored[key]["weights_sha256"] != source["weights_sha256"]]
+        changed = [key for key, digest in digests.items()
+                   if key in stored and stored[key]["weights_sha256"] != digest["weights_sha256"]]
         if changed:
-            named = " and ".join(f"{key} ({sources[key]['run']})" for key in changed)
+            named = " and ".join(f"{key} ({digests[key]['run']})" for key in changed)
             raise ValueError(f"{run_dir}: the weights of its {named} changed since its checkpoint started learning "
                              f"from them ({SOURCES_FILE}); run without --resume to train it again from the start")
-    if sources:
-        write_json(sources, path)
+    if digests:
+        write_json(digests, path)
 
 
 def _check_distill(options: dict[str, Any]) -> None:
@@ -244,29 +263,30 @@ def _check_distill(options: dict[str, Any]) -> None:
                          f"--set distill.teacher=runs/cifar10/float/seed0), got {', '.join(sorted(options))}")
 
 
-def distillation(task, options: dict[str, Any], run_dir: Path, device: torch.device,
+def distillation(task, options: dict[str, Any], teacher: torch.nn.Module, device: torch.device,
                  compile: bool = False) -> DistillationTask:
-    """``task`` distilling the teacher run ``options["teacher"]`` names (see :attr:`registry.Row.distill`).
-    With ``compile`` (the student's ``TrainConfig.compile``) the teacher's forward pass runs
-    through :func:`torch.compile` too: it runs on every training batch."""
+    """``task`` distilling ``teacher``, the best model of the run ``options["teacher"]`` names
+    (:func:`trained_sources`; the options are :attr:`registry.Row.distill`'s). With ``compile`` (the
+    student's ``TrainConfig.compile``) the teacher's forward pass runs through :func:`torch.compile`
+    too: it runs on every training batch."""
     _check_distill(options)
-    teacher = _trained_source(options["teacher"], run_dir, "distillation teacher").to(device)
+    teacher = teacher.to(device).eval()
     if compile:
         teacher = torch.compile(teacher)
     return DistillationTask(task, teacher, options.get("weight", 1.0), options.get("temperature", 1.0))
 
 
-def initialize(model: torch.nn.Module, reference: str, run_dir: Path) -> None:
-    """Copy into ``model`` every parameter and buffer of the best model of the run ``reference``
-    names (see :attr:`registry.Row.init_from`) that has the same name and shape; print what
-    stays at its fresh initialization.
+def initialize(model: torch.nn.Module, reference: str, source: torch.nn.Module) -> None:
+    """Copy into ``model`` every parameter and buffer of ``source``, the best model of the run
+    ``reference`` names (see :attr:`registry.Row.init_from` and :func:`trained_sources`), that has the
+    same name and shape; print what stays at its fresh initialization.
 
     Raises:
         ValueError: nothing matches (a run of another architecture).
     """
-    source = _trained_source(reference, run_dir, "init_from").state_dict()
+    weights = source.state_dict()
     target = model.state_dict()
-    shared = {k: v for k, v in source.items() if k in target and target[k].shape == v.shape}
+    shared = {k: v for k, v in weights.items() if k in target and target[k].shape == v.shape}
     if not shared:
         raise ValueError(f"init_from {reference}: its model shares no parameter (same name and shape) with this "
                          f"row's {type(model).__name__}")
