@@ -298,6 +298,7 @@ def _data_options(parser: argparse.ArgumentParser, folder_options: bool) -> None
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``onebit`` command line: one subcommand per job (``run``, ``train``, ``export``, ...)."""
     parser = argparse.ArgumentParser(prog="onebit", description="Train, reproduce and deploy binary neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -422,6 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``onebit`` command ``argv`` (default: the process's arguments); return its exit
+    status: 0 on success, 2 for bad input (a message on stderr says what to do)."""
     from .training import RunDirBusy, TrainingDiverged
 
     args = build_parser().parse_args(argv)

@@ -7,7 +7,7 @@ Adam inside the same optimizer, so one object steps, schedules and checkpoints t
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -65,7 +65,9 @@ class Bop(torch.optim.Adam):
                 raise ValueError(f"Bop's adaptivity rate (a binary group's lr) must be in (0, 1], got {group['lr']}")
 
     @torch.no_grad()
-    def step(self, closure=None) -> Tensor | None:
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:
+        """One update of every group: Bop's flips for the binary groups, Adam for the rest.
+        Returns the loss ``closure`` re-evaluates, if given."""
         loss = None
         if closure is not None:
             with torch.enable_grad():

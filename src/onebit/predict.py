@@ -80,6 +80,8 @@ def find_images(pattern: str | os.PathLike, classes: list[str]) -> list[tuple[Pa
 
 @dataclass
 class Prediction:
+    """The predicted class of one image file."""
+
     path: Path
     label: str | None  # the class folder it was found in, if any
     predicted: str

@@ -41,10 +41,12 @@ class Recipe:
 
     @property
     def binary_weights(self) -> bool:
+        """Whether the recipe's layers binarize their weights."""
         return self.weight_quantizer is not None
 
     @property
     def binary_activations(self) -> bool:
+        """Whether the recipe's layers binarize their inputs (all but the first layer's)."""
         return self.activation_quantizer is not None
 
     def layer_kwargs(self, binary_input: bool) -> dict:
@@ -78,6 +80,7 @@ _RECIPES = {
 
 
 def names() -> list[str]:
+    """The recipe names, in definition order."""
     return list(_RECIPES)
 
 

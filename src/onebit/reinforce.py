@@ -130,6 +130,7 @@ def reinforce_neurons(model: nn.Module) -> list[BinaryNeuron]:
 
 
 def has_reinforce_neurons(model: nn.Module) -> bool:
+    """Whether ``model`` holds a :class:`BinaryNeuron` trained by REINFORCE."""
     return bool(reinforce_neurons(model))
 
 

@@ -176,9 +176,11 @@ class Dataset:
 
     @property
     def info(self) -> DataInfo:
+        """What the dataset is without loading it: classes, image shape, input normalization."""
         raise NotImplementedError
 
     def load(self) -> ImageData:
+        """The dataset's images and labels, split into train, validation and test."""
         raise NotImplementedError
 
     @property

@@ -140,6 +140,7 @@ class Experiment:
                                data=config.get("data"), **config.get("task", {}))
 
     def row(self, name: str) -> Row:
+        """The row called ``name``."""
         for row in self.rows:
             if row.name == name:
                 return row
@@ -162,10 +163,12 @@ def register(experiment: Experiment) -> Experiment:
 
 
 def names() -> list[str]:
+    """The registered experiment names, in registration order."""
     return list(_EXPERIMENTS)
 
 
 def get(name: str) -> Experiment:
+    """The experiment registered as ``name``."""
     if name not in _EXPERIMENTS:
         raise ValueError(f"unknown experiment {name!r}; valid experiments: {', '.join(_EXPERIMENTS)}")
     return _EXPERIMENTS[name]

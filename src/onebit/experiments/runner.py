@@ -190,7 +190,8 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | No
     torch.manual_seed(train.seed)
     model = build_model(config)
     if "init_from" in config:
-        initialize(model, *sources["init_from"])
+        start = sources["init_from"]
+        initialize(model, start.run, start.model)
     return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
 
 
@@ -263,7 +264,7 @@ def _check_distill(options: dict[str, Any]) -> None:
                          f"--set distill.teacher=runs/cifar10/float/seed0), got {', '.join(sorted(options))}")
 
 
-def distillation(task, options: dict[str, Any], teacher: torch.nn.Module, device: torch.device,
+def distillation(task: ClassificationTask, options: dict[str, Any], teacher: torch.nn.Module, device: torch.device,
                  compile: bool = False) -> DistillationTask:
     """``task`` distilling ``teacher``, the best model of the run ``options["teacher"]`` names
     (:func:`trained_sources`; the options are :attr:`registry.Row.distill`'s). With ``compile`` (the

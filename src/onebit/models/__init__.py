@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 
@@ -36,10 +37,11 @@ CLASSIFIERS = ("mlp", "small_cnn", "mcu_cnn", "vgg_small", "bireal_resnet")
 
 
 def names() -> list[str]:
+    """The registered model names, sorted."""
     return sorted(_MODELS)
 
 
-def build(name: str, **kwargs) -> nn.Module:
+def build(name: str, **kwargs: Any) -> nn.Module:
     """Build the model registered as ``name`` with constructor arguments ``kwargs``."""
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; valid models: {', '.join(names())}")

@@ -61,6 +61,7 @@ class QuantizedLayer(nn.Module):
         return w if alpha is None else w * alpha
 
     def quantize_input(self, x: Tensor) -> Tensor:
+        """``x`` through the layer's input quantizer (unchanged without one)."""
         return x if self.input_quantizer is None else self.input_quantizer(x)
 
     def _quantizer_repr(self) -> str:

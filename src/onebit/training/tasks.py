@@ -36,7 +36,9 @@ class Task(Protocol):
     def eval_batches(self, split: str) -> Iterator:
         """The batches of ``split`` ("val" or "test"), in a fixed order."""
 
-    def num_train_batches(self, world_size: int = 1) -> int: ...
+    def num_train_batches(self, world_size: int = 1) -> int:
+        """The number of batches in one epoch of :meth:`train_batches` for each of ``world_size``
+        processes."""
 
     def step(self, model: nn.Module, batch) -> BatchResult:
         """Run ``model`` on ``batch``; return per-sample losses and the number correct."""

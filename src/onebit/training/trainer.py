@@ -121,6 +121,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """The config with the options in ``d`` (a run's ``config.json`` ``train`` section) and the
+        defaults for the rest.
+
+        Raises:
+            ValueError: ``d`` names an option the config does not have.
+        """
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -137,6 +143,11 @@ def final_accuracy(final: dict[str, Any]) -> tuple[str, float]:
 
 
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (``"cpu"``, ``"cuda"`` or ``"auto"``: CUDA when available) selects.
+
+    Raises:
+        ValueError: an unknown name, or ``"cuda"`` without CUDA.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
