@@ -11,11 +11,15 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .data.datasets import NAMES, dataset
 from .data.imagefolder import IMAGE_SUFFIXES, Preprocess, image_files, read_image
+
+if TYPE_CHECKING:
+    from .deploy import PackedModel
 
 __all__ = ["Prediction", "model_classes", "model_preprocess", "find_images", "predict_files"]
 
@@ -88,7 +92,7 @@ class Prediction:
     score: float  # softmax probability of the predicted class
 
 
-def predict_files(model, files: list[tuple[Path, str | None]], batch_size: int = 256) -> list[Prediction]:
+def predict_files(model: PackedModel, files: list[tuple[Path, str | None]], batch_size: int = 256) -> list[Prediction]:
     """Decode ``files`` as the model's training images were decoded and predict their classes."""
     classes, preprocess = model_classes(model.meta), model_preprocess(model.meta)
     if "input_quantization" not in model.meta:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -21,13 +21,16 @@ from ..training import ClassificationTask
 from . import registry
 from .runs import data_info, load_trained, run_config
 
+if TYPE_CHECKING:
+    from ..deploy import PackedModel
+
 __all__ = ["pack_run", "evaluate_packed", "float32_state_bytes", "MODEL_FILE"]
 
 #: The packed model :func:`evaluate_packed` writes into the run directory it evaluates.
 MODEL_FILE = "model.onebit"
 
 
-def pack_run(run_dir: str | Path):
+def pack_run(run_dir: str | Path) -> tuple[nn.Module, PackedModel]:
     """``(model, packed)``: the run's trained PyTorch model and its
     :class:`~onebit.deploy.PackedModel`, which also takes raw uint8 images (it records the
     data's normalization). Its ``meta`` names the run, the data (``dataset``, and ``data``: the

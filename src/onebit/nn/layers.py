@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -168,7 +170,7 @@ class BinaryConv2d(nn.Conv2d, QuantizedLayer):
         return f"{super().extra_repr()}, {self._quantizer_repr()}"
 
 
-def layers(model: nn.Module, prefix: str = ""):
+def layers(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, module)`` for the computing layers of ``model`` in definition order:
     every :class:`QuantizedLayer` (whose quantizers are part of it) and every leaf module not
     inside one."""

@@ -218,7 +218,7 @@ class EpisodicTask:
         setting = self.val if split == "val" else self.test[0]
         yield (self.pool_images(split), *self._episodes(split, setting))
 
-    def step(self, model: nn.Module, batch) -> BatchResult:
+    def step(self, model: nn.Module, batch: tuple[Tensor, ...]) -> BatchResult:
         """Per-query losses ``(Q,)`` (training episode) or ``(E * Q,)`` (evaluation batch)."""
         if len(batch) == 4:
             support, support_labels, query, query_labels = batch

@@ -40,7 +40,7 @@ class Task(Protocol):
         """The number of batches in one epoch of :meth:`train_batches` for each of ``world_size``
         processes."""
 
-    def step(self, model: nn.Module, batch) -> BatchResult:
+    def step(self, model: nn.Module, batch: tuple[Tensor, ...]) -> BatchResult:
         """Run ``model`` on ``batch``; return per-sample losses and the number correct."""
 
 
@@ -120,11 +120,11 @@ class ClassificationTask:
             yield self._normalize(data.images[start:stop]), data.labels[start:stop]
 
     @staticmethod
-    def repeat(batch, times: int):
+    def repeat(batch: tuple[Tensor, ...], times: int) -> tuple[Tensor, ...]:
         """Each sample ``times`` times in a row (several bit samples per input for REINFORCE)."""
         return tuple(t.repeat_interleave(times, dim=0) for t in batch)
 
-    def step(self, model: nn.Module, batch) -> BatchResult:
+    def step(self, model: nn.Module, batch: tuple[Tensor, ...]) -> BatchResult:
         x, y = batch
         logits = model(x)
         smoothing = self.label_smoothing if model.training else 0.0
@@ -182,7 +182,7 @@ class DistillationTask:
     def repeat(self, batch, times: int):
         return self.task.repeat(batch, times)
 
-    def step(self, model: nn.Module, batch) -> BatchResult:
+    def step(self, model: nn.Module, batch: tuple[Tensor, ...]) -> BatchResult:
         if not model.training:
             return self.task.step(model, batch)
         x, y = batch

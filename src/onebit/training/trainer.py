@@ -424,7 +424,7 @@ class Trainer:
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
 
-    def train_step(self, net: nn.Module, batch) -> BatchResult:
+    def train_step(self, net: nn.Module, batch: tuple[torch.Tensor, ...]) -> BatchResult:
         """One optimizer step on ``batch`` with ``net`` (see :meth:`training_module`): forward
         (under autocast with ``precision="bf16"``), the REINFORCE surrogate if the model has
         REINFORCE neurons, backward, gradient clipping, the optimizer step and latent-weight
