@@ -190,8 +190,7 @@ def train_run(config: dict[str, Any], run_dir: str | os.PathLike, root: str | No
     torch.manual_seed(train.seed)
     model = build_model(config)
     if "init_from" in config:
-        start = sources["init_from"]
-        initialize(model, start.run, start.model)
+        initialize(model, *sources.pop("init_from"))  # popped: the source model is not kept through training
     return Trainer(model, task, train, run_dir, checkpoint_path(run_dir)).fit(resume=resume)
 
 
