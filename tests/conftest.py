@@ -13,14 +13,22 @@ def _checkpoints_in_run_directories(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ONEBIT_CHECKPOINTS", raising=False)
 
 
+def skip_or_fail(reason: str) -> None:
+    """Skip the test for ``reason``, or fail it when the environment says ``CI=true``: CI must run
+    every test."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def shared_datasets_dir() -> Path:
     """The local dataset copies: $ONEBIT_DATA, else ../shared/datasets beside the repo.
-    Skips the test if the folder is absent."""
+    Skips the test if the folder is absent (fails it under ``CI=true``)."""
     env = os.environ.get("ONEBIT_DATA")
     path = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
     if not path.is_dir():
-        pytest.skip(f"local dataset copies not found at {path}; set ONEBIT_DATA=/path/to/datasets")
+        skip_or_fail(f"local dataset copies not found at {path}; set ONEBIT_DATA=/path/to/datasets")
     return path
 
 
@@ -80,9 +88,7 @@ def require_tools():
             try:
                 targets.require_tool(tool)
             except targets.MissingToolError as e:
-                if os.environ.get("CI") == "true":
-                    pytest.fail(str(e))
-                pytest.skip(str(e))
+                skip_or_fail(str(e))
 
     return require
 

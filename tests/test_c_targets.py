@@ -238,18 +238,21 @@ def test_cortex_m4_instruction_count_is_exact(tmp_path, require_tools):
 
 def test_exported_model_on_the_host_and_cortex_m4(tmp_path, require_tools):
     require_tools("cc", "arm-none-eabi-gcc", "arm-none-eabi-size", "qemu-system-arm")
-    torch = pytest.importorskip("torch")
+    import torch
+    from packed_checks import assert_close_logits, randomize_batchnorm
+
     from onebit.deploy import convert
     from onebit.deploy.export_c import export_c
     from onebit.models import MLP
 
     torch.manual_seed(0)
-    packed = convert(MLP(hidden=(64,), recipe="bnn").eval(), torch.zeros(2, 1, 28, 28),
-                     input_normalization=((0.1307,), (0.3081,)))
+    codes = np.random.default_rng(1).integers(0, 256, (200, 1, 28, 28), dtype=np.uint8)
+    floats = torch.from_numpy((codes / 255 - 0.1307) / 0.3081).float()
+    model = randomize_batchnorm(MLP(hidden=(64,), recipe="bnn"), floats)
+    packed = convert(model, torch.zeros(2, 1, 28, 28), input_normalization=((0.1307,), (0.3081,)))
     export_c(packed, tmp_path, "net")
-    codes = np.random.default_rng(1).integers(0, 256, (5, 1, 28, 28), dtype=np.uint8)
     host = targets.run_harness(targets.build_host(tmp_path, "net", flags=("-O2", "-Werror")), codes)
-    np.testing.assert_allclose(host, packed(codes), rtol=1e-5, atol=1e-5)
+    assert_close_logits(host, packed(codes))
     elf = targets.build_cortex_m4(tmp_path, "net")
     m4 = targets.run_cortex_m4(elf, codes)
     assert np.array_equal(m4.outputs, host)  # the same float32 operations in the same order

@@ -7,7 +7,6 @@ and the small Lake runs zip is loaded for real.
 
 import dataclasses
 import io
-import os
 import zipfile
 from pathlib import Path
 
@@ -19,17 +18,6 @@ from PIL import Image
 from onebit.data import omniglot
 from onebit.data.download import CorruptDatasetError, DatasetNotFoundError
 from onebit.data.episodes import EpisodeSampler
-
-
-def shared_data_root() -> Path:
-    """The local dataset copies: $ONEBIT_DATA, else ../shared/datasets next to the repo."""
-    env = os.environ.get("ONEBIT_DATA")
-    return Path(env) if env else Path(__file__).parents[1].parent / "shared" / "datasets"
-
-
-needs_real_data = pytest.mark.skipif(
-    not (shared_data_root() / "omniglot").is_dir(), reason="no local Omniglot copy"
-)
 
 # Tiny stand-ins for the two parts: alphabet -> number of characters.
 SMALL_LAYOUT = {
@@ -80,12 +68,11 @@ def small_omniglot(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- real local copies
 
 
-@needs_real_data
-def test_real_zips_have_the_canonical_structure():
+def test_real_zips_have_the_canonical_structure(shared_datasets_dir):
     total = 0
     for name, characters in [("background", 964), ("evaluation", 659)]:
         part = omniglot._PARTS[name]
-        path = shared_data_root() / "omniglot" / part.resource.filename
+        path = shared_datasets_dir / "omniglot" / part.resource.filename
         with zipfile.ZipFile(path) as archive:
             layout = omniglot._layout(archive.namelist(), path, part)
         assert len(layout) == characters
@@ -95,9 +82,8 @@ def test_real_zips_have_the_canonical_structure():
     assert total == 32_460
 
 
-@needs_real_data
-def test_lake_runs():
-    runs = omniglot.load_lake_runs(shared_data_root(), download=False)
+def test_lake_runs(shared_datasets_dir):
+    runs = omniglot.load_lake_runs(shared_datasets_dir, download=False)
     assert [run.name for run in runs] == [f"run{r:02d}" for r in range(1, 21)]
     accuracy = []
     for run in runs:
@@ -114,9 +100,8 @@ def test_lake_runs():
     assert runs[0].query_labels[0] == 7
 
 
-@needs_real_data
-def test_lake_runs_incomplete_zip_names_missing_file(tmp_path):
-    source = shared_data_root() / "omniglot" / "one_shot_all_runs.zip"
+def test_lake_runs_incomplete_zip_names_missing_file(shared_datasets_dir, tmp_path):
+    source = shared_datasets_dir / "omniglot" / "one_shot_all_runs.zip"
     (tmp_path / "omniglot").mkdir()
     with zipfile.ZipFile(source) as src, zipfile.ZipFile(tmp_path / "omniglot" / source.name, "w") as dst:
         for info in src.infolist():

@@ -139,9 +139,6 @@ def test_data_means_a_dataset_and_a_root_is_named_as_such(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_two_process_gloo_run(shared_datasets, tmp_path):
-    torchrun = shutil.which("torchrun")
-    if torchrun is None:
-        pytest.skip("torchrun not on PATH")
     out = tmp_path / "runs"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",

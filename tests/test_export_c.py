@@ -7,7 +7,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from test_deploy_conv import randomize_batchnorm
+from packed_checks import randomize_batchnorm
 
 from onebit import models
 from onebit.cli import main

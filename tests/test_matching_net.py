@@ -1,6 +1,7 @@
 """Matching / Prototypical Networks with binary activations, and the episodic task."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ from onebit.models.matching_net import ConvEncoder, MatchingNetwork, Prototypica
 from onebit.nn import BinaryConv2d
 from onebit.quantizers import BinaryNeuron, SignSTE
 from onebit.training import TrainConfig, Trainer
-from onebit.training.fewshot import EpisodeSetting, EpisodicTask, LakeRunSet
+from onebit.training.fewshot import EpisodeSetting, EpisodicTask, LakeRunSet, _accuracy_ci
 
 SMALL = {"hidden": 8, "image_size": 16}  # 16 -> 8 -> 4 -> 2 -> 1: 8-d embeddings
 
@@ -266,6 +267,12 @@ def test_trainer_runs_episodes_and_writes_evaluations(tmp_path):
     assert json.loads((tmp_path / "run" / "final.json").read_text())["evaluations"] == evaluations
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and "val_acc" in lines[0]
+
+
+def test_accuracy_ci_is_the_normal_interval_of_the_episode_mean():
+    per_episode = torch.tensor([0.5, 0.75, 1.0, 0.75])  # mean 0.75, unbiased std sqrt(1/24)
+    assert _accuracy_ci(per_episode) == pytest.approx((0.75, 1.96 * math.sqrt(1 / 24) / 2))
+    assert _accuracy_ci(torch.full((5,), 0.6)) == pytest.approx((0.6, 0.0))
 
 
 def test_task_checks_protocols_against_pools():

@@ -56,7 +56,10 @@ def test_training_learns_and_writes_run_files(tmp_path):
     assert any((run / "tensorboard").iterdir())
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [h["epoch"] for h in history] == [1, 2, 3, 4]
-    assert history[-1]["slope"] == pytest.approx(1.12)  # linear annealing, epoch index 3
+    assert [h["slope"] for h in history] == pytest.approx([1.0, 1.04, 1.08, 1.12])  # linear annealing
+    cosine = [0.01 * 0.5 * (1 + math.cos(math.pi * e / 4)) for e in range(4)]
+    assert [h["lr"] for h in history] == pytest.approx(cosine)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == pytest.approx([cosine[-1]])  # what the steps used
     assert final["test_acc"] > 0.5  # chance is 0.25
     assert 0 < final["train_cpu_seconds"] and 0 < final["train_seconds"]
     assert final["cpu"] == cpu_label()  # which machine the record comes from
@@ -118,9 +121,29 @@ def test_latent_weights_are_clipped_after_each_step(tmp_path):
     assert trainer.model[4].weight.abs().max() > 0.05  # float layer untouched
 
 
-def test_grad_clip_and_unknown_options(tmp_path):
-    _, final = fit(tmp_path, "gc", epochs=1, grad_clip=0.1, optimizer="sgd")
-    assert math.isfinite(final["test_loss"])
+@pytest.mark.parametrize("grad_clip", [None, 0.1])
+def test_grad_clip_bounds_the_norm_of_every_step(tmp_path, grad_clip):
+    torch.manual_seed(0)
+    config = TrainConfig(epochs=1, lr=0.01, seed=0, device="cpu", progress=False, optimizer="sgd", grad_clip=grad_clip)
+    trainer = Trainer(tiny_model(), synthetic_task(), config, tmp_path / "gc")
+    norms = []
+    step = trainer.optimizer.step
+
+    def record_then_step(*args, **kwargs):
+        norms.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(p.grad) for p in trainer.model.parameters() if p.grad is not None]))))
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = record_then_step
+    trainer.fit()
+    assert len(norms) == trainer.task.num_train_batches(1)
+    if grad_clip is None:
+        assert max(norms) > 0.1  # so the clipped run has something to clip
+    else:
+        assert max(norms) <= 0.1 * (1 + 1e-5)
+
+
+def test_unknown_options(tmp_path):
     with pytest.raises(ValueError, match="unknown training options"):
         TrainConfig.from_dict({"epochs": 1, "learning_rate": 0.1})
     with pytest.raises(ValueError, match="optimizer"):
