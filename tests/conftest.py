@@ -21,6 +21,14 @@ def skip_or_fail(reason: str) -> None:
     pytest.skip(reason)
 
 
+@pytest.fixture(autouse=True)
+def _experiments_registered_by_a_test_are_forgotten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts from the built-in experiments: what it registers is gone after it."""
+    from onebit.experiments import registry
+
+    monkeypatch.setattr(registry, "_EXPERIMENTS", dict(registry._EXPERIMENTS))
+
+
 @pytest.fixture(scope="session")
 def shared_datasets_dir() -> Path:
     """The local dataset copies: $ONEBIT_DATA, else ../shared/datasets beside the repo.

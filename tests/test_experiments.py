@@ -532,18 +532,15 @@ def test_committed_runs_keep_their_configuration():
 
 def test_experiments_are_registered_explicitly():
     """The built-in experiments are data registered by the package; another one is one `register` call."""
-    from onebit.experiments import BUILTIN, Experiment, Row, names, register, registry
+    from onebit.experiments import BUILTIN, Experiment, Row, names, register
 
     assert names()[:len(BUILTIN)] == [e.name for e in BUILTIN]
     custom = Experiment("tiny-mlp", "a registered experiment", (Row("bnn", {"name": "mlp", "recipe": "bnn",
                                                                             "hidden": [16]}),), {}, "fashion-mnist")
-    try:
-        assert register(custom) is custom and get("tiny-mlp") is custom and register(custom) is custom
-        with pytest.raises(ValueError, match="already registered"):
-            register(Experiment("tiny-mlp", "", (), {}, "mnist"))
-        assert custom.input_size == (1, 28, 28) and custom.classifies
-    finally:
-        registry._EXPERIMENTS.pop("tiny-mlp")
+    assert register(custom) is custom and get("tiny-mlp") is custom and register(custom) is custom
+    with pytest.raises(ValueError, match="already registered"):
+        register(Experiment("tiny-mlp", "", (), {}, "mnist"))
+    assert custom.input_size == (1, 28, 28) and custom.classifies
     with pytest.raises(ValueError, match="already registered"):
         register(Experiment("train", "", (), {}, "mnist"))  # the name of `onebit train`'s records
 
@@ -569,7 +566,7 @@ def test_mnist_cnn_table_names_each_rows_estimator():
 def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monkeypatch, capsys):
     """A row's ``distill`` names a teacher run: its config records it, and the runner trains the
     student against that run's best model (a missing teacher run fails before any training)."""
-    from onebit.experiments import Experiment, Row, register, registry
+    from onebit.experiments import Experiment, Row, register
     from onebit.experiments.runner import distillation, record_sources, run_configs, trained_sources
     from onebit.experiments.runs import SOURCES_FILE, WEIGHTS_FILE, checkpoint_path, load_trained, weights_digest
 
@@ -580,58 +577,55 @@ def test_a_row_distils_a_trained_teacher_run(shared_datasets_dir, tmp_path, monk
         Row("student", {"name": "mlp", "recipe": "bnn", "hidden": [32]}, distill=distill)), {}, "mnist"))
     monkeypatch.chdir(tmp_path)
     args = ["run", "tiny-distill", "--quick", "--out", "runs", "--data-root", str(shared_datasets_dir), "--no-progress"]
-    try:
-        teacher, student = run_configs(experiment, seeds=1, quick=True)
-        assert "distill" not in teacher and student["distill"] == distill
-        assert main(args + ["--rows", "student"]) == 2  # no teacher run yet
-        assert "Train its row first" in capsys.readouterr().err
-        assert main(args) == 0
-        stored = json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "config.json").read_text())
-        assert stored["distill"] == distill
-        assert json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "final.json").read_text())[
-            "test_acc"] > 0.5
-        # the student's record names its teacher's weights, the same digest from checkpoint or weights.pt
-        student_dir = tmp_path / "runs" / "tiny-distill" / "student" / "seed0"
-        teacher_model, _ = load_trained(teacher_dir / "seed0")
-        sources = json.loads((student_dir / SOURCES_FILE).read_text())
-        assert sources == {"distill.teacher": {"run": str(teacher_dir),
-                                               "weights_sha256": weights_digest(teacher_model)}}
-        assert not (teacher_dir / "seed0" / SOURCES_FILE).exists()  # a run that learns from none
-        # with compile (the student's TrainConfig.compile), the teacher runs compiled, to the same logits
-        loaded = trained_sources(run_configs(experiment, seeds=1, quick=True)[1], student_dir)
-        assert set(loaded) == {"distill.teacher"} and loaded["distill.teacher"].run == str(teacher_dir)
-        assert weights_digest(loaded["distill.teacher"].model) == weights_digest(teacher_model)
-        plain, compiled = (distillation(None, distill, loaded["distill.teacher"].model, torch.device("cpu"),
-                                        compile=c).teacher for c in (False, True))
-        assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and not compiled.training
-        x = torch.randn(8, 1, 28, 28)
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x), plain(x))
+    teacher, student = run_configs(experiment, seeds=1, quick=True)
+    assert "distill" not in teacher and student["distill"] == distill
+    assert main(args + ["--rows", "student"]) == 2  # no teacher run yet
+    assert "Train its row first" in capsys.readouterr().err
+    assert main(args) == 0
+    stored = json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "config.json").read_text())
+    assert stored["distill"] == distill
+    assert json.loads((tmp_path / "runs" / "tiny-distill" / "student" / "seed0" / "final.json").read_text())[
+        "test_acc"] > 0.5
+    # the student's record names its teacher's weights, the same digest from checkpoint or weights.pt
+    student_dir = tmp_path / "runs" / "tiny-distill" / "student" / "seed0"
+    teacher_model, _ = load_trained(teacher_dir / "seed0")
+    sources = json.loads((student_dir / SOURCES_FILE).read_text())
+    assert sources == {"distill.teacher": {"run": str(teacher_dir),
+                                           "weights_sha256": weights_digest(teacher_model)}}
+    assert not (teacher_dir / "seed0" / SOURCES_FILE).exists()  # a run that learns from none
+    # with compile (the student's TrainConfig.compile), the teacher runs compiled, to the same logits
+    loaded = trained_sources(run_configs(experiment, seeds=1, quick=True)[1], student_dir)
+    assert set(loaded) == {"distill.teacher"} and loaded["distill.teacher"].run == str(teacher_dir)
+    assert weights_digest(loaded["distill.teacher"].model) == weights_digest(teacher_model)
+    plain, compiled = (distillation(None, distill, loaded["distill.teacher"].model, torch.device("cpu"),
+                                    compile=c).teacher for c in (False, True))
+    assert isinstance(compiled, torch._dynamo.eval_frame.OptimizedModule) and not compiled.training
+    x = torch.randn(8, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), plain(x))
 
-        # --resume continues a student's checkpoint only while its teacher keeps the weights it recorded
-        student = run_configs(experiment, seeds=1, quick=True)[1]
-        (student_dir / "final.json").unlink()  # the student interrupted, its checkpoint kept
-        record_sources(trained_sources(student, student_dir), student_dir, resume=True)  # same teacher: resumes
-        assert json.loads((student_dir / SOURCES_FILE).read_text()) == sources
-        with torch.no_grad():
-            next(teacher_model.parameters()).add_(1.0)  # a retrained teacher
-        torch.save(teacher_model.state_dict(), teacher_dir / "seed0" / WEIGHTS_FILE)
-        checkpoint_path(teacher_dir / "seed0").unlink()
-        with pytest.raises(ValueError, match="distill.teacher .* changed since its checkpoint .* without --resume"):
-            record_sources(trained_sources(student, student_dir), student_dir, resume=True)
-        # a fresh start records the new teacher
-        record_sources(trained_sources(student, student_dir), student_dir, resume=False)
-        assert json.loads((student_dir / SOURCES_FILE).read_text())["distill.teacher"]["weights_sha256"] == (
-            weights_digest(teacher_model))
-    finally:
-        registry._EXPERIMENTS.pop("tiny-distill")
+    # --resume continues a student's checkpoint only while its teacher keeps the weights it recorded
+    student = run_configs(experiment, seeds=1, quick=True)[1]
+    (student_dir / "final.json").unlink()  # the student interrupted, its checkpoint kept
+    record_sources(trained_sources(student, student_dir), student_dir, resume=True)  # same teacher: resumes
+    assert json.loads((student_dir / SOURCES_FILE).read_text()) == sources
+    with torch.no_grad():
+        next(teacher_model.parameters()).add_(1.0)  # a retrained teacher
+    torch.save(teacher_model.state_dict(), teacher_dir / "seed0" / WEIGHTS_FILE)
+    checkpoint_path(teacher_dir / "seed0").unlink()
+    with pytest.raises(ValueError, match="distill.teacher .* changed since its checkpoint .* without --resume"):
+        record_sources(trained_sources(student, student_dir), student_dir, resume=True)
+    # a fresh start records the new teacher
+    record_sources(trained_sources(student, student_dir), student_dir, resume=False)
+    assert json.loads((student_dir / SOURCES_FILE).read_text())["distill.teacher"]["weights_sha256"] == (
+        weights_digest(teacher_model))
 
 
 def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_path, monkeypatch, capsys):
     """Two-step training: a row's ``init_from`` names another row of the experiment; each of its
     runs starts from the same seed's best model of that row (every tensor of the same name and
     shape), and the config records it."""
-    from onebit.experiments import Experiment, Row, register, registry
+    from onebit.experiments import Experiment, Row, register
     from onebit.experiments.runner import initialize, run_configs, trained_sources
     from onebit.experiments.runs import SOURCES_FILE, WEIGHTS_FILE, build_model, load_trained, weights_digest
 
@@ -643,42 +637,39 @@ def test_a_row_starts_from_another_rows_trained_model(shared_datasets_dir, tmp_p
     args = ["run", "tiny-two-step", "--quick", "--out", "runs", "--data-root", str(shared_datasets_dir),
             "--no-progress"]
     runs = tmp_path / "runs" / "tiny-two-step"
-    try:
-        step1, step2 = run_configs(experiment, seeds=1, quick=True)
-        assert "init_from" not in step1 and step2["init_from"] == "step1"
-        assert main(args + ["--rows", "step2"]) == 2  # step 1 not trained yet
-        assert "Train its row first" in capsys.readouterr().err
-        assert main(args) == 0
-        assert json.loads((runs / "step2" / "seed0" / "config.json").read_text())["init_from"] == "step1"
-        # the first step's run ships its best weights for the rows that depend on it; the second's does not
-        assert (runs / "step1" / "seed0" / WEIGHTS_FILE).exists()
-        assert not (runs / "step2" / "seed0" / WEIGHTS_FILE).exists()
-        assert json.loads((runs / "step2" / "seed0" / "final.json").read_text())["test_acc"] > 0.5
-        assert json.loads((runs / "step2" / "seed0" / SOURCES_FILE).read_text()) == {
-            "init_from": {"run": "step1", "weights_sha256": weights_digest(load_trained(runs / "step1" / "seed0")[0])}}
+    step1, step2 = run_configs(experiment, seeds=1, quick=True)
+    assert "init_from" not in step1 and step2["init_from"] == "step1"
+    assert main(args + ["--rows", "step2"]) == 2  # step 1 not trained yet
+    assert "Train its row first" in capsys.readouterr().err
+    assert main(args) == 0
+    assert json.loads((runs / "step2" / "seed0" / "config.json").read_text())["init_from"] == "step1"
+    # the first step's run ships its best weights for the rows that depend on it; the second's does not
+    assert (runs / "step1" / "seed0" / WEIGHTS_FILE).exists()
+    assert not (runs / "step2" / "seed0" / WEIGHTS_FILE).exists()
+    assert json.loads((runs / "step2" / "seed0" / "final.json").read_text())["test_acc"] > 0.5
+    assert json.loads((runs / "step2" / "seed0" / SOURCES_FILE).read_text()) == {
+        "init_from": {"run": "step1", "weights_sha256": weights_digest(load_trained(runs / "step1" / "seed0")[0])}}
 
-        trained, _ = load_trained(runs / "step1" / "seed0")
-        fresh = build_model(step2)
-        initialize(fresh, "step1", trained)
-        source, target = trained.state_dict(), fresh.state_dict()
-        assert set(source) == set(target)  # the same MLP: binary-activations and xnor share every tensor
-        for name, tensor in source.items():
-            torch.testing.assert_close(target[name], tensor, rtol=0, atol=0)
-        (runs / "step1" / "seed0" / "checkpoint.pt").unlink()  # a copy of the runs without the checkpoint
-        reloaded = trained_sources(step2, runs / "step2" / "seed0")["init_from"]
-        assert reloaded.run == "step1"
-        for name, tensor in source.items():
-            torch.testing.assert_close(reloaded.model.state_dict()[name], tensor, rtol=0, atol=0)
-        with pytest.raises(ValueError, match="shares no parameter"):
-            initialize(build_model({"model": {"name": "small_cnn"}}), "step1", trained)
-        with pytest.raises(FileNotFoundError, match="step1/seed1: no finished run"):  # no silent other seed
-            trained_sources(step2, runs / "step2" / "seed1")
-        assert trained_sources({**step2, "init_from": "step1/seed0"}, runs / "step2" / "seed1")  # one seed for all
-        (runs / "step1" / "seed0" / "final.json").unlink()  # an interrupted first step is no start
-        with pytest.raises(FileNotFoundError, match="no finished run"):
-            trained_sources(step2, runs / "step2" / "seed0")
-    finally:
-        registry._EXPERIMENTS.pop("tiny-two-step")
+    trained, _ = load_trained(runs / "step1" / "seed0")
+    fresh = build_model(step2)
+    initialize(fresh, "step1", trained)
+    source, target = trained.state_dict(), fresh.state_dict()
+    assert set(source) == set(target)  # the same MLP: binary-activations and xnor share every tensor
+    for name, tensor in source.items():
+        torch.testing.assert_close(target[name], tensor, rtol=0, atol=0)
+    (runs / "step1" / "seed0" / "checkpoint.pt").unlink()  # a copy of the runs without the checkpoint
+    reloaded = trained_sources(step2, runs / "step2" / "seed0")["init_from"]
+    assert reloaded.run == "step1"
+    for name, tensor in source.items():
+        torch.testing.assert_close(reloaded.model.state_dict()[name], tensor, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="shares no parameter"):
+        initialize(build_model({"model": {"name": "small_cnn"}}), "step1", trained)
+    with pytest.raises(FileNotFoundError, match="step1/seed1: no finished run"):  # no silent other seed
+        trained_sources(step2, runs / "step2" / "seed1")
+    assert trained_sources({**step2, "init_from": "step1/seed0"}, runs / "step2" / "seed1")  # one seed for all
+    (runs / "step1" / "seed0" / "final.json").unlink()  # an interrupted first step is no start
+    with pytest.raises(FileNotFoundError, match="no finished run"):
+        trained_sources(step2, runs / "step2" / "seed0")
 
 
 def test_weights_digest_changes_with_any_tensor_its_name_or_its_dtype():

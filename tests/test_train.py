@@ -237,17 +237,14 @@ def test_the_cli_lists_the_classifiers():
 @pytest.mark.slow
 def test_a_registered_experiment_on_other_data_reports_its_packed_models(tmp_path, draw_shapes, one_thread):
     """An Experiment registered on a dataset the package does not ship trains, packs and reports."""
-    from onebit.experiments import Experiment, Row, register, registry, run_experiment
+    from onebit.experiments import Experiment, Row, register, run_experiment
 
     shapes = draw_shapes(tmp_path / "shapes", {"train": 12, "test": 4}, size=(28, 28))
     experiment = Experiment("shapes-mlp", "an MLP on drawn shapes",
                             (Row("bnn", {"name": "mlp", "recipe": "bnn", "hidden": [32], "num_classes": 3}),),
                             {"epochs": 1, "batch_size": 8}, str(shapes))
     register(experiment)
-    try:
-        exp_dir = run_experiment("shapes-mlp", out=tmp_path / "runs", progress=False)
-    finally:
-        registry._EXPERIMENTS.pop("shapes-mlp")
+    exp_dir = run_experiment("shapes-mlp", out=tmp_path / "runs", progress=False)
     row, = json.loads((exp_dir / "results.json").read_text())["rows"]
     assert "error" not in row["packed"] and row["packed"]["accuracy"]["test"]["packed"] == row["test_acc"][0]
     assert "Data:" not in (exp_dir / "results.md").read_text()  # the experiment's own data
