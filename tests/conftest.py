@@ -1,4 +1,6 @@
+import contextlib
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +29,29 @@ def _experiments_registered_by_a_test_are_forgotten(monkeypatch: pytest.MonkeyPa
     from onebit.experiments import registry
 
     monkeypatch.setattr(registry, "_EXPERIMENTS", dict(registry._EXPERIMENTS))
+
+
+@pytest.fixture
+def killed_after_epoch(monkeypatch: pytest.MonkeyPatch) -> Callable[[int], contextlib.AbstractContextManager]:
+    """``with killed_after_epoch(n): trainer.fit()``: training dies as a killed process would, right
+    after writing the checkpoint of epoch ``n``; the block expects that death."""
+    from onebit.training import Trainer
+
+    @contextlib.contextmanager
+    def killed(epoch: int) -> Iterator[None]:
+        save = Trainer._save
+
+        def save_then_die(self: Trainer) -> None:
+            save(self)
+            if self.state.epoch == epoch:
+                raise KeyboardInterrupt
+
+        monkeypatch.setattr(Trainer, "_save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            yield
+        monkeypatch.setattr(Trainer, "_save", save)
+
+    return killed
 
 
 @pytest.fixture(scope="session")

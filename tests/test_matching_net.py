@@ -286,24 +286,15 @@ def test_task_checks_protocols_against_pools():
         small_task(test=(EpisodeSetting(3, 1, 2, 5, seed=0), EpisodeSetting(3, 1, 3, 5, seed=1)))
 
 
-def test_resumed_episodic_run_equals_uninterrupted(tmp_path, monkeypatch):
+def test_resumed_episodic_run_equals_uninterrupted(tmp_path, killed_after_epoch):
     def fit(name, resume=False):
         torch.manual_seed(0)
         config = TrainConfig(epochs=3, batch_size=1, lr=3e-3, seed=0, device="cpu", progress=False)
         return Trainer(MatchingNetwork("all", **SMALL), small_task(), config, tmp_path / name).fit(resume=resume)
 
     uninterrupted = fit("full")
-    original_save = Trainer._save
-
-    def save_then_die(self):
-        original_save(self)
-        if self.state.epoch == 1:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Trainer, "_save", save_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_after_epoch(1):
         fit("killed")
-    monkeypatch.setattr(Trainer, "_save", original_save)
     resumed = fit("killed", resume=True)
     drop = ("train_seconds", "train_cpu_seconds")
     assert {k: v for k, v in resumed.items() if k not in drop} == {k: v for k, v in uninterrupted.items()

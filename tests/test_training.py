@@ -73,25 +73,11 @@ def test_same_seed_same_metrics(tmp_path):
     assert (tmp_path / "a" / "metrics.jsonl").read_text().count("val_acc") == 3
 
 
-class Interrupted(Exception):
-    pass
-
-
 @pytest.mark.parametrize("options", [{}, {"bn_recalibration_batches": 2}, {"optimizer": "bop", "bop_gamma": 1e-3}])
-def test_resumed_run_equals_uninterrupted(tmp_path, monkeypatch, options):
+def test_resumed_run_equals_uninterrupted(tmp_path, killed_after_epoch, options):
     _, uninterrupted = fit(tmp_path, "full", epochs=4, reinforce=True, **options)
-
-    original_save = Trainer._save
-
-    def save_then_die(self):
-        original_save(self)
-        if self.state.epoch == 2:
-            raise Interrupted
-
-    monkeypatch.setattr(Trainer, "_save", save_then_die)
-    with pytest.raises(Interrupted):
+    with killed_after_epoch(2):
         fit(tmp_path, "killed", epochs=4, reinforce=True, **options)
-    monkeypatch.setattr(Trainer, "_save", original_save)
 
     torch.manual_seed(123)  # a fresh process would initialize differently: the checkpoint must win
     config = TrainConfig(epochs=4, lr=0.01, seed=0, device="cpu", progress=False,
