@@ -4,8 +4,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from packed_checks import randomize_batchnorm
 from torch import nn
 
+from onebit import models
 from onebit.deploy import InvalidModelFile, UnsupportedModelError, convert, kernels, load
 from onebit.deploy.converter import fold_sign_threshold
 from onebit.models import MLP, SmallCNN
@@ -129,13 +131,21 @@ def test_truncated_tampered_and_foreign_files(saved, tmp_path):
             load(path)
 
 
-def test_runtime_never_imports_torch(saved):
+@pytest.mark.parametrize("build, outputs", [
+    (lambda: MLP(hidden=(64,), recipe="bnn"), 10),
+    (lambda: models.build("matching_net", binary_blocks="all", quantizer="sign", weight_quantizer="sign",
+                          distance="hamming", hidden=16), 16),  # its binary encoder: embeddings
+], ids=["mlp", "conv-encoder"])
+def test_runtime_never_imports_torch(build, outputs, tmp_path):
+    torch.manual_seed(0)
+    path = tmp_path / "m.onebit"
+    model = randomize_batchnorm(build(), torch.randn(50, 1, 28, 28))
+    convert(model, torch.zeros(2, 1, 28, 28)).save(path)
     code = (
         "import sys, numpy as np\n"
         "import onebit.deploy as deploy\n"
-        f"model = deploy.load({str(saved)!r})\n"
-        "out = model(np.zeros((3, 1, 28, 28), np.float32))\n"
-        "assert out.shape == (3, 10), out.shape\n"
+        f"out = deploy.load({str(path)!r})(np.zeros((3, 1, 28, 28), np.float32))\n"
+        f"assert out.shape == (3, {outputs}), out.shape\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
