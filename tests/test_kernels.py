@@ -21,6 +21,7 @@ def threads(request, monkeypatch):
     """Run a test on the calling thread alone, and with 3 threads at any problem size."""
     if request.param == "3 threads":
         monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
+        monkeypatch.setattr(K, "_PACK_PARALLEL_MIN", 0)
         monkeypatch.setattr(K, "_num_threads", 3)
 
 
@@ -53,10 +54,10 @@ def conv_reference(x: np.ndarray, w: np.ndarray, padding: int, stride: int) -> n
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("k", [1, 63, 64, 65, 130])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int8, np.int32])
-def test_pack_round_trip_and_layout(backend, k, dtype):
-    x = (RNG.standard_normal((3, k)) * 10).astype(dtype)
+def test_pack_round_trip_and_layout(backend, k, dtype, threads):
+    x = (RNG.standard_normal((7, k)) * 10).astype(dtype)  # 7 rows: uneven shares of 3 threads
     packed = K.pack_signs(x, backend=backend)
-    assert packed.dtype == np.uint64 and packed.shape == (3, -(-k // 64))
+    assert packed.dtype == np.uint64 and packed.shape == (7, -(-k // 64))
     np.testing.assert_array_equal(K.unpack_signs(packed, k), sign(x))
     # element j -> word j // 64, bit j % 64; tail bits zero
     j = np.arange(64 * packed.shape[1])
@@ -83,12 +84,13 @@ GEMM_SHAPES = [
     (2, 0, 3), (0, 5, 3), (1, 1, 1), (1, 784, 1024), (3, 63, 7), (3, 65, 33), (5, 1000, 40), (9, 784, 33), (4, 128, 64),
     (3, 2000, 17), (6, 4100, 40),  # 32 and 65 words: the AVX2 tile's byte counters flush every 31 words
     (5, 130, 57), (7, 300, 91),  # last panel with 25 and 27 columns: its second 16-column half partly masked
+    (67, 1000, 131),  # row and column tails for every thread
 ]  # fmt: skip
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("m,k,n", GEMM_SHAPES)
-def test_binary_matmul_matches_float(backend, m, k, n):
+def test_binary_matmul_matches_float(backend, m, k, n, threads):
     a, b = signs(m, k), signs(n, k)
     expected = a.astype(np.float64) @ b.T.astype(np.float64)
     out = K.binary_matmul(K.pack_signs(a), K.pack_signs(b), k, backend=backend)
@@ -99,8 +101,8 @@ def test_binary_matmul_matches_float(backend, m, k, n):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 784, 33), (7, 130, 64), (2, 64, 5)])
-def test_pixel_matmul_is_exact(backend, m, k, n):
+@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 784, 33), (7, 130, 64), (2, 64, 5), (150, 300, 70)])
+def test_pixel_matmul_is_exact(backend, m, k, n, threads):
     codes = np.random.default_rng(k).integers(0, 256, (m, k)).astype(np.uint8)
     codes[0, :] = 255  # the largest products
     w = K.pack_signs(signs(n, k))
@@ -113,22 +115,10 @@ def test_pixel_matmul_is_exact(backend, m, k, n):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_pixel_matmul_threaded_path(backend, monkeypatch):
-    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 1)
-    monkeypatch.setattr(K, "_num_threads", 3)
-    codes = np.random.default_rng(0).integers(0, 256, (150, 300)).astype(np.uint8)
-    w = K.pack_signs(signs(70, 300))
-    out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, 300), backend=backend)
-    np.testing.assert_array_equal(out, codes.astype(np.int64) @ K.unpack_signs(w, 300).T.astype(np.int64))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("m,k,n", [(1, 1, 1), (3, 784, 33), (9, 130, 64), (6, 64, 100)])
-def test_pixel_matmul_threshold_packs_the_comparison(backend, m, k, n, monkeypatch):
+def test_pixel_matmul_threshold_packs_the_comparison(backend, m, k, n, threads):
     """The fused epilogue (AVX512-VNNI) against the numpy comparison of the exact product, with
     thresholds on the products themselves (ties), at the int32 extremes, partial tiles and threads."""
-    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 1)
-    monkeypatch.setattr(K, "_num_threads", 2)
     rng = np.random.default_rng(m + k + n)
     codes = rng.integers(0, 256, (m, k)).astype(np.uint8)
     w = K.pack_signs(signs(n, k))
@@ -148,17 +138,6 @@ def test_pixel_matmul_float64_fallback_for_long_rows():
     w = K.pack_signs(signs(2, k))
     out = K.pixel_matmul_prepared(codes, K.prepare_pixel_weights(w, k), backend="numpy")
     np.testing.assert_array_equal(out, codes.astype(np.int64) @ K.unpack_signs(w, k).T.astype(np.int64))
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_binary_matmul_threaded_path(backend, monkeypatch):
-    """The multi-threaded path (threshold lowered), with M and N tails."""
-    monkeypatch.setattr(K, "_PARALLEL_MIN_WORDS", 0)
-    monkeypatch.setattr(K, "_num_threads", 3)
-    a, b = signs(67, 1000), signs(131, 1000)
-    prepared = K.prepare_weights(K.pack_signs(b))
-    out = K.binary_matmul_prepared(K.pack_signs(a), prepared, 1000, backend=backend)
-    np.testing.assert_array_equal(out, a.astype(np.float64) @ b.T)
 
 
 def test_concurrent_callers_share_the_thread_pool_safely(monkeypatch):
@@ -319,14 +298,6 @@ def test_thread_count_setting(monkeypatch):
     monkeypatch.setenv("ONEBIT_NUM_THREADS", "many")
     with pytest.raises(ValueError, match="ONEBIT_NUM_THREADS"):
         K._default_threads()
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_pack_threaded_path(backend, monkeypatch):
-    monkeypatch.setattr(K, "_PACK_PARALLEL_MIN", 0)
-    monkeypatch.setattr(K, "_num_threads", 3)
-    x = RNG.standard_normal((1000, 100)).astype(np.float32)
-    np.testing.assert_array_equal(K.unpack_signs(K.pack_signs(x, backend=backend), 100), sign(x))
 
 
 def test_prepared_weights_layout():
