@@ -147,7 +147,7 @@ def test_two_process_gloo_run(shared_datasets, tmp_path):
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     final = json.loads((out / "mnist-cnn" / "deterministic-st-first" / "seed0" / "final.json").read_text())
-    assert 0 < final["test_acc"] <= 1
+    assert 0 < final["test_acc"] <= 1 and final["processes"] == 2
     assert (out / "mnist-cnn" / "results.md").exists()
 
 

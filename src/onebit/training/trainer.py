@@ -252,7 +252,7 @@ class Trainer:
       plus the best-validation model (``best_model``);
     - ``final.json``: test metrics of the best-validation model (``test_acc``, ``test_loss``; or
       ``val_acc``, ``val_loss`` for a task whose ``final_split`` is ``"val"``, without test data),
-      training wall and CPU time;
+      training wall time, CPU time (of every process, summed), threads per process and processes;
     - TensorBoard events under ``tensorboard/``.
 
     The test split is evaluated once, at the end, with the weights of the epoch of best
@@ -417,10 +417,11 @@ class Trainer:
             correct += result.correct
             count += n
             bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{correct / count:.4f}", refresh=False)
-        total_loss, correct, count = self._all_reduce(total_loss, correct, count)
+        cpu_seconds = time.process_time() - cpu_start
+        total_loss, correct, count, cpu_seconds = self._all_reduce(total_loss, correct, count, cpu_seconds)
         seconds = time.perf_counter() - start
         self.state.train_seconds += seconds
-        self.state.train_cpu_seconds += time.process_time() - cpu_start
+        self.state.train_cpu_seconds += cpu_seconds
         return {"epoch": epoch + 1, "train_loss": total_loss / count, "train_acc": correct / count,
                 "lr": lr, "slope": slope, "epoch_seconds": seconds}
 
@@ -532,6 +533,7 @@ class Trainer:
             "train_seconds": self.state.train_seconds,
             "train_cpu_seconds": self.state.train_cpu_seconds,
             "threads": torch.get_num_threads(),
+            "processes": self.world_size,
         }
         if not all(math.isfinite(v) for v in final.values()):
             raise TrainingDiverged(f"final metrics are not finite: {final}")
