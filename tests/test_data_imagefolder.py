@@ -195,4 +195,10 @@ def test_builtin_datasets_split_as_the_experiments_train(shared_datasets):
     omniglot = dataset("omniglot").load()
     assert omniglot.sizes() == {"train": 964 * 14, "val": 964 * 2, "test": 964 * 4}
     assert len(omniglot.info.classes) == 964 and omniglot.info.preprocess.invert
+    # the normalization constants are the pixel statistics of the data (Omniglot's: the whole background set)
+    for name, splits, tolerance in (("mnist", [mnist.splits["train"]], 1e-3),
+                                    ("omniglot", list(omniglot.splits.values()), 2e-3)):
+        pixels = torch.cat([split.images.flatten() for split in splits]).double() / 255
+        (mean,), (std,) = dataset(name).normalization
+        assert (float(pixels.mean()), float(pixels.std())) == pytest.approx((mean, std), abs=tolerance), name
 
