@@ -2,6 +2,9 @@ import itertools
 import json
 import math
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -223,6 +226,20 @@ def test_a_run_directory_trains_in_one_process_at_a_time(tmp_path):
         assert not (run / "metrics.jsonl").exists()
     _, final = fit(tmp_path, "run", epochs=1)  # free again once the holder is done
     assert (run / "final.json").exists() and final["test_acc"] >= 0
+
+
+@pytest.mark.slow
+def test_processes_under_torchrun_train_one_model(tmp_path):
+    """Two gloo processes, each with its own seed and its half of every batch, end with the same
+    parameters: gradients are averaged across them (processes training apart would differ)."""
+    worker = Path(__file__).with_name("ddp_worker.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
+           str(worker), str(tmp_path)]
+    result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
+    assert digests[0] == digests[1]
 
 
 def test_batch_norm_recalibration_measures_the_eval_mode_network(tmp_path):
