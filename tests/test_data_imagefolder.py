@@ -9,7 +9,8 @@ from PIL import Image
 
 from onebit.data import CorruptDatasetError, DatasetNotFoundError
 from onebit.data.datasets import NAMES, channel_stats, dataset, from_spec
-from onebit.data.imagefolder import CACHE_FOLDER, Preprocess, load_image_folder, read_image
+from onebit.data.decode import Preprocess, read_image
+from onebit.data.imagefolder import CACHE_FOLDER, load_image_folder
 
 
 def _cache_files(root):

@@ -2,6 +2,8 @@
 --data`; `onebit infer --images`."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 from PIL import Image
@@ -74,6 +76,13 @@ def test_train_export_infer_report_summary_bench(shapes, tmp_path, capsys, one_t
     accuracy = float(captured.err.split("accuracy ")[1].split()[0])
     assert accuracy == pytest.approx(final["test_acc"], abs=1e-4)  # decoded exactly as in training
     assert "(of 18 images in the class folders" not in captured.err and "of 18 images" in captured.err
+    # the same predictions in a process that never imports torch: decoding needs numpy and Pillow only
+    code = ("import sys\nfrom onebit.cli import main\n"
+            f"code = main(['infer', {str(exported)!r}, '--images', {str(shapes / 'test')!r}])\n"
+            "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)\n")
+    alone = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout == captured.out
 
     assert main(["infer", str(exported), "--images", str(shapes / "test" / "square" / "001.jpg")]) == 0
     one = capsys.readouterr()

@@ -11,7 +11,7 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = {"quantizers", "recipes", "reinforce", "nn", "data", "models", "training", "experiments",
-               "schedules", "deploy", "inspect", "optim"}
+               "schedules", "deploy", "inspect", "optim", "predict"}
 _ATTRIBUTES = {
     "clip_latent_weights": "onebit.nn",
     "summary": "onebit._summary",

@@ -422,15 +422,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a command reports as bad input: training's only once a command imported it
+    (``onebit infer`` never imports torch)."""
+    training = sys.modules.get("onebit.training")
+    return (ValueError, FileNotFoundError) + ((training.TrainingDiverged, training.RunDirBusy) if training else ())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``onebit`` command ``argv`` (default: the process's arguments); return its exit
     status: 0 on success, 2 for bad input (a message on stderr says what to do)."""
-    from .training import RunDirBusy, TrainingDiverged
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingDiverged, RunDirBusy) as error:
+    except Exception as error:
+        if not isinstance(error, _user_errors()):
+            raise
         print(f"onebit {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .data.datasets import NAMES, dataset
-from .data.imagefolder import IMAGE_SUFFIXES, Preprocess, image_files, read_image
+from .data.decode import IMAGE_SUFFIXES, Preprocess, image_files, read_image
 
 if TYPE_CHECKING:
     from .deploy import PackedModel
@@ -25,7 +24,10 @@ __all__ = ["Prediction", "model_classes", "model_preprocess", "find_images", "pr
 
 
 def _info(meta: dict):
-    """The built-in dataset a model file names, for files exported before they recorded classes."""
+    """The built-in dataset a model file names, for files exported before they recorded classes
+    (imported here: the data loaders import torch, which decoding image files does not need)."""
+    from .data.datasets import NAMES, dataset
+
     return dataset(meta["dataset"]).info if meta.get("dataset") in NAMES else None
 
 

@@ -1,42 +1,53 @@
 """Datasets: locating, downloading, verifying and decoding them into in-memory tensors.
 
 :func:`dataset` is the one loader: a built-in dataset by name or an image folder by path.
+
+Names and submodules load lazily: :mod:`onebit.data.decode` (image files into uint8 arrays,
+used by ``onebit infer --images``) imports no torch, and importing it does not import the rest.
 """
 
-from .augment import augment
-from .cifar10 import load_cifar10
-from .datasets import DataInfo, Dataset, ImageData, dataset
-from .download import CorruptDatasetError, DatasetNotFoundError, Resource, data_root, fetch
-from .episodes import ClassPool, Episode, EpisodeSampler
-from .imagefolder import Preprocess, load_image_folder, read_image
-from .imageset import ImageSet
-from .mnist import load_mnist
-from .omniglot import LakeRun, OmniglotData, OmniglotPart, load_lake_runs, load_omniglot, omniglot_splits
+from __future__ import annotations
 
-__all__ = [
-    "ClassPool",
-    "CorruptDatasetError",
-    "DataInfo",
-    "Dataset",
-    "DatasetNotFoundError",
-    "Episode",
-    "EpisodeSampler",
-    "ImageData",
-    "ImageSet",
-    "LakeRun",
-    "OmniglotData",
-    "OmniglotPart",
-    "Preprocess",
-    "Resource",
-    "augment",
-    "data_root",
-    "dataset",
-    "fetch",
-    "load_cifar10",
-    "load_image_folder",
-    "load_lake_runs",
-    "load_mnist",
-    "load_omniglot",
-    "omniglot_splits",
-    "read_image",
-]
+import importlib
+
+#: Each public name and the submodule that defines it.
+_ATTRIBUTES = {
+    "augment": "augmentation",
+    "load_cifar10": "cifar10",
+    "DataInfo": "datasets",
+    "Dataset": "datasets",
+    "ImageData": "datasets",
+    "dataset": "datasets",
+    "IMAGE_SUFFIXES": "decode",
+    "Preprocess": "decode",
+    "read_image": "decode",
+    "CorruptDatasetError": "download",
+    "DatasetNotFoundError": "download",
+    "Resource": "download",
+    "data_root": "download",
+    "fetch": "download",
+    "ClassPool": "episodes",
+    "Episode": "episodes",
+    "EpisodeSampler": "episodes",
+    "load_image_folder": "imagefolder",
+    "ImageSet": "imageset",
+    "load_mnist": "mnist",
+    "LakeRun": "omniglot",
+    "OmniglotData": "omniglot",
+    "OmniglotPart": "omniglot",
+    "load_lake_runs": "omniglot",
+    "load_omniglot": "omniglot",
+    "omniglot_splits": "omniglot",
+}
+
+__all__ = sorted(_ATTRIBUTES)
+
+
+def __getattr__(name: str):
+    if name in _ATTRIBUTES:
+        return getattr(importlib.import_module(f"{__name__}.{_ATTRIBUTES[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

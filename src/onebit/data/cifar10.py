@@ -34,6 +34,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from .decode import IMAGE_SUFFIXES
 from .download import CorruptDatasetError, DatasetNotFoundError, Resource, cache_dir, data_root, fetch
 from .imageset import ImageSet
 
@@ -56,7 +57,6 @@ _BINARY_DIR = "cifar-10-batches-bin"
 _BATCHES = {"train": tuple(f"data_batch_{i}.bin" for i in range(1, 6)), "test": ("test_batch.bin",)}
 _RECORD_BYTES = 1 + 3 * 32 * 32  # label byte, then R, G, B planes of 32x32
 _SPLITS = ("train", "test")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _CACHE_VERSION = 1
 
 _Arrays = dict[str, np.ndarray]  # "<split>_images" (N, 3, 32, 32) uint8, "<split>_labels" (N,) int64
@@ -119,7 +119,7 @@ def _is_batch(name: str) -> bool:
 def _is_image(name: str) -> bool:
     """True for ``[...]/<split>/<class>/<file>.<image suffix>``."""
     parts = PurePosixPath(name).parts
-    return len(parts) >= 3 and parts[-3] in _SPLITS and name.lower().endswith(_IMAGE_SUFFIXES)
+    return len(parts) >= 3 and parts[-3] in _SPLITS and name.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _find_source(directory: Path, download: bool) -> tuple[Path, Callable[[str], bool], _Decoder]:

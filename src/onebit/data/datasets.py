@@ -34,8 +34,9 @@ import numpy as np
 import torch
 
 from .._shape import image_shape
+from .decode import Preprocess
 from .download import DatasetNotFoundError, data_root
-from .imagefolder import Preprocess, load_image_folder
+from .imagefolder import load_image_folder
 from .imageset import ImageSet
 
 __all__ = ["NAMES", "DataInfo", "ImageData", "Dataset", "dataset", "from_spec", "channel_stats"]

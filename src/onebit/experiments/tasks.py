@@ -9,7 +9,7 @@ from functools import partial
 import torch
 
 from ..data import Dataset, ImageSet
-from ..data.augment import augment
+from ..data.augmentation import augment
 from ..training import ClassificationTask
 
 __all__ = ["QUICK_SIZES", "check_task_options", "classification_task"]
@@ -53,7 +53,7 @@ def classification_task(dataset: Dataset, quick: bool, batch_size: int, *, shift
         shift: move each training image by up to this many pixels (zero padding).
         flip: flip each training image left-right with probability 1/2.
         cutout: zero a random square of this side in each training image (see
-            :func:`~onebit.data.augment.augment`).
+            :func:`~onebit.data.augmentation.augment`).
         label_smoothing: the training loss's label smoothing (see
             :class:`~onebit.training.ClassificationTask`).
         eval_batch_size: images per evaluation batch (speed only).
