@@ -20,13 +20,24 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .nn.layers import QuantizedLayer, layers
+from .nn.layers import QuantizedLayer, computing_layers
 
 __all__ = ["LayerSummary", "ModelSummary", "summary"]
 
 
 @dataclass
 class LayerSummary:
+    """One computing layer: its parameters and multiply-accumulates (one input) by precision.
+
+    Attributes:
+        name: the module's qualified name (its class name for an unnamed root).
+        kind: the module's class name.
+        output_shape: the shape of its output for the example input (batch dimension included).
+        binary_params, float_params: parameters stored as one bit (binarized weights) and as
+            float32 (everything else: biases, batch norm, real-valued layers).
+        binary_macs, float_macs: multiply-accumulates per input of binary weights and of real ones.
+    """
+
     name: str
     kind: str
     output_shape: tuple[int, ...]
@@ -37,20 +48,28 @@ class LayerSummary:
 
     @property
     def params(self) -> int:
+        """All parameters."""
         return self.binary_params + self.float_params
 
     @property
     def float32_bytes(self) -> int:
+        """Bytes with every parameter as float32."""
         return 4 * self.params
 
     @property
     def packed_bytes(self) -> float:
+        """Bytes with binary parameters packed 8 to a byte and the others as float32."""
         return self.binary_params / 8 + 4 * self.float_params
 
 
 @dataclass
 class ModelSummary:
-    """Per-layer rows and totals. ``str(summary)`` is a table."""
+    """Per-layer rows and totals. ``str(summary)`` is a table.
+
+    Its properties ``binary_params``, ``float_params``, ``params``, ``binary_macs``,
+    ``float_macs``, ``float32_bytes`` and ``packed_bytes`` sum those of its
+    :class:`LayerSummary` rows.
+    """
 
     layers: list[LayerSummary] = field(default_factory=list)
 
@@ -91,6 +110,7 @@ class ModelSummary:
         return self.float32_bytes / self.packed_bytes if self.packed_bytes else 1.0
 
     def as_dict(self) -> dict:
+        """The totals and the compression ratio, as a run record stores them."""
         keys = ("binary_params", "float_params", "binary_macs", "float_macs", "float32_bytes", "packed_bytes")
         return {k: getattr(self, k) for k in keys} | {"compression_ratio": self.compression_ratio}
 
@@ -171,7 +191,7 @@ def summary(model: nn.Module, input_size: Sequence[int], *, dtype: torch.dtype =
 
         return hook
 
-    hooks = [m.register_forward_hook(record(name or type(m).__name__)) for name, m in layers(model)]
+    hooks = [m.register_forward_hook(record(name or type(m).__name__)) for name, m in computing_layers(model)]
     was_training = model.training
     model.eval()
     try:

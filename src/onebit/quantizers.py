@@ -502,6 +502,8 @@ class BinaryNeuron(Quantizer):
 
     @property
     def slope(self) -> float:
+        """The slope :math:`m` of the hard sigmoid (annealed by the trainer's slope schedule); must
+        be positive and finite."""
         return self._slope
 
     @slope.setter

@@ -67,9 +67,11 @@ class MovingAverageBaseline:
         return current
 
     def state_dict(self) -> dict:
+        """The momentum and the running value, for checkpoints."""
         return {"momentum": self.momentum, "value": self.value}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a :meth:`state_dict`."""
         self.momentum = state["momentum"]
         self.value = state["value"]
 

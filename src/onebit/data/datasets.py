@@ -72,14 +72,17 @@ class DataInfo:
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """``(mean, std)`` per channel, on pixels scaled to [0, 1]."""
         return self.mean, self.std
 
     def to_json(self) -> dict[str, Any]:
+        """The record a run's ``data.json`` and a packed model's metadata keep."""
         return {"name": self.name, "classes": list(self.classes), "input_size": list(self.input_size),
                 "mean": list(self.mean), "std": list(self.std), "preprocess": self.preprocess.to_json()}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> DataInfo:
+        """The :class:`DataInfo` of a :meth:`to_json` record."""
         return cls(record["name"], tuple(record["classes"]), tuple(record["mean"]), tuple(record["std"]),
                    Preprocess.from_json(record["preprocess"]))
 
@@ -123,6 +126,7 @@ class ImageData:
         return self.arrays(self.eval_split, raw=raw)
 
     def sizes(self) -> dict[str, int]:
+        """The number of images of each split."""
         return {split: len(images) for split, images in self.splits.items()}
 
     def record(self) -> dict[str, Any]:
@@ -186,6 +190,7 @@ class Dataset:
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """:attr:`DataInfo.normalization` of :attr:`info` (known without loading a built-in dataset)."""
         return self.info.normalization
 
     def test_arrays(self, *, raw: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -53,6 +53,7 @@ class ClassPool:
 
     @property
     def num_classes(self) -> int:
+        """The number of classes in the pool."""
         return self.images.shape[0]
 
     @property

@@ -203,7 +203,7 @@ def convert(
     find the order of its layers; it must be a chain of supported modules (each reads the
     previous one's output, possibly flattened by ``forward``), where a module may also be a
     residual block returning ``branch_a(x) + branch_b(x)`` of two such chains of its children
-    (e.g. :class:`~onebit.models.BiRealBlock`; see :func:`_structure`). Supported modules:
+    (e.g. :class:`~onebit.models.cifar.BiRealBlock`). Supported modules:
 
     - :class:`~onebit.nn.BinaryLinear` and :class:`~onebit.nn.BinaryConv2d` (sign weights, real
       or sign inputs, the signs by quantizers that pack with levels (-1, 1), optional XNOR

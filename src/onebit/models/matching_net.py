@@ -383,7 +383,7 @@ class MatchingNetwork(FewShotNetwork):
         - ``forward(x (N, C, H, W))``: ``(N, D)`` embeddings.
     """
 
-    def __init__(self, *args, fce: bool = False, fce_steps: int = 5, **kwargs) -> None:
+    def __init__(self, *args: Any, fce: bool = False, fce_steps: int = 5, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if fce and self.distance == "hamming":
             raise ValueError("fce=True is not available with distance='hamming' (context embeddings are real-valued)")

@@ -88,3 +88,6 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.layers(x)
+
+    def extra_repr(self) -> str:
+        return f"recipe={self.recipe.name!r}"

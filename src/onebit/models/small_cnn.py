@@ -99,3 +99,6 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x).flatten(1))
+
+    def extra_repr(self) -> str:
+        return f"recipe={self.recipe!r}"

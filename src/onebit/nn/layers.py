@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from .. import quantizers
 
-__all__ = ["BinaryLinear", "BinaryConv2d", "QuantizedLayer", "clip_latent_weights", "layers"]
+__all__ = ["BinaryLinear", "BinaryConv2d", "QuantizedLayer", "clip_latent_weights", "computing_layers"]
 
 _SCALINGS = (None, "xnor")
 
@@ -29,7 +29,9 @@ class QuantizedLayer(nn.Module):
     input_quantizer: nn.Module | None
     scaling: str | None
 
-    def _init_quantizers(self, weight_quantizer, input_quantizer, scaling) -> None:
+    def _init_quantizers(self, weight_quantizer: str | nn.Module | None, input_quantizer: str | nn.Module | None,
+                         scaling: str | None) -> None:
+        """Set the quantizers (resolved by :func:`onebit.quantizers.get`) and the scaling, checked."""
         if scaling not in _SCALINGS:
             raise ValueError(f"unknown scaling {scaling!r}; choose None or 'xnor'")
         if scaling is not None and weight_quantizer is None:
@@ -40,10 +42,12 @@ class QuantizedLayer(nn.Module):
 
     @property
     def has_binary_weight(self) -> bool:
+        """Whether the weight passes through a quantizer."""
         return self.weight_quantizer is not None
 
     @property
     def has_binary_input(self) -> bool:
+        """Whether the input passes through a quantizer."""
         return self.input_quantizer is not None
 
     def scale(self) -> Tensor | None:
@@ -104,8 +108,8 @@ class BinaryLinear(nn.Linear, QuantizedLayer):
         in_features: int,
         out_features: int,
         bias: bool = True,
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         weight_quantizer: str | nn.Module | None = "sign",
         input_quantizer: str | nn.Module | None = None,
@@ -144,15 +148,15 @@ class BinaryConv2d(nn.Conv2d, QuantizedLayer):
         self,
         in_channels: int,
         out_channels: int,
-        kernel_size,
-        stride=1,
-        padding=0,
-        dilation=1,
+        kernel_size: int | tuple[int, int],
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] | str = 0,
+        dilation: int | tuple[int, int] = 1,
         groups: int = 1,
         bias: bool = True,
         padding_mode: str = "zeros",
-        device=None,
-        dtype=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
         *,
         weight_quantizer: str | nn.Module | None = "sign",
         input_quantizer: str | nn.Module | None = None,
@@ -170,7 +174,7 @@ class BinaryConv2d(nn.Conv2d, QuantizedLayer):
         return f"{super().extra_repr()}, {self._quantizer_repr()}"
 
 
-def layers(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
+def computing_layers(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(name, module)`` for the computing layers of ``model`` in definition order:
     every :class:`QuantizedLayer` (whose quantizers are part of it) and every leaf module not
     inside one."""
@@ -178,7 +182,7 @@ def layers(model: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Module]
         yield prefix, model
         return
     for name, child in model.named_children():
-        yield from layers(child, f"{prefix}.{name}" if prefix else name)
+        yield from computing_layers(child, f"{prefix}.{name}" if prefix else name)
 
 
 @torch.no_grad()

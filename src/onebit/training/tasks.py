@@ -27,7 +27,17 @@ class BatchResult:
 
 
 class Task(Protocol):
-    """What the trainer needs from an experiment's data."""
+    """What the trainer needs from an experiment's data.
+
+    A task may also define, and the trainer then uses:
+
+    - ``final_split`` (a property): the split the best model is evaluated on once, ``"test"``
+      (the default) or ``"val"``;
+    - ``final_evaluation(model) -> dict``: further evaluations of the best model, stored under
+      ``"evaluations"`` in ``final.json``;
+    - ``repeat(batch, times) -> batch``: each sample ``times`` times in a row, which
+      ``reinforce_samples > 1`` needs.
+    """
 
     def train_batches(self, generator: torch.Generator, rank: int = 0, world_size: int = 1) -> Iterator:
         """The batches of one training epoch, shuffled by ``generator``; with several
@@ -179,7 +189,8 @@ class DistillationTask:
     def eval_batches(self, split: str) -> Iterator:
         return self.task.eval_batches(split)
 
-    def repeat(self, batch, times: int):
+    def repeat(self, batch: tuple[Tensor, ...], times: int) -> tuple[Tensor, ...]:
+        """:meth:`ClassificationTask.repeat` of the wrapped task."""
         return self.task.repeat(batch, times)
 
     def step(self, model: nn.Module, batch: tuple[Tensor, ...]) -> BatchResult:
