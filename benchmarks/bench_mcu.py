@@ -1,6 +1,6 @@
 """Exported C on a Cortex-M4 (QEMU mps2-an386): flash, RAM, stack and instructions per inference.
 
-    python benchmarks/bench_mcu.py [--images N] [--timeout SECONDS] [--only SUBSTRING ...]
+    python benchmarks/bench_mcu.py [--images N] [--zeros] [--timeout SECONDS] [--only SUBSTRING ...]
 
 For every model the C exporter supports, with random weights (sizes and instruction counts do
 not depend on their values, up to a few data-dependent branches) and batch norm statistics of
@@ -65,8 +65,11 @@ MODELS = {
 }
 
 
-def inputs(shape, normalization, count: int, rng: np.random.Generator) -> np.ndarray:
-    """``count`` random images: uint8 pixels, or for a float model pixels normalized like Omniglot."""
+def inputs(shape, normalization, count: int, rng: np.random.Generator, zeros: bool = False) -> np.ndarray:
+    """``count`` random images: uint8 pixels, or for a float model pixels normalized like Omniglot;
+    with ``zeros``, all-zero inputs of the model's type, as ``onebit export --target cortex-m4`` runs."""
+    if zeros:
+        return np.zeros((count, *shape), np.uint8 if normalization is not None else np.float32)
     pixels = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
     if normalization is not None:
         return pixels
@@ -98,7 +101,7 @@ def first_line(error: Exception) -> str:
 
 
 def measure(label: str, build, shape, normalization, directory: Path, images: int, timeout: float,
-            rng: np.random.Generator) -> tuple[dict, str | None]:
+            rng: np.random.Generator, zeros: bool = False) -> tuple[dict, str | None]:
     """The size report of one model (missing figures None) and a note on what failed, if anything."""
     packed = packed_model(build, shape, normalization)
     name = "net"
@@ -110,7 +113,7 @@ def measure(label: str, build, shape, normalization, directory: Path, images: in
         row.update(network_sizes(directory, name))
         return row, f"does not link for the board ({first_line(error)})"
     row.update(targets.size_report(elf, directory, name))
-    x = inputs(shape, normalization, images, rng)
+    x = inputs(shape, normalization, images, rng, zeros)
     try:
         result = targets.run_cortex_m4(elf, x, timeout=timeout)
     except targets.HarnessError as error:
@@ -141,6 +144,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=2, help="random images per model (default 2)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds for one model's QEMU run (default 900)")
     parser.add_argument("--only", nargs="+", metavar="SUBSTRING", help="only the models whose label contains one")
+    parser.add_argument("--zeros", action="store_true",
+                        help="all-zero images instead of random ones (what `onebit export --target cortex-m4` runs)")
     args = parser.parse_args()
     chosen = [label for label in MODELS if not args.only or any(s.lower() in label.lower() for s in args.only)]
 
@@ -149,8 +154,9 @@ def main() -> None:
     print(f"{tool_version('arm-none-eabi-gcc')}; {tool_version('qemu-system-arm')}")
     print(f"board: QEMU mps2-an386 (Cortex-M4F), {FLASH_BYTES >> 20} MiB flash; flags: "
           f"{' '.join(targets.CORTEX_M4_FLAGS)}")
-    print("instructions: QEMU -icount instruction count of one NAME_predict call (the largest over "
-          f"{args.images} random images), NOT cycles; every run's outputs equal the numpy runtime's bit for bit")
+    kind = "all-zero" if args.zeros else "random"
+    print(f"instructions: QEMU -icount instruction count of one NAME_predict call (the largest over {args.images} "
+          f"{kind} images), NOT cycles; every run's outputs equal the numpy runtime's bit for bit")
     print("bytes; network flash = text + rodata + data of NAME.o alone; whole-program flash adds startup, "
           "harness and libgcc; RAM = arena + data + bss of the whole program (the harness's input and output "
           "buffers included), stack = high-water mark of NAME_predict\n")
@@ -164,7 +170,8 @@ def main() -> None:
                 continue
             directory = Path(tmp) / str(index)
             rng = np.random.default_rng(index)  # the same images with or without --only
-            row, note = measure(label, build, shape, normalization, directory, args.images, args.timeout, rng)
+            row, note = measure(label, build, shape, normalization, directory, args.images, args.timeout, rng,
+                                args.zeros)
             spread = max(spread, row.get("spread", 0.0))
             print(f"| {label} | {cell(row.get('weights_bytes', row['exported_weights_bytes']))} "
                   f"| {cell(row.get('network_flash_bytes'))} | {cell(row.get('flash_bytes'))} "

@@ -11,6 +11,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .render import packed_threads
+
 __all__ = ["Line", "LINES", "results_table", "with_results_table", "main"]
 
 
@@ -85,9 +87,7 @@ def _packed(row: dict) -> str:
     packed = row.get("packed")
     if packed is None or "error" in packed:
         return "not evaluated"
-    threads = packed["torch_threads"]
-    return (f"{packed['speedup']:.1f}x faster at {threads} thread{'s' * (threads != 1)}, "
-            f"{packed['size_ratio']:.0f}x smaller")
+    return f"{packed['speedup']:.1f}x faster at {packed_threads(packed)}, {packed['size_ratio']:.0f}x smaller"
 
 
 def _mcu(row: dict) -> str:

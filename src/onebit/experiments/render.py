@@ -17,7 +17,7 @@ def _train_time(row: dict) -> str:
     return f"{row['train_seconds_mean']:.0f} s ({', '.join(details)})"
 
 
-def _packed_threads(packed: dict) -> str:
+def packed_threads(packed: dict) -> str:
     """The threads a packed evaluation timed PyTorch and the packed model with."""
     count = packed["torch_threads"]
     if packed.get("packed_threads") == count:
@@ -31,7 +31,7 @@ def _packed_table(rows: list[dict]) -> list[str]:
     if not evaluated:
         return []
     measured = [r["packed"] for r in evaluated if "error" not in r["packed"]]
-    threads = {_packed_threads(p) for p in measured}
+    threads = {packed_threads(p) for p in measured}
     per_row_threads = len(threads) > 1  # evaluations kept from runs with other thread counts
     setup = ""
     if measured:
@@ -59,7 +59,7 @@ def _packed_table(rows: list[dict]) -> list[str]:
         lines.append(
             f"| {r['name']} | {accuracy} | {100 * p['agreement']:.2f} | {p['max_output_diff']:.2g} | "
             f"{p['torch_images_per_s']:,.0f} / {p['packed_images_per_s']:,.0f}"
-            f"{f' ({_packed_threads(p)})' if per_row_threads else ''} | {p['speedup']:.1f}x | "
+            f"{f' ({packed_threads(p)})' if per_row_threads else ''} | {p['speedup']:.1f}x | "
             f"{p['file_bytes'] / 1024:,.1f} KiB ({p['size_ratio']:.1f}x) |")
     return lines
 
