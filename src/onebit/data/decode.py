@@ -21,6 +21,8 @@ __all__ = ["IMAGE_SUFFIXES", "Preprocess", "image_files", "read_image"]
 #: Suffixes of the image files an image folder's class folders are searched for (any letter case).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "lanczos": Image.Resampling.LANCZOS}
+#: What Pillow raises for a file it cannot decode as an image.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,7 @@ def read_image(path: str | os.PathLike, preprocess: Preprocess) -> np.ndarray:
     try:
         with Image.open(path) as image:
             return preprocess.apply(image)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except DECODE_ERRORS as error:
         raise unreadable_image_error(path, error) from error
 
 

@@ -38,7 +38,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .._shape import image_shape
-from .decode import IMAGE_SUFFIXES, Preprocess, image_files, read_image, unreadable_image_error
+from .decode import DECODE_ERRORS, IMAGE_SUFFIXES, Preprocess, image_files, read_image, unreadable_image_error
 from .download import CorruptDatasetError, DatasetNotFoundError, cache_dir
 from .imageset import ImageSet
 
@@ -231,7 +231,7 @@ def load_image_folder(path: str | os.PathLike, image_size: int | Sequence[int] |
             with Image.open(file) as image:
                 sizes[file] = image.size
                 single &= _single_channel(image)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        except DECODE_ERRORS as error:
             raise unreadable_image_error(file, error) from error
     if size is None:
         if len(set(sizes.values())) > 1:
