@@ -229,17 +229,21 @@ def test_a_run_directory_trains_in_one_process_at_a_time(tmp_path):
 
 
 @pytest.mark.slow
-def test_processes_under_torchrun_train_one_model(tmp_path):
+def test_processes_under_torchrun_train_one_model_and_share_its_evaluation(tmp_path):
     """Two gloo processes, each with its own seed and its half of every batch, end with the same
-    parameters: gradients are averaged across them (processes training apart would differ)."""
+    parameters: gradients are averaged across them (processes training apart would differ). Each
+    evaluates its share of the validation batches, and both get the whole split's figures."""
     worker = Path(__file__).with_name("ddp_worker.py")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29534",
            str(worker), str(tmp_path)]
     result = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    digests = [(tmp_path / f"rank{r}.txt").read_text() for r in range(2)]
-    assert digests[0] == digests[1]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["digest"] == ranks[1]["digest"]
+    assert [r["evaluated"] for r in ranks] == [24 + 16, 24]  # batches 0 and 2, batch 1
+    for r in ranks:
+        assert r["distributed"] == pytest.approx(r["whole"], rel=1e-6)
 
 
 def test_batch_norm_recalibration_measures_the_eval_mode_network(tmp_path):

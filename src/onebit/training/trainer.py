@@ -505,17 +505,28 @@ class Trainer:
     @torch.no_grad()
     def evaluate(self, split: str, model: nn.Module | None = None) -> tuple[float, float]:
         """Mean loss and accuracy of ``model`` (default: the trained model) on ``split``, in
-        eval mode."""
+        eval mode.
+
+        Under ``torchrun`` it is a collective call: every process first takes the model's buffers
+        (batch-norm statistics, which each process updates from its own last batch) from rank 0,
+        whose model is the one checkpointed; process ``rank`` then evaluates every
+        ``world_size``-th batch and the sums are all-reduced, so every process must call it and
+        every process gets the whole split's figures."""
         model = self.model if model is None else model
+        if self.world_size > 1:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
         was_training = model.training
         model.eval()
         total_loss, correct, count = 0.0, 0, 0
-        for batch in self.task.eval_batches(split):
+        batches = itertools.islice(self.task.eval_batches(split), self.rank, None, self.world_size)
+        for batch in batches:
             result = self.task.step(model, _to(batch, self.device))
             total_loss += float(result.per_sample_loss.sum())
             correct += result.correct
             count += result.per_sample_loss.shape[0]
         model.train(was_training)
+        total_loss, correct, count = self._all_reduce(total_loss, correct, count)
         return total_loss / max(count, 1), correct / max(count, 1)
 
     def _finish(self) -> dict[str, Any]:
