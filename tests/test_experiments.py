@@ -31,7 +31,9 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     results = json.loads((exp_dir / "results.json").read_text())
     assert results["experiment"] == experiment
     assert sorted(r["name"] for r in results["rows"]) == sorted(rows)  # in the experiment's row order
-    assert all(0 <= r["test_acc_mean"] <= 1 for r in results["rows"])
+    for r in results["rows"]:  # one seed: the row's mean is its run's figure
+        final = json.loads((exp_dir / r["name"] / "seed0" / "final.json").read_text())
+        assert r["test_acc_mean"] == final["test_acc"] and r["epochs"] == final["epochs"] == 1
     assert (exp_dir / "curves.png").stat().st_size > 0
     heatmaps = sorted((exp_dir / "heatmaps").glob("*.png"))
     assert heatmaps  # every row here but the float ones has binary activations
@@ -146,8 +148,17 @@ def test_two_process_gloo_run(shared_datasets, tmp_path):
            "--out", str(out), "--no-progress", "--device", "cpu"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    final = json.loads((out / "mnist-cnn" / "deterministic-st-first" / "seed0" / "final.json").read_text())
-    assert 0 < final["test_acc"] <= 1 and final["processes"] == 2
+    from onebit.experiments.runs import load_trained
+
+    run_dir = out / "mnist-cnn" / "deterministic-st-first" / "seed0"
+    final = json.loads((run_dir / "final.json").read_text())
+    assert final["processes"] == 2
+    # the two processes evaluated half the test batches each; one process evaluating them all agrees
+    model, config = load_trained(run_dir)
+    task = get("mnist-cnn").task_of(config)
+    with torch.no_grad():
+        correct = sum(task.step(model, batch).correct for batch in task.eval_batches("test"))
+    assert final["test_acc"] == correct / len(task.splits["test"].labels)
     assert (out / "mnist-cnn" / "results.md").exists()
 
 
@@ -707,23 +718,34 @@ def test_source_rows_are_the_rows_another_row_distills_or_starts_from():
 
 def test_packed_comparison_on_part_of_the_test_set_draws_from_every_class():
     """Image folders list the test set class by class: a limited packed comparison (quick runs)
-    takes a seeded random subset, not a prefix holding one class."""
+    takes a seeded random subset, not a prefix holding one class, and scores both models on it."""
     from types import SimpleNamespace
 
     from onebit.experiments.packed import _compare_classifiers
 
     labels = np.repeat(np.arange(4), 50)
-    images = np.zeros((200, 4), np.float32)
+    index = np.arange(200)
+    images = np.concatenate([np.eye(4, dtype=np.float32)[labels], index[:, None].astype(np.float32)], axis=1)
     data = SimpleNamespace(test_arrays=lambda raw=False: (images, labels), eval_split="test")
 
-    def always_three(x):  # logits that pick class 3 for every image
-        return x + torch.tensor([0.0, 0.0, 0.0, 1.0]) if isinstance(x, torch.Tensor) else x + [0, 0, 0, 1]
+    seen = []
 
-    packed = type("Packed", (), {"meta": {}, "__call__": lambda self, x: always_three(x)})()
-    comparison = _compare_classifiers(always_three, packed, SimpleNamespace(load=lambda: data), 16, 60)
-    assert len(comparison.reference) == 60 and comparison.agreement == 1.0
-    accuracy = comparison.accuracy["test"]
-    assert accuracy["torch"] == accuracy["packed"] and 0.1 < accuracy["torch"] < 0.45  # about a quarter
+    def reference(x):  # logits of the label: always right
+        seen.append(x[:, 4])
+        return x[:, :4]
+
+    def packed_logits(x):  # wrong (the next class) on every tenth image
+        wrong = x[:, 4] % 10 == 0
+        return np.where(wrong[:, None], np.roll(x[:, :4], 1, axis=1), x[:, :4])
+
+    packed = type("Packed", (), {"meta": {}, "__call__": lambda self, x: packed_logits(x)})()
+    comparison = _compare_classifiers(reference, packed, SimpleNamespace(load=lambda: data), 16, 60)
+    kept = np.unique(torch.cat(seen).int().numpy())  # the subset's image indices (a warm-up batch repeats some)
+    assert len(kept) == len(comparison.reference) == 60
+    assert set(labels[kept]) == {0, 1, 2, 3}  # a prefix of 60 would hold classes 0 and 1 only
+    right = float(np.mean(kept % 10 != 0))
+    assert 0 < right < 1 and comparison.agreement == right
+    assert comparison.accuracy["test"] == {"torch": 1.0, "packed": right}
 
 
 def test_mnist_cnn_targets_are_study_b_for_reinforce_rows_and_97_for_leave_one_out():

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import skip_or_fail
 
 from onebit.deploy import _threads
 from onebit.deploy import kernels as K
@@ -156,7 +157,11 @@ def test_concurrent_callers_share_the_thread_pool_safely(monkeypatch):
         np.testing.assert_array_equal(out, expected)
 
 
-needs_numba = pytest.mark.skipif(K._nb is None, reason="the thread pool serves the numba back ends only")
+@pytest.fixture
+def needs_numba():
+    """The thread pool serves the numba back ends only (skipped without numba, failed under CI)."""
+    if K._nb is None:
+        skip_or_fail("numba is not installed (pip install -e '.[fast]'); the thread pool serves its back ends only")
 
 
 def _visit_worker():
@@ -181,7 +186,7 @@ def _visit_worker():
     return worker
 
 
-@needs_numba
+@pytest.mark.usefixtures("needs_numba")
 def test_run_workers_hands_out_every_item_once_across_threads():
     worker = _visit_worker()
     for nthreads in (1, 2, 4):
@@ -190,7 +195,7 @@ def test_run_workers_hands_out_every_item_once_across_threads():
         assert arrived[0] == nthreads and (visits == 1).all()
 
 
-@needs_numba
+@pytest.mark.usefixtures("needs_numba")
 def test_run_workers_from_concurrent_callers_growing_a_fresh_pool(monkeypatch):
     """Callers asking for different thread counts at once, while the pool grows (it is replaced)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -208,7 +213,7 @@ def test_run_workers_from_concurrent_callers_growing_a_fresh_pool(monkeypatch):
         assert all(callers.map(call, [2, 3, 4, 5, 6, 7] * 3))
 
 
-@needs_numba
+@pytest.mark.usefixtures("needs_numba")
 def test_run_workers_raises_a_helpers_error_after_every_helper_stopped():
     import threading
 
@@ -226,10 +231,11 @@ def test_run_workers_raises_a_helpers_error_after_every_helper_stopped():
         _threads.run_workers(2, worker)
 
 
-@needs_numba
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.usefixtures("needs_numba")
 def test_forked_child_gets_a_pool_of_its_own(monkeypatch):
     """The parent's pool threads do not exist in a forked child: its helpers must run there."""
+    if not hasattr(os, "fork"):
+        skip_or_fail("needs os.fork")
     worker = _visit_worker()
     _threads.run_workers(3, worker, np.zeros(1, np.int64), 0, np.zeros(10, np.int64))  # parent's pool exists
     pid = os.fork()
@@ -458,7 +464,7 @@ def test_kernels_do_not_import_torch():
 def test_every_simd_tile_the_cpu_runs_is_available():
     """An AVX-512 CPU offers the AVX2 tile too, so one machine tests both code generators."""
     if K._nb is None:
-        pytest.skip("numba is not installed")
+        skip_or_fail("numba is not installed (pip install -e '.[fast]')")
     assert ("avx512" in BACKENDS) == K._nb.has_avx512_popcount()
     assert ("avx2" in BACKENDS) == K._nb.has_avx2()
     assert BACKENDS[-2:] == ("numba", "numpy") and K.DEFAULT_BACKEND == BACKENDS[0]
@@ -531,7 +537,7 @@ def test_blas_threads_bounds_numpys_blas_inside_the_block_only():
 
     before = blas_threads()
     if not before:
-        pytest.skip("numpy is built without a BLAS threadpoolctl controls")
+        skip_or_fail("numpy is built without a BLAS threadpoolctl controls")
     with _threads.blas_threads(1):
         assert set(blas_threads().values()) == {1}
     assert blas_threads() == before

@@ -48,6 +48,24 @@ def test_latent_weights_get_straight_through_gradients():
     assert layer.weight.grad.tolist() == [[1.0, 0.0, 1.0], [1.0, 1.0, 0.0]]
 
 
+def test_xnor_scaled_weights_get_the_gradient_of_alpha_too():
+    r"""With :math:`y_o = \alpha_o \sum_j s_{oj} x_j`, :math:`\alpha_o = \frac1K \sum_k |W_{ok}|` and
+    :math:`s = \mathrm{sign}(W)` passing gradients where :math:`|W| \le 1`:
+    :math:`\partial L / \partial W_{oj} = g_o\,(\alpha_o x_j [|W_{oj}| \le 1]
+    + \mathrm{sign}(W_{oj}) \sum_k s_{ok} x_k / K)`."""
+    layer = BinaryLinear(3, 2, bias=False, scaling="xnor")
+    w = torch.tensor([[0.5, -2.0, 0.1], [-0.3, 0.9, 1.5]])
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    x, g = torch.tensor([[1.0, 2.0, -3.0]]), torch.tensor([[0.5, -1.0]])
+    layer(x).backward(g)
+    alpha, s = w.abs().mean(1, keepdim=True), sign(w)
+    expected = g.T * (alpha * x * (w.abs() <= 1) + s * (s * x).sum(1, keepdim=True) / 3)
+    # row 0: alpha = 0.8667, sum s x = 1 - 2 - 3 = -4; row 1: alpha = 0.9, sum s x = -1 + 2 - 3 = -2
+    assert torch.allclose(layer.weight.grad, expected)
+    assert torch.allclose(expected[0], 0.5 * torch.tensor([0.8667 - 4 / 3, 4 / 3, -2.6 - 4 / 3]), atol=1e-4)
+
+
 def test_float_weights_without_quantizer():
     layer = BinaryLinear(3, 2, weight_quantizer=None)
     x = torch.randn(4, 3)

@@ -25,10 +25,6 @@ def test_sign_ste_backward_mask_is_inclusive_at_clip():
     assert grad_of(lambda x: sign_ste(x, clip=0.5), X).tolist() == [0, 0, 1, 1, 1, 0, 0]
 
 
-def test_sign_ste_unclipped_is_identity_backward():
-    assert grad_of(lambda x: sign_ste(x, clip=None), X).tolist() == [1.0] * len(X)
-
-
 def test_stochastic_sign_values_and_backward():
     torch.manual_seed(0)
     out = stochastic_sign(X)
@@ -103,7 +99,8 @@ def test_deterministic_reinforce_samples_while_training_and_thresholds_at_eval()
     neuron = BinaryNeuron("deterministic", "reinforce")
     x = torch.full((5000,), 0.2)
     torch.manual_seed(5)
-    assert 0.4 < neuron(x).mean() < 0.8  # p = 0.6: sampled
+    p = float(hard_sigmoid(x[0]))  # 0.6: sampled, not thresholded
+    assert abs(float(neuron(x).mean()) - p) < 5 * math.sqrt(p * (1 - p) / x.numel())
     neuron.eval()
     assert neuron(x).mean() == 1.0
     assert neuron.recorded_log_probs.__len__() == 1  # eval does not record
@@ -153,7 +150,8 @@ def test_builtin_names_state_the_contract(name):
     q = quantizers.get(name)
     assert type(q) is cls and isinstance(q, quantizers.Quantizer) and q.name == name
     assert tuple(q.levels) == levels and q.packs is packs
-    assert set(q.eval()(X).tolist()) == set(levels)
+    low, high = levels  # packed as bits: x >= 0 gives the high level at eval, x < 0 the low one
+    assert q.eval()(X).tolist() == [high if x >= 0 else low for x in X.tolist()]
     assert set(quantizers.names()) >= set(BUILTIN)
 
 

@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import skip_or_fail
 
 from onebit.cli import main
 
@@ -93,7 +94,7 @@ def test_committed_packed_models_are_not_git_ignored() -> None:
     """Each committed row's ``model.onebit`` is tracked; other packed files are not."""
     git = shutil.which("git")
     if git is None or not (RESULTS.parent / ".git").exists():
-        pytest.skip("not a git checkout")
+        skip_or_fail("not a git checkout")
 
     def ignored(path: str) -> bool:
         return subprocess.run([git, "check-ignore", "-q", path], cwd=RESULTS.parent).returncode == 0
