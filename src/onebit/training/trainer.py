@@ -264,8 +264,8 @@ class Trainer:
     stored under ``"evaluations"`` in ``final.json``.
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the model is wrapped in DistributedDataParallel
-    (gloo on CPU, nccl on GPU), each process takes its share of every batch and rank 0 writes
-    the files.
+    (gloo on CPU, nccl on GPU), each process takes its share of every batch, evaluation is
+    shared as :meth:`evaluate` says, and rank 0 writes the files.
     """
 
     def __init__(self, model: nn.Module, task: Task, config: TrainConfig, run_dir: str | os.PathLike,
