@@ -145,7 +145,7 @@ def test_two_process_gloo_run(shared_datasets, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            "-m", "onebit.cli", "run", "mnist-cnn", "--quick", "--rows", "deterministic-st-first",
-           "--out", str(out), "--no-progress", "--device", "cpu"]
+           "--out", str(out), "--no-progress", "--device", "cpu", "--set", "task.eval_batch_size=300"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     from onebit.experiments.runs import load_trained
@@ -153,7 +153,8 @@ def test_two_process_gloo_run(shared_datasets, tmp_path):
     run_dir = out / "mnist-cnn" / "deterministic-st-first" / "seed0"
     final = json.loads((run_dir / "final.json").read_text())
     assert final["processes"] == 2
-    # the two processes evaluated half the test batches each; one process evaluating them all agrees
+    # the two processes shared the test batches (300, 300, 300 and 100 images: two each); one process
+    # evaluating them all agrees
     model, config = load_trained(run_dir)
     task = get("mnist-cnn").task_of(config)
     with torch.no_grad():

@@ -44,7 +44,9 @@ class Task(Protocol):
         processes, this process's share."""
 
     def eval_batches(self, split: str) -> Iterator:
-        """The batches of ``split`` ("val" or "test"), in a fixed order."""
+        """The batches of ``split`` ("val" or "test"), in a fixed order, the same in every process
+        (under ``torchrun`` each process evaluates every ``world_size``-th batch), independent of
+        the global random state."""
 
     def num_train_batches(self, world_size: int = 1) -> int:
         """The number of batches in one epoch of :meth:`train_batches` for each of ``world_size``
