@@ -80,7 +80,7 @@ def test_quick_run_end_to_end(shared_datasets, tmp_path, capsys, one_thread):
     assert {name for name, r in by_name.items() if "packed" in r} == {"binaryconnect", "bnn", "xnor", "bireal", "react"}
     for r in by_name.values():
         if "packed" in r:
-            assert "error" not in r["packed"] and r["packed"]["agreement"] >= 0.99, r["packed"]
+            assert "error" not in r["packed"] and r["packed"]["agreement"] >= 0.998, r["packed"]
             assert (exp_dir / r["name"] / "seed0" / "model.onebit").exists()
     assert "Packed inference" in markdown
 

@@ -45,8 +45,8 @@ def test_quick_run_and_report(shared_datasets, tmp_path, experiment, rows, capsy
     packed = {r["name"]: r["packed"] for r in results["rows"] if "packed" in r}
     assert set(packed) == ({"bnn"} if experiment == "mnist-mlp" else set())  # study B's CNN has float weights
     for p in packed.values():
-        assert p["images"] == 500 and p["agreement"] >= 0.99
-        assert abs(p["accuracy"]["test"]["packed"] - p["accuracy"]["test"]["torch"]) <= 0.01
+        assert p["images"] == 500 and p["agreement"] >= 0.998  # one image of 500 may differ
+        assert abs(p["accuracy"]["test"]["packed"] - p["accuracy"]["test"]["torch"]) <= 0.002
         assert p["size_ratio"] > 20 and p["file_bytes"] > 0
         assert p["packed_threads"] == p["torch_threads"]  # compared at equal thread counts
     for row in packed:  # the evaluated file is kept beside packed.json, as committed results ship it
