@@ -3,7 +3,9 @@ row's configured mode (e.g. ``precision="bf16"`` + ``compile=True``), side by si
 process on the same real batches, and the CPU minutes per epoch of the configured mode
 (training steps extrapolated to a full epoch, plus one validation pass) and the CPU hours of a
 whole run at the row's epochs (compilation and the final test pass not included): what a run
-costs on this machine before you start it.
+costs on this machine before you start it. A row that distills a teacher runs the teacher's
+forward pass on every step, as its training does: a model of the teacher's architecture,
+untrained (its weights do not change the cost), so the teacher need not be trained first.
 
     ONEBIT_DATA=../shared/datasets python benchmarks/bench_training.py mnist-mlp bnn
     ONEBIT_DATA=../shared/datasets python benchmarks/bench_training.py cifar10        # every row
@@ -27,11 +29,25 @@ from onebit.training import TrainConfig, Trainer
 WARMUP_STEPS = 3
 
 
+def _teacher(experiment, reference: str) -> torch.nn.Module:
+    """An untrained model of the architecture of the distillation teacher ``reference`` names: a row
+    of ``experiment`` (``float``, ``float/seed0``) or a run directory."""
+    row = reference.split("/")[0]
+    if row in {r.name for r in experiment.rows}:
+        config = runner.run_configs(experiment, rows=[row], seeds=1, device="cpu")[0]
+    else:
+        config = runs.run_config(runs.find_run_dir(reference))
+    return runs.build_model(config)
+
+
 def _trainer(experiment, row: str, overrides: dict, data: str | None) -> Trainer:
     config = runner.run_configs(experiment, rows=[row], seeds=1, device="cpu", overrides=overrides)[0]
     train = TrainConfig.from_dict({**config["train"], "progress": False})
     task = experiment.task_of(config, data)
     torch.manual_seed(0)
+    if "distill" in config:
+        teacher = _teacher(experiment, str(config["distill"]["teacher"]))
+        task = runner.distillation(task, config["distill"], teacher, torch.device("cpu"), compile=train.compile)
     return Trainer(runs.build_model(config), task, train, "/nonexistent/benchmark-run")
 
 

@@ -5,6 +5,7 @@ scripts themselves, which exit with an error otherwise). ``onebit bench`` covers
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
@@ -44,3 +45,23 @@ def test_bench_training_prices_an_experiment_row(shared_datasets):
     row = next(line for line in out.splitlines() if line.startswith("bnn "))
     assert re.fullmatch(rf"bnn +{NUMBER} ms +{NUMBER} ms +{NUMBER}x +{NUMBER} +{NUMBER}  precision=\w+ "
                         r"compile=False", row), row
+
+
+def _bench_training():
+    spec = importlib.util.spec_from_file_location("bench_training", BENCHMARKS / "bench_training.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_bench_training_prices_a_distilling_row_with_its_teachers_forward_pass(shared_datasets):
+    from onebit.experiments import registry, runner, runs
+    from onebit.training.tasks import DistillationTask
+
+    bench, experiment = _bench_training(), registry.get("cifar10")
+    trainer = bench._trainer(experiment, "react", {"compile": False}, None)
+    assert isinstance(trainer.task, DistillationTask)
+    float_row = runs.build_model(runner.run_configs(experiment, rows=["float"], seeds=1)[0])
+    shapes = {name: tensor.shape for name, tensor in float_row.state_dict().items()}
+    assert {name: tensor.shape for name, tensor in trainer.task.teacher.state_dict().items()} == shapes
+    assert not isinstance(bench._trainer(experiment, "bireal", {"compile": False}, None).task, DistillationTask)
