@@ -54,6 +54,10 @@ def _bench_training():
     return module
 
 
+def shapes(model) -> dict:
+    return {name: tensor.shape for name, tensor in model.state_dict().items()}
+
+
 def test_bench_training_prices_a_distilling_row_with_its_teachers_forward_pass(shared_datasets):
     from onebit.experiments import registry, runner, runs
     from onebit.training.tasks import DistillationTask
@@ -62,6 +66,7 @@ def test_bench_training_prices_a_distilling_row_with_its_teachers_forward_pass(s
     trainer = bench._trainer(experiment, "react", {"compile": False}, None)
     assert isinstance(trainer.task, DistillationTask)
     float_row = runs.build_model(runner.run_configs(experiment, rows=["float"], seeds=1)[0])
-    shapes = {name: tensor.shape for name, tensor in float_row.state_dict().items()}
-    assert {name: tensor.shape for name, tensor in trainer.task.teacher.state_dict().items()} == shapes
+    assert shapes(trainer.task.teacher) == shapes(float_row)
+    run_dir = BENCHMARKS.parent / "results" / "cifar10" / "float" / "seed0"  # a teacher named by its run directory
+    assert shapes(bench._teacher(experiment, str(run_dir))) == shapes(float_row)
     assert not isinstance(bench._trainer(experiment, "bireal", {"compile": False}, None).task, DistillationTask)
